@@ -1,0 +1,898 @@
+//! Typed settings (contract §2), layered from a TOML file and
+//! `WINCC_GW__SECTION__KEY` environment overrides, and validated with
+//! located errors: every problem names its key, the bad value and why.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::glob;
+
+/// Prefix of environment overrides: `WINCC_GW__MQTT__URL`.
+pub const ENV_PREFIX: &str = "WINCC_GW";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub wincc: WinccSettings,
+    #[serde(default, rename = "poll_group")]
+    pub poll_groups: Vec<PollGroup>,
+    #[serde(default)]
+    pub alarms: AlarmSettings,
+    #[serde(default)]
+    pub mqtt: MqttSettings,
+    #[serde(default)]
+    pub opcua: OpcuaSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Dialect {
+    #[serde(rename = "generic")]
+    Generic,
+    #[serde(rename = "wincc-v7")]
+    WinccV7,
+    #[serde(rename = "unified")]
+    Unified,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Generic => "generic",
+            Dialect::WinccV7 => "wincc-v7",
+            Dialect::Unified => "unified",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Session,
+    Cookie,
+    Basic,
+    None,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Session => "session",
+            AuthMode::Cookie => "cookie",
+            AuthMode::Basic => "basic",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WinccSettings {
+    pub base_url: String,
+    pub dialect: Dialect,
+    pub auth: AuthMode,
+    pub username: String,
+    pub password_env: String,
+    pub password_file: String,
+    pub timeout_ms: u64,
+    pub ca_file: String,
+    pub pinned_cert_sha256: String,
+    pub accept_invalid_certs: bool,
+    pub max_tags_per_request: usize,
+    /// How often poll-group globs are re-resolved against `GET /tags` (0: only at start).
+    pub discovery_interval_s: u64,
+    pub rate_limit: RateLimit,
+}
+
+impl Default for WinccSettings {
+    fn default() -> Self {
+        WinccSettings {
+            base_url: String::new(),
+            dialect: Dialect::Generic,
+            auth: AuthMode::None,
+            username: String::new(),
+            password_env: String::new(),
+            password_file: String::new(),
+            timeout_ms: 5000,
+            ca_file: String::new(),
+            pinned_cert_sha256: String::new(),
+            accept_invalid_certs: false,
+            max_tags_per_request: 500,
+            discovery_interval_s: 300,
+            rate_limit: RateLimit::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub max_in_flight: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            requests_per_second: 20,
+            burst: 5,
+            max_in_flight: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    Poll,
+    Subscribe,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollGroup {
+    pub name: String,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub deadband_abs: f64,
+    #[serde(default)]
+    pub deadband_pct: f64,
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u64,
+    #[serde(default = "default_poll_mode")]
+    pub mode: PollMode,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_heartbeat_s() -> u64 {
+    60
+}
+fn default_poll_mode() -> PollMode {
+    PollMode::Poll
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmSettings {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub filter: String,
+}
+
+impl Default for AlarmSettings {
+    fn default() -> Self {
+        AlarmSettings {
+            enabled: true,
+            interval_ms: 1000,
+            filter: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    pub enabled: bool,
+    pub url: String,
+    pub protocol: MqttProtocol,
+    pub client_id: String,
+    pub username: String,
+    pub password_env: String,
+    pub password_file: String,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
+    pub keep_alive_s: u64,
+    pub clean_session: bool,
+    pub topic_prefix: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub max_packet_size: usize,
+    pub write_enabled: bool,
+    pub writable_tags: Vec<String>,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            enabled: true,
+            url: "mqtt://127.0.0.1:1883".into(),
+            protocol: MqttProtocol::V311,
+            client_id: "wincc-gateway".into(),
+            username: String::new(),
+            password_env: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            keep_alive_s: 30,
+            clean_session: true,
+            topic_prefix: "wincc/station1".into(),
+            qos: 1,
+            retain: true,
+            max_packet_size: 1024 * 1024,
+            write_enabled: false,
+            writable_tags: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaUser {
+    pub username: String,
+    #[serde(default)]
+    pub password_env: String,
+    #[serde(default)]
+    pub password_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpcuaSettings {
+    pub enabled: bool,
+    pub endpoint: String,
+    pub namespace_uri: String,
+    pub security_policies: Vec<String>,
+    pub allow_anonymous: bool,
+    pub users: Vec<OpcuaUser>,
+    pub pki_dir: String,
+    pub trust_client_certs: bool,
+    pub write_enabled: bool,
+    pub writable_tags: Vec<String>,
+    pub limits: OpcuaLimits,
+}
+
+impl Default for OpcuaSettings {
+    fn default() -> Self {
+        OpcuaSettings {
+            enabled: true,
+            endpoint: "opc.tcp://0.0.0.0:4840/".into(),
+            namespace_uri: "urn:wincc-gateway:station1".into(),
+            security_policies: vec!["None".into(), "Basic256Sha256".into()],
+            allow_anonymous: true,
+            users: Vec::new(),
+            pki_dir: "pki".into(),
+            trust_client_certs: false,
+            write_enabled: false,
+            writable_tags: Vec::new(),
+            limits: OpcuaLimits::default(),
+        }
+    }
+}
+
+/// Server limits, sized for 100 000 tags (the crate's defaults are 1000).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpcuaLimits {
+    pub max_sessions: usize,
+    pub max_session_timeout_ms: u64,
+    pub max_subscriptions_per_session: usize,
+    pub max_monitored_items_per_sub: usize,
+    pub max_monitored_items_per_call: usize,
+    pub max_nodes_per_read: usize,
+    pub max_nodes_per_write: usize,
+    pub max_nodes_per_browse: usize,
+    pub max_array_length: usize,
+    pub max_message_size: usize,
+}
+
+impl Default for OpcuaLimits {
+    fn default() -> Self {
+        OpcuaLimits {
+            max_sessions: 50,
+            max_session_timeout_ms: 3_600_000,
+            max_subscriptions_per_session: 20,
+            max_monitored_items_per_sub: 200_000,
+            max_monitored_items_per_call: 100_000,
+            max_nodes_per_read: 100_000,
+            max_nodes_per_write: 10_000,
+            max_nodes_per_browse: 100_000,
+            max_array_length: 200_000,
+            max_message_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    pub listen: String,
+    /// `/healthz` answers 503 once the station has been unreachable this long.
+    pub unhealthy_after_s: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            enabled: true,
+            listen: "127.0.0.1:9100".into(),
+            unhealthy_after_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `wincc_gateway=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// One located configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `poll_group[0].interval_ms`.
+    pub key: String,
+    /// The offending value as written (may be empty when the key is missing).
+    pub value: String,
+    pub why: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.why)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.why)
+        }
+    }
+}
+
+/// Everything wrong with a configuration, each problem located.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} problem{}:",
+            self.source_name,
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(source_name: &str, key: &str, value: &str, why: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: source_name.to_string(),
+            problems: vec![Problem {
+                key: key.into(),
+                value: value.into(),
+                why: why.into(),
+            }],
+        }
+    }
+}
+
+/// A secret read from the environment or a file; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Resolves a `*_env` / `*_file` pair. `Ok(None)` when neither is given.
+pub fn resolve_secret(key: &str, env: &str, file: &str) -> Result<Option<Secret>, Problem> {
+    if !env.is_empty() {
+        return match std::env::var(env) {
+            Ok(v) => Ok(Some(Secret(v))),
+            Err(_) => Err(Problem {
+                key: format!("{key}_env"),
+                value: format!("{env:?}"),
+                why: format!("environment variable {env} is not set; set it or clear this key"),
+            }),
+        };
+    }
+    if !file.is_empty() {
+        return match std::fs::read_to_string(file) {
+            Ok(v) => Ok(Some(Secret(v.trim_end_matches(['\r', '\n']).to_string()))),
+            Err(e) => Err(Problem {
+                key: format!("{key}_file"),
+                value: format!("{file:?}"),
+                why: format!("cannot read the secret file: {e}"),
+            }),
+        };
+    }
+    Ok(None)
+}
+
+impl Settings {
+    /// Loads a file plus the process environment, then validates.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(&source_name, "(file)", &source_name, format!("cannot read: {e}"))
+        })?;
+        Self::from_toml_with_env(&text, &source_name, std::env::vars())
+    }
+
+    /// Parses TOML text with the given environment (for tests), then validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        // TOML syntax errors first, with their line and column.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigError::one(
+                source_name,
+                "(syntax)",
+                "",
+                e.to_string().trim().replace('\n', " "),
+            ));
+        }
+        let env_map: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(false)
+                    .source(Some(env_map)),
+            )
+            .build()
+            .map_err(|e| ConfigError::one(source_name, "(config)", "", e.to_string()))?;
+
+        let mut unknown = Vec::new();
+        let settings: Settings = serde_ignored::deserialize(built, |path| {
+            unknown.push(path.to_string());
+        })
+        .map_err(|e| located_serde_error(source_name, e))?;
+
+        let mut problems: Vec<Problem> = unknown
+            .into_iter()
+            .map(|k| Problem {
+                key: k,
+                value: String::new(),
+                why: "unknown key (check the spelling against config/gateway.toml)".into(),
+            })
+            .collect();
+        problems.extend(settings.validate());
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError {
+                source_name: source_name.into(),
+                problems,
+            })
+        }
+    }
+
+    /// Semantic checks; makes no connection.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, value: String, why: &str| {
+            p.push(Problem {
+                key: key.into(),
+                value,
+                why: why.into(),
+            })
+        };
+        let w = &self.wincc;
+        if w.base_url.is_empty() {
+            bad("wincc.base_url", String::new(), "is required (e.g. \"https://scada01:34569/api\")");
+        } else {
+            match reqwest::Url::parse(&w.base_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                    if u.host_str().is_none() {
+                        bad("wincc.base_url", q(&w.base_url), "has no host");
+                    }
+                }
+                Ok(u) => bad(
+                    "wincc.base_url",
+                    q(&w.base_url),
+                    &format!("scheme {:?} is not http or https", u.scheme()),
+                ),
+                Err(e) => bad("wincc.base_url", q(&w.base_url), &format!("not a URL: {e}")),
+            }
+        }
+        if w.auth != AuthMode::None && w.username.is_empty() {
+            bad(
+                "wincc.username",
+                String::new(),
+                &format!("is required with auth = \"{}\"", w.auth.as_str()),
+            );
+        }
+        if w.timeout_ms == 0 {
+            bad("wincc.timeout_ms", "0".into(), "must be at least 1");
+        }
+        if w.max_tags_per_request == 0 {
+            bad("wincc.max_tags_per_request", "0".into(), "must be at least 1");
+        }
+        if w.rate_limit.requests_per_second == 0 {
+            bad("wincc.rate_limit.requests_per_second", "0".into(), "must be at least 1 (a rate of 0 would never poll)");
+        }
+        if w.rate_limit.burst == 0 {
+            bad("wincc.rate_limit.burst", "0".into(), "must be at least 1");
+        }
+        if w.rate_limit.max_in_flight == 0 {
+            bad("wincc.rate_limit.max_in_flight", "0".into(), "must be at least 1");
+        }
+        if !w.pinned_cert_sha256.is_empty() && parse_fingerprint(&w.pinned_cert_sha256).is_none() {
+            bad(
+                "wincc.pinned_cert_sha256",
+                q(&w.pinned_cert_sha256),
+                "must be 64 hex digits (SHA-256 of the certificate's DER), colons allowed",
+            );
+        }
+        if !w.ca_file.is_empty() && !Path::new(&w.ca_file).is_file() {
+            bad("wincc.ca_file", q(&w.ca_file), "file does not exist");
+        }
+        if w.auth != AuthMode::None {
+            if let Err(e) = resolve_secret("wincc.password", &w.password_env, &w.password_file) {
+                p.push(e);
+            }
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, g) in self.poll_groups.iter().enumerate() {
+            let k = |f: &str| format!("poll_group[{i}].{f}");
+            if g.name.trim().is_empty() {
+                p.push(prob(k("name"), q(&g.name), "must not be empty"));
+            } else if !names.insert(g.name.clone()) {
+                p.push(prob(k("name"), q(&g.name), "is used by another poll group"));
+            }
+            if g.interval_ms == 0 {
+                p.push(prob(k("interval_ms"), "0".into(), "must be at least 1"));
+            }
+            if g.tags.is_empty() {
+                p.push(prob(k("tags"), "[]".into(), "an empty poll group polls nothing; list tag globs"));
+            }
+            for (j, t) in g.tags.iter().enumerate() {
+                if let Err(e) = glob::validate(t) {
+                    p.push(prob(format!("poll_group[{i}].tags[{j}]"), q(t), &format!("glob does not parse: {}", e.reason)));
+                }
+            }
+            if !(g.deadband_abs >= 0.0 && g.deadband_abs.is_finite()) {
+                p.push(prob(k("deadband_abs"), g.deadband_abs.to_string(), "must be a finite number >= 0"));
+            }
+            if !(g.deadband_pct >= 0.0 && g.deadband_pct.is_finite()) {
+                p.push(prob(k("deadband_pct"), g.deadband_pct.to_string(), "must be a finite number >= 0"));
+            }
+            if g.mode == PollMode::Subscribe && w.dialect != Dialect::Unified {
+                p.push(prob(
+                    k("mode"),
+                    "\"subscribe\"".into(),
+                    &format!("needs wincc.dialect = \"unified\" (it is \"{}\")", w.dialect.as_str()),
+                ));
+            }
+        }
+        if self.alarms.enabled && self.alarms.interval_ms == 0 {
+            p.push(prob("alarms.interval_ms".into(), "0".into(), "must be at least 1"));
+        }
+
+        let m = &self.mqtt;
+        if m.enabled {
+            match reqwest::Url::parse(&m.url) {
+                Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") => {
+                    if u.host_str().is_none_or(str::is_empty) {
+                        p.push(prob("mqtt.url".into(), q(&m.url), "has no host"));
+                    }
+                }
+                Ok(u) => p.push(prob(
+                    "mqtt.url".into(),
+                    q(&m.url),
+                    &format!("scheme {:?} is not mqtt or mqtts", u.scheme()),
+                )),
+                Err(e) => p.push(prob("mqtt.url".into(), q(&m.url), &format!("not a URL: {e}"))),
+            }
+            if m.qos > 2 {
+                p.push(prob("mqtt.qos".into(), m.qos.to_string(), "must be 0, 1 or 2"));
+            }
+            if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#', '\0']) {
+                p.push(prob("mqtt.topic_prefix".into(), q(&m.topic_prefix), "must be non-empty and contain no + # or NUL"));
+            }
+            if m.client_id.is_empty() {
+                p.push(prob("mqtt.client_id".into(), String::new(), "must not be empty"));
+            }
+            if let Err(e) = resolve_secret("mqtt.password", &m.password_env, &m.password_file) {
+                p.push(e);
+            }
+            for (key, f) in [("mqtt.ca_file", &m.ca_file), ("mqtt.client_cert_file", &m.client_cert_file), ("mqtt.client_key_file", &m.client_key_file)] {
+                if !f.is_empty() && !Path::new(f).is_file() {
+                    p.push(prob(key.into(), q(f), "file does not exist"));
+                }
+            }
+            if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
+                p.push(prob("mqtt.client_key_file".into(), q(&m.client_key_file), "client_cert_file and client_key_file go together"));
+            }
+            if m.keep_alive_s == 0 {
+                p.push(prob("mqtt.keep_alive_s".into(), "0".into(), "must be at least 1"));
+            }
+            check_globs(&mut p, "mqtt.writable_tags", &m.writable_tags);
+        }
+
+        let o = &self.opcua;
+        if o.enabled {
+            match reqwest::Url::parse(&o.endpoint) {
+                Ok(u) if u.scheme() == "opc.tcp" && u.host_str().is_some() && u.port().is_some() => {}
+                Ok(_) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), "must look like opc.tcp://HOST:PORT/")),
+                Err(e) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), &format!("not a URL: {e}"))),
+            }
+            if o.namespace_uri.is_empty() {
+                p.push(prob("opcua.namespace_uri".into(), String::new(), "must not be empty"));
+            }
+            if o.security_policies.is_empty() {
+                p.push(prob("opcua.security_policies".into(), "[]".into(), "list at least one policy"));
+            }
+            for (i, pol) in o.security_policies.iter().enumerate() {
+                if !OPCUA_POLICIES.contains(&pol.as_str()) {
+                    p.push(prob(
+                        format!("opcua.security_policies[{i}]"),
+                        q(pol),
+                        &format!("unknown policy; use one of {}", OPCUA_POLICIES.join(", ")),
+                    ));
+                }
+            }
+            if !o.allow_anonymous && o.users.is_empty() {
+                p.push(prob("opcua.allow_anonymous".into(), "false".into(), "with no users nobody could connect; add [[opcua.users]]"));
+            }
+            for (i, u) in o.users.iter().enumerate() {
+                if u.username.is_empty() {
+                    p.push(prob(format!("opcua.users[{i}].username"), String::new(), "must not be empty"));
+                }
+                match resolve_secret(&format!("opcua.users[{i}].password"), &u.password_env, &u.password_file) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => p.push(prob(format!("opcua.users[{i}].password_env"), String::new(), "a user needs password_env or password_file")),
+                    Err(e) => p.push(e),
+                }
+            }
+            if o.pki_dir.is_empty() {
+                p.push(prob("opcua.pki_dir".into(), String::new(), "must not be empty"));
+            }
+            check_globs(&mut p, "opcua.writable_tags", &o.writable_tags);
+        }
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(prob("http.listen".into(), q(&self.http.listen), "must be IP:PORT, e.g. 127.0.0.1:9100"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(prob("log.level".into(), q(&self.log.level), &format!("not a log filter: {e}")));
+        }
+        p
+    }
+
+    /// The pki directory as a path.
+    pub fn pki_dir(&self) -> PathBuf {
+        PathBuf::from(&self.opcua.pki_dir)
+    }
+}
+
+/// Security policies the OPC UA server offers.
+pub const OPCUA_POLICIES: [&str; 5] = [
+    "None",
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+    "Basic256",
+];
+
+fn check_globs(p: &mut Vec<Problem>, key: &str, globs: &[String]) {
+    for (i, g) in globs.iter().enumerate() {
+        if let Err(e) = glob::validate(g) {
+            p.push(prob(format!("{key}[{i}]"), q(g), &format!("glob does not parse: {}", e.reason)));
+        }
+    }
+}
+
+fn prob(key: String, value: String, why: &str) -> Problem {
+    Problem {
+        key,
+        value,
+        why: why.into(),
+    }
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Parses `pinned_cert_sha256`: 64 hex digits, any case, colons allowed.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Turns a `config` deserialization error into a located problem.
+fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    // config's messages look like: `invalid type: string "x", expected u64 for key `wincc.timeout_ms``
+    let (why, key) = match text.rfind(" for key `") {
+        Some(i) => (
+            text[..i].to_string(),
+            text[i + 10..].trim_end_matches(|c| c == '`' || c == ' ').to_string(),
+        ),
+        None => match text.find("missing field `") {
+            Some(_) => (text.clone(), "(missing)".to_string()),
+            None => (text.clone(), "(value)".to_string()),
+        },
+    };
+    let key = key.split('`').next().unwrap_or_default().to_string();
+    let key = if key.is_empty() { "(value)".into() } else { key };
+    let value = why
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(", expected").map(|(v, _)| v.to_string()))
+        .unwrap_or_default();
+    ConfigError {
+        source_name: source_name.into(),
+        problems: vec![Problem { key, value, why }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[wincc]
+base_url = "http://127.0.0.1:8080"
+[[poll_group]]
+name = "fast"
+tags = ["**"]
+[opcua]
+enabled = false
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_toml_with_env(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let s = load(MIN, &[]).unwrap();
+        assert_eq!(s.wincc.rate_limit.requests_per_second, 20);
+        assert_eq!(s.poll_groups[0].interval_ms, 1000);
+        assert_eq!(s.mqtt.qos, 1);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let s = load(
+            MIN,
+            &[
+                ("WINCC_GW__WINCC__RATE_LIMIT__REQUESTS_PER_SECOND", "5"),
+                ("WINCC_GW__MQTT__URL", "mqtt://10.0.0.1:1884"),
+                ("WINCC_GW__MQTT__RETAIN", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.wincc.rate_limit.requests_per_second, 5);
+        assert_eq!(s.mqtt.url, "mqtt://10.0.0.1:1884");
+        assert!(!s.mqtt.retain);
+    }
+
+    #[test]
+    fn each_problem_is_located() {
+        let text = r#"
+[wincc]
+base_url = "ftp://x"
+max_tags_per_request = 0
+colour = "blue"
+[wincc.rate_limit]
+requests_per_second = 0
+[[poll_group]]
+name = "a"
+interval_ms = 0
+tags = []
+[[poll_group]]
+name = "b"
+tags = ["Line1/[x"]
+[mqtt]
+password_env = "WINCC_GW_TEST_SURELY_UNSET"
+[opcua]
+enabled = false
+"#;
+        let e = load(text, &[]).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "wincc.colour",
+            "wincc.base_url",
+            "wincc.max_tags_per_request",
+            "wincc.rate_limit.requests_per_second",
+            "poll_group[0].interval_ms",
+            "poll_group[0].tags",
+            "poll_group[1].tags[0]",
+            "mqtt.password_env",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {e}");
+        }
+        assert!(e.to_string().contains("WINCC_GW_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let e = load(&MIN.replace("[opcua]", "[opcua]\nallow_anonymous = \"yes\""), &[]).unwrap_err();
+        assert_eq!(e.problems[0].key, "opcua.allow_anonymous", "{e}");
+        assert!(e.to_string().contains("yes"), "{e}");
+    }
+
+    #[test]
+    fn fingerprints_parse_with_colons_and_any_case() {
+        let hex = "AB".repeat(32);
+        assert!(parse_fingerprint(&hex).is_some());
+        let colons: Vec<String> = (0..32).map(|_| "ab".to_string()).collect();
+        assert!(parse_fingerprint(&colons.join(":")).is_some());
+        assert!(parse_fingerprint("abc").is_none());
+    }
+
+    #[test]
+    fn subscribe_mode_needs_unified() {
+        let e = load(&MIN.replace("tags = [\"**\"]", "tags = [\"**\"]\nmode = \"subscribe\""), &[]).unwrap_err();
+        assert_eq!(e.problems[0].key, "poll_group[0].mode");
+    }
+}

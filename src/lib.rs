@@ -1,0 +1,14 @@
+//! wincc-gateway: polls a Siemens WinCC station's REST API and fans the
+//! changes out to MQTT and OPC UA; writes come back through one guarded path.
+//!
+//! Data flows one way: station source ([`wincc`]) → change detection
+//! ([`poll`]) → [`bus`] → sinks ([`sinks`]); writes go the other way through
+//! [`writes`].
+
+pub mod bus;
+pub mod config;
+pub mod glob;
+pub mod model;
+pub mod topic;
+pub mod wincc;
+pub mod writes;

@@ -1,0 +1,267 @@
+//! The gateway's data model: tag metadata, readings, change batches and
+//! station state. Every dialect's client translates into these types, and
+//! every sink consumes them, so that the output is identical whatever the
+//! station speaks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The data type of a WinCC tag, as the station reports it (contract §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TagType {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    UInt16,
+    UInt32,
+    Float,
+    Double,
+    String,
+    DateTime,
+}
+
+impl TagType {
+    pub const ALL: [TagType; 10] = [
+        TagType::Bool,
+        TagType::Int16,
+        TagType::Int32,
+        TagType::Int64,
+        TagType::UInt16,
+        TagType::UInt32,
+        TagType::Float,
+        TagType::Double,
+        TagType::String,
+        TagType::DateTime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagType::Bool => "Bool",
+            TagType::Int16 => "Int16",
+            TagType::Int32 => "Int32",
+            TagType::Int64 => "Int64",
+            TagType::UInt16 => "UInt16",
+            TagType::UInt32 => "UInt32",
+            TagType::Float => "Float",
+            TagType::Double => "Double",
+            TagType::String => "String",
+            TagType::DateTime => "DateTime",
+        }
+    }
+
+    /// Parses a type name leniently (any case).
+    pub fn parse(s: &str) -> Option<TagType> {
+        TagType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, TagType::Bool | TagType::String | TagType::DateTime)
+    }
+
+    /// The inclusive range of an integer type, `None` for other types.
+    pub fn integer_range(self) -> Option<(i128, i128)> {
+        match self {
+            TagType::Int16 => Some((i16::MIN as i128, i16::MAX as i128)),
+            TagType::Int32 => Some((i32::MIN as i128, i32::MAX as i128)),
+            TagType::Int64 => Some((i64::MIN as i128, i64::MAX as i128)),
+            TagType::UInt16 => Some((0, u16::MAX as i128)),
+            TagType::UInt32 => Some((0, u32::MAX as i128)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TagType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the station says about one tag (`GET /tags`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: TagType,
+    pub writable: bool,
+}
+
+/// Normalised quality (contract §3/§6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Good,
+    Uncertain,
+    Bad,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Uncertain => "uncertain",
+            Quality::Bad => "bad",
+        }
+    }
+
+    /// Parses the station's quality word leniently (`Good`, `GOOD`, `good`).
+    pub fn parse(s: &str) -> Option<Quality> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "good" => Some(Quality::Good),
+            "uncertain" => Some(Quality::Uncertain),
+            "bad" => Some(Quality::Bad),
+            _ => None,
+        }
+    }
+}
+
+/// Why a tag is bad, when it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BadReason {
+    /// The station could not be reached or answered garbage for the whole request.
+    Communication(String),
+    /// The station reported an error for this one tag.
+    TagError { code: String, message: String },
+    /// The tag no longer exists at the station.
+    Removed,
+}
+
+/// One reading of one tag, as delivered by a station client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub name: String,
+    /// `Null` when the station gave no value (per-tag error).
+    pub value: serde_json::Value,
+    pub quality: Quality,
+    pub quality_code: Option<u32>,
+    pub timestamp: DateTime<Utc>,
+    pub error: Option<BadReason>,
+}
+
+/// A change of one tag, published by the poller to every sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagChange {
+    pub name: Arc<str>,
+    pub ty: TagType,
+    pub value: serde_json::Value,
+    pub quality: Quality,
+    pub quality_code: Option<u32>,
+    /// The station's source timestamp.
+    pub timestamp: DateTime<Utc>,
+    pub error: Option<BadReason>,
+}
+
+impl TagChange {
+    /// The MQTT payload of contract §3.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::with_capacity(4);
+        m.insert("value".into(), self.value.clone());
+        m.insert("quality".into(), self.quality.as_str().into());
+        m.insert("timestamp".into(), format_ts(&self.timestamp).into());
+        if let Some(code) = self.quality_code {
+            m.insert("quality_code".into(), code.into());
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// An immutable batch of changes from one poll cycle of one group.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub group: Arc<str>,
+    pub changes: Vec<TagChange>,
+    /// When the poll response that produced this batch arrived (for latency metrics).
+    pub received_at: std::time::Instant,
+}
+
+/// Connection state of the station, as published on `{prefix}/station`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationStatus {
+    pub connected: bool,
+    pub since: DateTime<Utc>,
+    pub error: Option<String>,
+}
+
+impl StationStatus {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "wincc": if self.connected { "connected" } else { "disconnected" },
+            "since": format_ts(&self.since),
+            "error": self.error,
+        })
+    }
+}
+
+/// An alarm as the contract's §5 ALARM object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alarm {
+    pub id: String,
+    pub name: String,
+    pub text: String,
+    pub class: String,
+    pub priority: u32,
+    pub state: AlarmState,
+    pub raised_at: String,
+    pub acknowledged_at: Option<String>,
+    pub cleared_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmState {
+    Raised,
+    Acknowledged,
+    Cleared,
+}
+
+/// RFC 3339, UTC, millisecond precision (contract §3).
+pub fn format_ts(ts: &DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses an RFC 3339 timestamp into UTC.
+pub fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_type_round_trips_through_its_name() {
+        for t in TagType::ALL {
+            assert_eq!(TagType::parse(t.as_str()), Some(t));
+            assert_eq!(TagType::parse(&t.as_str().to_lowercase()), Some(t));
+        }
+        assert_eq!(TagType::parse("Quaternion"), None);
+    }
+
+    #[test]
+    fn payload_has_quality_code_only_when_given() {
+        let mut c = TagChange {
+            name: "A".into(),
+            ty: TagType::Double,
+            value: 1.5.into(),
+            quality: Quality::Good,
+            quality_code: None,
+            timestamp: parse_ts("2026-01-02T03:04:05.678Z").unwrap(),
+            error: None,
+        };
+        assert_eq!(
+            c.to_json().to_string(),
+            r#"{"value":1.5,"quality":"good","timestamp":"2026-01-02T03:04:05.678Z"}"#
+        );
+        c.quality_code = Some(192);
+        assert_eq!(c.to_json()["quality_code"], 192);
+    }
+}

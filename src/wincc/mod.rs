@@ -1,0 +1,91 @@
+//! The station: one client trait, implemented once per dialect, with the
+//! session/auth handling and the rate limiter shared by all of them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{Alarm, Reading, TagInfo, TagType};
+
+/// Why a station request failed. Messages never contain secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StationError {
+    /// Connection refused, DNS, TLS or reset: the station is not there.
+    #[error("station unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within `timeout_ms`.
+    #[error("station request timed out after {0:?}")]
+    Timeout(Duration),
+    /// Login refused or credentials missing.
+    #[error("station refused the login: {0}")]
+    Auth(String),
+    /// 429 / 503 with or without `Retry-After`.
+    #[error("station is busy (HTTP {status}), retry after {retry_after:?}")]
+    Busy {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Any other non-success status, with the station's error message.
+    #[error("station answered HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    /// The body could not be understood.
+    #[error("malformed station reply: {0}")]
+    Malformed(String),
+    /// The station refused a request for one tag (unknown tag, read-only, type).
+    #[error("station refused: {code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+impl StationError {
+    /// True when the whole station is to be considered down for this cycle.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StationError::Unreachable(_) | StationError::Timeout(_) => true,
+            StationError::Http { status, .. } => *status >= 500,
+            StationError::Busy { .. } => true,
+            StationError::Malformed(_) => true,
+            StationError::Auth(_) => true,
+            StationError::Refused { .. } => false,
+        }
+    }
+
+    /// A short label for metrics (`kind="timeout"`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StationError::Unreachable(_) => "unreachable",
+            StationError::Timeout(_) => "timeout",
+            StationError::Auth(_) => "auth",
+            StationError::Busy { .. } => "busy",
+            StationError::Http { .. } => "http",
+            StationError::Malformed(_) => "malformed",
+            StationError::Refused { .. } => "refused",
+        }
+    }
+}
+
+/// A WinCC station, whatever dialect it speaks. Every request made through
+/// it is rate limited and counted; implementations log in by themselves.
+#[async_trait]
+pub trait Station: Send + Sync + 'static {
+    /// All tags the station has (paged internally where the dialect pages).
+    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError>;
+
+    /// Reads the given tags in one request. Rows are matched by name; a tag
+    /// that the station reports in error, or leaves out, comes back as a
+    /// `Reading` with quality bad and `error` set.
+    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError>;
+
+    /// Writes one value (already type-checked by `writes.rs`).
+    async fn write_value(
+        &self,
+        name: &str,
+        ty: TagType,
+        value: &serde_json::Value,
+    ) -> Result<(), StationError>;
+
+    /// The currently active alarms.
+    async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError>;
+
+    /// Ends the session, if the dialect has one. Errors are logged, not returned.
+    async fn logout(&self);
+}

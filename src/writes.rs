@@ -1,0 +1,258 @@
+//! The one guarded path from any sink to the station.
+//!
+//! MQTT commands and OPC UA client writes both end here. Before any station
+//! call a write is refused, with a reason, when writes are disabled for that
+//! sink, the tag is not allow-listed, unknown, or read-only at the station,
+//! or the JSON value does not fit the tag's type (contract §7). Only then is
+//! the value written, and the caller learns whether the station accepted it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::DateTime;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::glob::TagPatterns;
+use crate::model::{TagInfo, TagType};
+use crate::wincc::{Station, StationError};
+
+/// The station's tags by name, as last discovered.
+pub type TagMap = HashMap<String, TagInfo>;
+
+/// Always the newest tag directory; published by the poller after discovery.
+pub type TagDirectory = watch::Receiver<Arc<TagMap>>;
+
+/// Why a write was refused or failed. The `Display` text is what users see
+/// in `write-result` payloads, so it says what to fix.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("writes are disabled for {0} (set write_enabled = true)")]
+    Disabled(&'static str),
+    #[error("tag {0:?} is not in writable_tags")]
+    NotAllowed(String),
+    #[error("tag {0:?} is unknown at the station")]
+    UnknownTag(String),
+    #[error("tag {0:?} is read-only at the station")]
+    ReadOnly(String),
+    #[error("type mismatch: {0}")]
+    TypeMismatch(String),
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    #[error("station refused the write: {0}")]
+    StationRefused(String),
+    #[error("station unavailable: {0}")]
+    Station(String),
+}
+
+impl WriteError {
+    /// A short label for metrics (`result="type_mismatch"`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::Disabled(_) => "disabled",
+            WriteError::NotAllowed(_) => "not_allowed",
+            WriteError::UnknownTag(_) => "unknown_tag",
+            WriteError::ReadOnly(_) => "read_only",
+            WriteError::TypeMismatch(_) => "type_mismatch",
+            WriteError::OutOfRange(_) => "out_of_range",
+            WriteError::Malformed(_) => "malformed",
+            WriteError::StationRefused(_) => "station_refused",
+            WriteError::Station(_) => "station_error",
+        }
+    }
+}
+
+/// Per-sink write policy: whether writes are on and which tags they may touch.
+#[derive(Debug, Clone)]
+pub struct WritePolicy {
+    pub sink: &'static str,
+    pub enabled: bool,
+    pub allowed: TagPatterns,
+}
+
+impl WritePolicy {
+    pub fn new(sink: &'static str, enabled: bool, writable_tags: &[String]) -> Result<Self, crate::glob::GlobError> {
+        Ok(WritePolicy {
+            sink,
+            enabled,
+            allowed: TagPatterns::new(writable_tags)?,
+        })
+    }
+
+    /// True when a client of this sink may write `tag` (ignoring the station's own flag).
+    pub fn allows(&self, tag: &str) -> bool {
+        self.enabled && self.allowed.is_match(tag)
+    }
+}
+
+/// The guarded write path. Cheap to clone; one per sink is fine.
+#[derive(Clone)]
+pub struct Writer {
+    station: Arc<dyn Station>,
+    tags: TagDirectory,
+}
+
+impl Writer {
+    pub fn new(station: Arc<dyn Station>, tags: TagDirectory) -> Self {
+        Writer { station, tags }
+    }
+
+    /// The tag's metadata if the station has it.
+    pub fn tag(&self, name: &str) -> Option<TagInfo> {
+        self.tags.borrow().get(name).cloned()
+    }
+
+    /// Checks everything that can be checked without the station. Returns the
+    /// tag's metadata and the value converted to the tag's canonical JSON form.
+    pub fn check(&self, policy: &WritePolicy, tag: &str, value: &Value) -> Result<(TagInfo, Value), WriteError> {
+        if !policy.enabled {
+            return Err(WriteError::Disabled(policy.sink));
+        }
+        if !policy.allowed.is_match(tag) {
+            return Err(WriteError::NotAllowed(tag.to_string()));
+        }
+        let info = self.tag(tag).ok_or_else(|| WriteError::UnknownTag(tag.to_string()))?;
+        if !info.writable {
+            return Err(WriteError::ReadOnly(tag.to_string()));
+        }
+        let value = convert(info.ty, value)?;
+        Ok((info, value))
+    }
+
+    /// Checks, then writes to the station. `Ok` only once the station accepted it.
+    pub async fn write(&self, policy: &WritePolicy, tag: &str, value: &Value) -> Result<(), WriteError> {
+        let result = match self.check(policy, tag, value) {
+            Ok((info, value)) => self
+                .station
+                .write_value(tag, info.ty, &value)
+                .await
+                .map_err(|e| match e {
+                    StationError::Refused { code, message } => {
+                        WriteError::StationRefused(format!("{code}: {message}"))
+                    }
+                    other => WriteError::Station(other.to_string()),
+                }),
+            Err(e) => Err(e),
+        };
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label).increment(1);
+        match &result {
+            Ok(()) => tracing::info!(sink = policy.sink, tag, "write accepted by the station"),
+            Err(e) => tracing::warn!(sink = policy.sink, tag, error = %e, "write refused"),
+        }
+        result
+    }
+}
+
+/// Converts a JSON value to the tag's type, or says why it does not fit
+/// (contract §7: nothing else is converted).
+pub fn convert(ty: TagType, v: &Value) -> Result<Value, WriteError> {
+    let mismatch = |want: &str| {
+        Err(WriteError::TypeMismatch(format!(
+            "{ty} takes {want}, got {}",
+            describe(v)
+        )))
+    };
+    match ty {
+        TagType::Bool => match v {
+            Value::Bool(_) => Ok(v.clone()),
+            _ => mismatch("a JSON bool"),
+        },
+        TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32 => {
+            let Value::Number(n) = v else {
+                return mismatch("a JSON number with no fractional part");
+            };
+            let (lo, hi) = ty.integer_range().expect("integer type");
+            let i: i128 = if let Some(i) = n.as_i64() {
+                i as i128
+            } else if let Some(u) = n.as_u64() {
+                u as i128
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if !f.is_finite() || f.fract() != 0.0 {
+                    return mismatch("a JSON number with no fractional part");
+                }
+                if f < lo as f64 || f > hi as f64 {
+                    return Err(WriteError::OutOfRange(format!("{f} is outside {ty} ({lo}..={hi})")));
+                }
+                f as i128
+            };
+            if i < lo || i > hi {
+                return Err(WriteError::OutOfRange(format!("{i} is outside {ty} ({lo}..={hi})")));
+            }
+            Ok(if i < 0 {
+                Value::from(i as i64)
+            } else {
+                Value::from(i as u64)
+            })
+        }
+        TagType::Float => {
+            let Value::Number(n) = v else {
+                return mismatch("a JSON number");
+            };
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if !f.is_finite() || f.abs() > f32::MAX as f64 {
+                return Err(WriteError::OutOfRange(format!("{f} is outside the Float (f32) range")));
+            }
+            Ok(v.clone())
+        }
+        TagType::Double => match v {
+            Value::Number(_) => Ok(v.clone()),
+            _ => mismatch("a JSON number"),
+        },
+        TagType::String => match v {
+            Value::String(_) => Ok(v.clone()),
+            _ => mismatch("a JSON string"),
+        },
+        TagType::DateTime => match v {
+            Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => Ok(v.clone()),
+            Value::String(s) => Err(WriteError::TypeMismatch(format!(
+                "DateTime takes an RFC 3339 string, {s:?} is not one"
+            ))),
+            _ => mismatch("an RFC 3339 string"),
+        },
+    }
+}
+
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(n) if n.is_f64() => "a number with a fraction",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_follow_the_contract() {
+        assert!(convert(TagType::Bool, &json!(true)).is_ok());
+        assert!(matches!(convert(TagType::Bool, &json!(1)), Err(WriteError::TypeMismatch(_))));
+        assert_eq!(convert(TagType::Int16, &json!(5.0)).unwrap(), json!(5));
+        assert!(matches!(convert(TagType::Int16, &json!(5.5)), Err(WriteError::TypeMismatch(_))));
+        assert!(matches!(convert(TagType::Int16, &json!(40000)), Err(WriteError::OutOfRange(_))));
+        assert!(matches!(convert(TagType::UInt16, &json!(-1)), Err(WriteError::OutOfRange(_))));
+        assert_eq!(convert(TagType::UInt32, &json!(4294967295u64)).unwrap(), json!(4294967295u64));
+        assert!(matches!(convert(TagType::Int64, &json!("5")), Err(WriteError::TypeMismatch(_))));
+        assert!(matches!(convert(TagType::Int64, &json!(1e20)), Err(WriteError::OutOfRange(_))));
+        assert!(convert(TagType::Float, &json!(1.5)).is_ok());
+        assert!(matches!(convert(TagType::Float, &json!(1e39)), Err(WriteError::OutOfRange(_))));
+        assert!(convert(TagType::Double, &json!(1e39)).is_ok());
+        assert!(convert(TagType::String, &json!("x")).is_ok());
+        assert!(matches!(convert(TagType::String, &json!(1)), Err(WriteError::TypeMismatch(_))));
+        assert!(convert(TagType::DateTime, &json!("2026-01-01T00:00:00Z")).is_ok());
+        assert!(matches!(convert(TagType::DateTime, &json!("yesterday")), Err(WriteError::TypeMismatch(_))));
+    }
+}
