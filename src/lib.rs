@@ -12,3 +12,5 @@ pub mod model;
 pub mod topic;
 pub mod wincc;
 pub mod writes;
+pub mod alarms;
+pub mod http;

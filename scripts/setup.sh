@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine: the Rust
+# toolchain must already be there; this adds the `mosquitto` broker (the tests
+# start their own instances on free loopback ports) and its command-line
+# clients. Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # The Debian package may start a system broker on 1883; the tests do not
+  # need it and the demo's embedded broker wants that port.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    $SUDO systemctl stop mosquitto || true
+    $SUDO systemctl disable mosquitto >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1; then
+    $SUDO service mosquitto stop >/dev/null 2>&1 || true
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+echo "setup: ok ($(mosquitto -h 2>/dev/null | head -1 || /usr/sbin/mosquitto -h | head -1))" >&2
