@@ -14,7 +14,6 @@ use crate::glob;
 pub const ENV_PREFIX: &str = "WINCC_GW";
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub wincc: WinccSettings,
     #[serde(default, rename = "poll_group")]
@@ -72,7 +71,7 @@ impl AuthMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct WinccSettings {
     pub base_url: String,
     pub dialect: Dialect,
@@ -111,7 +110,7 @@ impl Default for WinccSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RateLimit {
     pub requests_per_second: u32,
     pub burst: u32,
@@ -136,7 +135,6 @@ pub enum PollMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PollGroup {
     pub name: String,
     #[serde(default = "default_interval_ms")]
@@ -164,7 +162,7 @@ fn default_poll_mode() -> PollMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AlarmSettings {
     pub enabled: bool,
     pub interval_ms: u64,
@@ -190,7 +188,7 @@ pub enum MqttProtocol {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct MqttSettings {
     pub enabled: bool,
     pub url: String,
@@ -238,7 +236,6 @@ impl Default for MqttSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OpcuaUser {
     pub username: String,
     #[serde(default)]
@@ -248,7 +245,7 @@ pub struct OpcuaUser {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct OpcuaSettings {
     pub enabled: bool,
     pub endpoint: String,
@@ -283,7 +280,7 @@ impl Default for OpcuaSettings {
 
 /// Server limits, sized for 100 000 tags (the crate's defaults are 1000).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct OpcuaLimits {
     pub max_sessions: usize,
     pub max_session_timeout_ms: u64,
@@ -315,7 +312,7 @@ impl Default for OpcuaLimits {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct HttpSettings {
     pub enabled: bool,
     pub listen: String,
@@ -341,7 +338,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `wincc_gateway=debug`; `RUST_LOG` wins.
@@ -876,9 +873,9 @@ enabled = false
 
     #[test]
     fn wrong_type_names_key_and_value() {
-        let e = load(&MIN.replace("[opcua]", "[opcua]\nallow_anonymous = \"yes\""), &[]).unwrap_err();
-        assert_eq!(e.problems[0].key, "opcua.allow_anonymous", "{e}");
-        assert!(e.to_string().contains("yes"), "{e}");
+        let e = load(&MIN.replace("[opcua]", "[opcua]\nmax_tags = 1\n[wincc.rate_limit]\nburst = \"lots\""), &[]).unwrap_err();
+        assert_eq!(e.problems[0].key, "wincc.rate_limit.burst", "{e}");
+        assert!(e.to_string().contains("lots"), "{e}");
     }
 
     #[test]
