@@ -22,13 +22,12 @@ fn push_escaped(out: &mut String, c: char) {
 pub fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 8);
     let chars: Vec<char> = name.chars().collect();
-    // A '/' is a level separator only if the level before it (as emitted so
-    // far) is non-empty and the next character exists and is not itself a '/'.
+    // Read left to right, a '/' is a level separator only if the level before
+    // it is non-empty and something follows; every other '/' is part of a level.
     let mut level_len = 0usize;
     for (i, &c) in chars.iter().enumerate() {
         if c == '/' {
-            let next_ok = matches!(chars.get(i + 1), Some(n) if *n != '/');
-            if level_len > 0 && next_ok {
+            if level_len > 0 && i + 1 < chars.len() {
                 out.push('/');
                 level_len = 0;
             } else {

@@ -1,0 +1,245 @@
+//! Semantic validation of settings: every problem located by key, with the
+//! bad value and why. Makes no connection.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{resolve_secret, AuthMode, Dialect, PollMode, Problem, Settings};
+use crate::glob;
+
+impl Settings {
+    /// Semantic checks; makes no connection.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, value: String, why: &str| {
+            p.push(Problem {
+                key: key.into(),
+                value,
+                why: why.into(),
+            })
+        };
+        let w = &self.wincc;
+        if w.base_url.is_empty() {
+            bad("wincc.base_url", String::new(), "is required (e.g. \"https://scada01:34569/api\")");
+        } else {
+            match reqwest::Url::parse(&w.base_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                    if u.host_str().is_none() {
+                        bad("wincc.base_url", q(&w.base_url), "has no host");
+                    }
+                }
+                Ok(u) => bad(
+                    "wincc.base_url",
+                    q(&w.base_url),
+                    &format!("scheme {:?} is not http or https", u.scheme()),
+                ),
+                Err(e) => bad("wincc.base_url", q(&w.base_url), &format!("not a URL: {e}")),
+            }
+        }
+        if w.auth != AuthMode::None && w.username.is_empty() {
+            bad(
+                "wincc.username",
+                String::new(),
+                &format!("is required with auth = \"{}\"", w.auth.as_str()),
+            );
+        }
+        if w.timeout_ms == 0 {
+            bad("wincc.timeout_ms", "0".into(), "must be at least 1");
+        }
+        if w.max_tags_per_request == 0 {
+            bad("wincc.max_tags_per_request", "0".into(), "must be at least 1");
+        }
+        if w.rate_limit.requests_per_second == 0 {
+            bad("wincc.rate_limit.requests_per_second", "0".into(), "must be at least 1 (a rate of 0 would never poll)");
+        }
+        if w.rate_limit.burst == 0 {
+            bad("wincc.rate_limit.burst", "0".into(), "must be at least 1");
+        }
+        if w.rate_limit.max_in_flight == 0 {
+            bad("wincc.rate_limit.max_in_flight", "0".into(), "must be at least 1");
+        }
+        if !w.pinned_cert_sha256.is_empty() && parse_fingerprint(&w.pinned_cert_sha256).is_none() {
+            bad(
+                "wincc.pinned_cert_sha256",
+                q(&w.pinned_cert_sha256),
+                "must be 64 hex digits (SHA-256 of the certificate's DER), colons allowed",
+            );
+        }
+        if !w.ca_file.is_empty() && !Path::new(&w.ca_file).is_file() {
+            bad("wincc.ca_file", q(&w.ca_file), "file does not exist");
+        }
+        if w.auth != AuthMode::None {
+            if let Err(e) = resolve_secret("wincc.password", &w.password_env, &w.password_file) {
+                p.push(e);
+            }
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, g) in self.poll_groups.iter().enumerate() {
+            let k = |f: &str| format!("poll_group[{i}].{f}");
+            if g.name.trim().is_empty() {
+                p.push(prob(k("name"), q(&g.name), "must not be empty"));
+            } else if !names.insert(g.name.clone()) {
+                p.push(prob(k("name"), q(&g.name), "is used by another poll group"));
+            }
+            if g.interval_ms == 0 {
+                p.push(prob(k("interval_ms"), "0".into(), "must be at least 1"));
+            }
+            if g.tags.is_empty() {
+                p.push(prob(k("tags"), "[]".into(), "an empty poll group polls nothing; list tag globs"));
+            }
+            for (j, t) in g.tags.iter().enumerate() {
+                if let Err(e) = glob::validate(t) {
+                    p.push(prob(format!("poll_group[{i}].tags[{j}]"), q(t), &format!("glob does not parse: {}", e.reason)));
+                }
+            }
+            if !(g.deadband_abs >= 0.0 && g.deadband_abs.is_finite()) {
+                p.push(prob(k("deadband_abs"), g.deadband_abs.to_string(), "must be a finite number >= 0"));
+            }
+            if !(g.deadband_pct >= 0.0 && g.deadband_pct.is_finite()) {
+                p.push(prob(k("deadband_pct"), g.deadband_pct.to_string(), "must be a finite number >= 0"));
+            }
+            if g.mode == PollMode::Subscribe && w.dialect != Dialect::Unified {
+                p.push(prob(
+                    k("mode"),
+                    "\"subscribe\"".into(),
+                    &format!("needs wincc.dialect = \"unified\" (it is \"{}\")", w.dialect.as_str()),
+                ));
+            }
+        }
+        if self.alarms.enabled && self.alarms.interval_ms == 0 {
+            p.push(prob("alarms.interval_ms".into(), "0".into(), "must be at least 1"));
+        }
+
+        let m = &self.mqtt;
+        if m.enabled {
+            match reqwest::Url::parse(&m.url) {
+                Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") => {
+                    if u.host_str().is_none_or(str::is_empty) {
+                        p.push(prob("mqtt.url".into(), q(&m.url), "has no host"));
+                    }
+                }
+                Ok(u) => p.push(prob(
+                    "mqtt.url".into(),
+                    q(&m.url),
+                    &format!("scheme {:?} is not mqtt or mqtts", u.scheme()),
+                )),
+                Err(e) => p.push(prob("mqtt.url".into(), q(&m.url), &format!("not a URL: {e}"))),
+            }
+            if m.qos > 2 {
+                p.push(prob("mqtt.qos".into(), m.qos.to_string(), "must be 0, 1 or 2"));
+            }
+            if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#', '\0']) {
+                p.push(prob("mqtt.topic_prefix".into(), q(&m.topic_prefix), "must be non-empty and contain no + # or NUL"));
+            }
+            if m.client_id.is_empty() {
+                p.push(prob("mqtt.client_id".into(), String::new(), "must not be empty"));
+            }
+            if let Err(e) = resolve_secret("mqtt.password", &m.password_env, &m.password_file) {
+                p.push(e);
+            }
+            for (key, f) in [("mqtt.ca_file", &m.ca_file), ("mqtt.client_cert_file", &m.client_cert_file), ("mqtt.client_key_file", &m.client_key_file)] {
+                if !f.is_empty() && !Path::new(f).is_file() {
+                    p.push(prob(key.into(), q(f), "file does not exist"));
+                }
+            }
+            if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
+                p.push(prob("mqtt.client_key_file".into(), q(&m.client_key_file), "client_cert_file and client_key_file go together"));
+            }
+            if m.keep_alive_s == 0 {
+                p.push(prob("mqtt.keep_alive_s".into(), "0".into(), "must be at least 1"));
+            }
+            check_globs(&mut p, "mqtt.writable_tags", &m.writable_tags);
+        }
+
+        let o = &self.opcua;
+        if o.enabled {
+            match reqwest::Url::parse(&o.endpoint) {
+                Ok(u) if u.scheme() == "opc.tcp" && u.host_str().is_some() && u.port().is_some() => {}
+                Ok(_) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), "must look like opc.tcp://HOST:PORT/")),
+                Err(e) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), &format!("not a URL: {e}"))),
+            }
+            if o.namespace_uri.is_empty() {
+                p.push(prob("opcua.namespace_uri".into(), String::new(), "must not be empty"));
+            }
+            if o.security_policies.is_empty() {
+                p.push(prob("opcua.security_policies".into(), "[]".into(), "list at least one policy"));
+            }
+            for (i, pol) in o.security_policies.iter().enumerate() {
+                if !OPCUA_POLICIES.contains(&pol.as_str()) {
+                    p.push(prob(
+                        format!("opcua.security_policies[{i}]"),
+                        q(pol),
+                        &format!("unknown policy; use one of {}", OPCUA_POLICIES.join(", ")),
+                    ));
+                }
+            }
+            if !o.allow_anonymous && o.users.is_empty() {
+                p.push(prob("opcua.allow_anonymous".into(), "false".into(), "with no users nobody could connect; add [[opcua.users]]"));
+            }
+            for (i, u) in o.users.iter().enumerate() {
+                if u.username.is_empty() {
+                    p.push(prob(format!("opcua.users[{i}].username"), String::new(), "must not be empty"));
+                }
+                match resolve_secret(&format!("opcua.users[{i}].password"), &u.password_env, &u.password_file) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => p.push(prob(format!("opcua.users[{i}].password_env"), String::new(), "a user needs password_env or password_file")),
+                    Err(e) => p.push(e),
+                }
+            }
+            if o.pki_dir.is_empty() {
+                p.push(prob("opcua.pki_dir".into(), String::new(), "must not be empty"));
+            }
+            check_globs(&mut p, "opcua.writable_tags", &o.writable_tags);
+        }
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(prob("http.listen".into(), q(&self.http.listen), "must be IP:PORT, e.g. 127.0.0.1:9100"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(prob("log.level".into(), q(&self.log.level), &format!("not a log filter: {e}")));
+        }
+        p
+    }
+}
+
+/// Security policies the OPC UA server offers.
+pub const OPCUA_POLICIES: [&str; 5] = [
+    "None",
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+    "Basic256",
+];
+
+fn check_globs(p: &mut Vec<Problem>, key: &str, globs: &[String]) {
+    for (i, g) in globs.iter().enumerate() {
+        if let Err(e) = glob::validate(g) {
+            p.push(prob(format!("{key}[{i}]"), q(g), &format!("glob does not parse: {}", e.reason)));
+        }
+    }
+}
+
+fn prob(key: String, value: String, why: &str) -> Problem {
+    Problem {
+        key,
+        value,
+        why: why.into(),
+    }
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Parses `pinned_cert_sha256`: 64 hex digits, any case, colons allowed.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

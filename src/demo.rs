@@ -1,0 +1,179 @@
+//! `wincc-gateway demo`: the whole gateway on loopback with nothing
+//! installed beyond the Rust toolchain — the built-in simulator (with
+//! session login), the embedded MQTT broker, the OPC UA server and the
+//! metrics endpoint — then prints where to connect.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::DemoArgs;
+use crate::config::{AuthMode, Settings};
+
+/// The demo station's login (only on loopback; written to a private file, never logged).
+const DEMO_USER: &str = "gateway";
+
+/// Builds the demo's settings as a TOML document, validated like any file.
+pub fn demo_settings(
+    sim_url: &str,
+    mqtt_port: u16,
+    opcua_port: u16,
+    http_port: u16,
+    pki_dir: &Path,
+    secret_file: &Path,
+) -> anyhow::Result<Settings> {
+    let toml = format!(
+        r#"
+[wincc]
+base_url = "{sim_url}"
+auth = "session"
+username = "{DEMO_USER}"
+password_file = {secret:?}
+timeout_ms = 2000
+max_tags_per_request = 100
+
+[wincc.rate_limit]
+requests_per_second = 50
+burst = 10
+max_in_flight = 2
+
+[[poll_group]]
+name = "fast"
+interval_ms = 500
+tags = ["Line1/**", "Line2/**"]
+heartbeat_s = 60
+
+[[poll_group]]
+name = "slow"
+interval_ms = 2000
+tags = ["**"]
+deadband_pct = 0.5
+heartbeat_s = 300
+
+[alarms]
+enabled = true
+interval_ms = 1000
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "wincc-gateway-demo"
+topic_prefix = "wincc/demo"
+qos = 1
+retain = true
+write_enabled = true
+writable_tags = ["**/*Setpoint*", "**/*Mode*"]
+
+[opcua]
+endpoint = "opc.tcp://127.0.0.1:{opcua_port}/"
+namespace_uri = "urn:wincc-gateway:demo"
+security_policies = ["None", "Basic256Sha256"]
+allow_anonymous = true
+pki_dir = {pki:?}
+write_enabled = true
+writable_tags = ["**/*Setpoint*", "**/*Mode*"]
+
+[http]
+listen = "127.0.0.1:{http_port}"
+"#,
+        secret = secret_file.display().to_string(),
+        pki = pki_dir.display().to_string(),
+    );
+    Settings::from_toml_with_env(&toml, "(demo settings)", std::iter::empty())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the demo until `shutdown` resolves.
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // A random password for the simulated station, kept in a private file.
+    let password: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..24).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+    };
+    let secret_dir = std::env::temp_dir().join(format!("wincc-gateway-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&secret_dir).context("cannot create the demo's temp dir")?;
+    let secret_file = secret_dir.join("station-password");
+    write_private(&secret_file, &password)?;
+
+    let sim_opts = crate::sim::SimOptions {
+        tags: args.tags,
+        change_rate: args.change_rate,
+        auth: AuthMode::Session,
+        users: vec![(DEMO_USER.to_string(), password)],
+        ..Default::default()
+    };
+    let sim = crate::sim::start(SocketAddr::from(([127, 0, 0, 1], args.sim_port)), sim_opts)
+        .await
+        .context("cannot start the simulator")?;
+
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], args.mqtt_port));
+    let _broker = start_broker(broker_addr)?;
+
+    std::fs::create_dir_all(&args.pki_dir)
+        .with_context(|| format!("cannot create {}", args.pki_dir.display()))?;
+    let settings = demo_settings(
+        &sim.base_url(),
+        args.mqtt_port,
+        args.opcua_port,
+        args.http_port,
+        &args.pki_dir,
+        &secret_file,
+    )?;
+    let prefix = settings.mqtt.topic_prefix.clone();
+    let running = crate::gateway::start(settings).await?;
+
+    println!(
+        "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
+         \n  MQTT:     mosquitto_sub -h 127.0.0.1 -p {} -t '{prefix}/#' -v\
+         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
+         \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
+         \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
+         \n  station:  {}/_sim/stats  (the simulator's view)\
+         \n\nPress Ctrl-C to stop.\n",
+        args.tags,
+        sim.base_url(),
+        args.mqtt_port,
+        args.mqtt_port,
+        args.opcua_port,
+        args.http_port,
+        args.http_port,
+        sim.base_url(),
+    );
+
+    shutdown.await;
+    running.shutdown().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&secret_dir);
+    Ok(())
+}
+
+#[cfg(feature = "demo-broker")]
+fn start_broker(addr: SocketAddr) -> anyhow::Result<impl Drop> {
+    crate::sinks::broker::start_embedded_broker(addr)
+        .with_context(|| format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)"))
+}
+
+#[cfg(not(feature = "demo-broker"))]
+fn start_broker(addr: SocketAddr) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this build has no embedded MQTT broker (feature demo-broker); start one on {addr} or rebuild with default features"
+    )
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
