@@ -183,24 +183,26 @@ fn tag_error_status(code: &str, message: &str) -> StatusCode {
 pub fn change_to_data_value(change: &TagChange, now: DateTime) -> (DataValue, Option<ValueError>) {
     let mut status = status_of(change.quality, change.error.as_ref());
     let mut problem = None;
+    // A null value is `Variant::Empty`, not an absent value: the crate
+    // drops the status of a DataValue without a value when it is read.
     let value = if status.is_bad() {
-        None
+        Variant::Empty
     } else if change.value.is_null() {
         status = StatusCode::BadNoData;
-        None
+        Variant::Empty
     } else {
         match json_to_variant(change.ty, &change.value) {
-            Ok(v) => Some(v),
+            Ok(v) => v,
             Err(e) => {
                 status = e.status();
                 problem = Some(e);
-                None
+                Variant::Empty
             }
         }
     };
     (
         DataValue {
-            value,
+            value: Some(value),
             status: Some(status),
             source_timestamp: Some(DateTime::from(change.timestamp)),
             source_picoseconds: None,
@@ -325,7 +327,7 @@ mod tests {
 
         let comm = Some(BadReason::Communication("refused".into()));
         let (dv, _) = change_to_data_value(&change(Quality::Bad, json!(2.5), comm), now);
-        assert_eq!(dv.value, None);
+        assert_eq!(dv.value, Some(Variant::Empty));
         assert_eq!(dv.status, Some(StatusCode::BadCommunicationError));
 
         let unknown = Some(BadReason::TagError {
@@ -342,7 +344,7 @@ mod tests {
         assert_eq!(dv.status, Some(StatusCode::BadDeviceFailure));
 
         let (dv, p) = change_to_data_value(&change(Quality::Good, json!("abc"), None), now);
-        assert_eq!((dv.value, dv.status, p), (None, Some(StatusCode::BadTypeMismatch), Some(ValueError::TypeMismatch)));
+        assert_eq!((dv.value, dv.status, p), (Some(Variant::Empty), Some(StatusCode::BadTypeMismatch), Some(ValueError::TypeMismatch)));
         let (dv, _) = change_to_data_value(&change(Quality::Good, Value::Null, None), now);
         assert_eq!(dv.status, Some(StatusCode::BadNoData));
     }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opcua::server::{Server, ServerHandle, SubscriptionCache};
-use opcua::types::{DataValue, DateTime, NodeId, StatusCode, VariableId};
+use opcua::types::{DataValue, DateTime, NodeId, StatusCode, VariableId, Variant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ impl OpcuaStatus {
             .summary()
             .get(VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount);
         match dv.and_then(|d| d.value) {
-            Some(opcua::types::Variant::UInt32(n)) => n as usize,
+            Some(Variant::UInt32(n)) => n as usize,
             _ => 0,
         }
     }
@@ -230,7 +230,7 @@ impl OpcuaSink {
         };
         // Tell subscribers of vanished tags, whose nodes are gone now.
         let gone = DataValue {
-            value: None,
+            value: Some(Variant::Empty),
             status: Some(StatusCode::BadNodeIdUnknown),
             server_timestamp: Some(DateTime::now()),
             ..Default::default()
@@ -318,7 +318,7 @@ impl OpcuaSink {
         let now = DateTime::now();
         let ids: Vec<NodeId> = self.space.names().map(|n| self.space.tag_id(n)).collect();
         let bad = DataValue {
-            value: None,
+            value: Some(Variant::Empty),
             status: Some(StatusCode::BadCommunicationError),
             source_timestamp: Some(since),
             source_picoseconds: None,

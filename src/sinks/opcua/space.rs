@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use opcua::server::address_space::{AccessLevel, AddressSpace, NodeType, VariableBuilder};
 use opcua::types::{
-    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, StatusCode, VariableTypeId,
+    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, StatusCode, VariableTypeId, Variant,
 };
 
 use crate::model::{TagInfo, TagType};
@@ -255,7 +255,7 @@ fn access_level(writable: bool) -> AccessLevel {
 /// The value of a variable before the station gave one.
 pub fn waiting_value() -> DataValue {
     DataValue {
-        value: None,
+        value: Some(Variant::Empty),
         status: Some(StatusCode::BadWaitingForInitialData),
         source_timestamp: None,
         source_picoseconds: None,
