@@ -149,13 +149,15 @@ pub async fn spoil(resp: Response, fault: BodyFault) -> Response {
         }
         BodyFault::Truncated => {
             // Announce the full length, send half, then fail the stream:
-            // hyper closes the connection mid-body.
+            // hyper closes the connection mid-body. The pause lets hyper
+            // flush the half before it aborts.
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-                Ok(half),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated truncation")),
-            ];
-            Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
+            let first = futures::stream::iter([Ok::<_, std::io::Error>(half)]);
+            let fail = futures::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated truncation"))
+            });
+            Response::from_parts(parts, Body::from_stream(first.chain(fail)))
         }
     }
 }
