@@ -10,6 +10,7 @@ pub mod config;
 pub mod glob;
 pub mod model;
 pub mod poll;
+pub mod sim;
 pub mod topic;
 pub mod wincc;
 pub mod writes;
