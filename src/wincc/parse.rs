@@ -291,10 +291,8 @@ pub fn write_result(body: &[u8]) -> Result<(), StationError> {
     let Value::Object(o) = &v else {
         return Err(StationError::Malformed("write reply is not an object".into()));
     };
-    if let Some(reason) = row_error(o) {
-        if let BadReason::TagError { code, message } = reason {
-            return Err(StationError::Refused { code, message });
-        }
+    if let Some(BadReason::TagError { code, message }) = row_error(o) {
+        return Err(StationError::Refused { code, message });
     }
     match get_ci(o, "ok") {
         Some(Value::Bool(false)) => Err(StationError::Refused {
