@@ -34,7 +34,7 @@ use super::http::{self, read_body, retry_after, transport_error};
 use super::limiter::Limiter;
 use super::{parse, ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
-use crate::model::{Alarm, Reading, TagInfo, TagType};
+use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -508,10 +508,16 @@ impl Station for GenericClient {
             .call("read_values", Method::POST, self.url(&["tags", "values"]), Some(&body), false)
             .await?;
         let received = chrono::Utc::now();
-        parse::values(&reply.body, names, received).map_err(|e| {
+        let mut readings = parse::values(&reply.body, names, received).map_err(|e| {
             metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
             self.scrub_err(e)
-        })
+        })?;
+        for r in &mut readings {
+            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
+                *message = self.scrub(std::mem::take(message));
+            }
+        }
+        Ok(readings)
     }
 
     async fn write_value(&self, name: &str, _ty: TagType, value: &Value) -> Result<(), StationError> {

@@ -63,16 +63,23 @@ pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> 
     })
 }
 
+/// hyper's text for a connection closed before the reply was complete.
+const INCOMPLETE: &str = "connection closed before message completed";
+
 /// Classifies a transport error (no URL in the message).
 pub fn transport_error(e: reqwest::Error, timeout: Duration) -> StationError {
     if e.is_timeout() {
         return StationError::Timeout(timeout);
     }
     let e = e.without_url();
-    if e.is_body() || e.is_decode() {
-        return StationError::Malformed(format!("reply cut off: {}", chain(&e)));
+    let text = chain(&e);
+    // The request went out and the connection closed before a complete
+    // reply (hyper's IncompleteMessage): the reply was cut off. Connect
+    // errors (refused, reset before sending, TLS) stay `Unreachable`.
+    if e.is_body() || e.is_decode() || (!e.is_connect() && text.contains(INCOMPLETE)) {
+        return StationError::Malformed(format!("reply cut off: {text}"));
     }
-    StationError::Unreachable(chain(&e))
+    StationError::Unreachable(text)
 }
 
 /// Reads the whole body, at most [`MAX_BODY`] bytes. A connection closed
