@@ -192,8 +192,19 @@ async fn subscriptions_fire_and_outages_are_bad_communication_with_null() {
     let dv = rx.wait_for(&speed, |dv| dv.value == Some(Variant::Double(1.75))).await;
     assert!(dv.status().is_uncertain(), "{}", dv.status());
 
-    // The station goes away: every tag is Bad_CommunicationError with a null value.
+    // The station goes away: the poller reports it and marks every tag it
+    // cannot read bad (keeping the last value, which OPC UA must not show).
     gw.station(false);
+    let comm = |name: &str| {
+        let mut c = change(name, TagType::Double, json!(1.75), "2026-01-01T00:00:02Z");
+        c.quality = Quality::Bad;
+        c.error = Some(BadReason::Communication("connection refused".into()));
+        c
+    };
+    let mut broken_comm = comm("S/Broken");
+    broken_comm.ty = TagType::Int32;
+    broken_comm.value = serde_json::Value::Null;
+    gw.changes(vec![comm("S/Speed"), broken_comm]);
     let dv = rx.wait_for(&speed, |dv| dv.status() == StatusCode::BadCommunicationError).await;
     assert!(is_null(&dv), "{dv:?}");
     let dv = plain.wait_for(&speed, |dv| dv.status().is_bad()).await;
@@ -204,11 +215,6 @@ async fn subscriptions_fire_and_outages_are_bad_communication_with_null() {
     let read_back = read(s, std::slice::from_ref(&speed), AttributeId::Value).await.remove(0);
     assert_eq!(read_back.status(), StatusCode::BadCommunicationError);
     assert!(is_null(&read_back));
-    // The poller's own per-tag communication errors look the same.
-    let mut comm = change("S/Speed", TagType::Double, json!(1.75), "2026-01-01T00:00:03Z");
-    comm.quality = Quality::Bad;
-    comm.error = Some(BadReason::Communication("timeout".into()));
-    gw.changes(vec![comm]);
 
     // It comes back: Good again.
     gw.station(true);

@@ -10,7 +10,7 @@ use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Session};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDescriptionResultMask, BrowseDirection, DataChangeFilter,
-    DataChangeTrigger, DataValue, ExtensionObject,
+    DataChangeTrigger, DataValue, EndpointDescription, ExtensionObject,
     MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
     ReadValueId, ReferenceDescription, ReferenceTypeId, StatusCode, TimestampsToReturn,
 };
@@ -123,16 +123,9 @@ impl Client {
     }
 }
 
-/// Connects with the given security and identity. `Err` carries the status
-/// the client's event loop ended with (e.g. `BadIdentityTokenRejected`).
-pub async fn connect(
-    url: &str,
-    policy: SecurityPolicy,
-    mode: MessageSecurityMode,
-    identity: IdentityToken,
-    client_pki: &Path,
-) -> Result<Client, StatusCode> {
-    let mut client = ClientBuilder::new()
+/// An async-opcua client with its own PKI in `client_pki`.
+pub fn client(client_pki: &Path) -> opcua::client::Client {
+    ClientBuilder::new()
         .application_name("wincc-gateway test client")
         .application_uri("urn:wincc-gateway:test-client")
         .product_uri("urn:wincc-gateway:test-client")
@@ -146,17 +139,52 @@ pub async fn connect(
         .max_chunk_count(2048)
         .request_timeout(Duration::from_secs(20))
         .client()
-        .expect("client config");
-    let (session, event_loop) = client
+        .expect("client config")
+}
+
+/// Connects with the given security and identity. `Err` carries the status
+/// the client's event loop ended with (e.g. `BadIdentityTokenRejected`).
+pub async fn connect(
+    url: &str,
+    policy: SecurityPolicy,
+    mode: MessageSecurityMode,
+    identity: IdentityToken,
+    client_pki: &Path,
+) -> Result<Client, StatusCode> {
+    let (session, event_loop) = client(client_pki)
         .connect_to_matching_endpoint((url, policy.to_str(), mode), identity)
         .await
         .map_err(|e| e.status())?;
-    let mut event_loop = event_loop.spawn();
+    established(session, event_loop.spawn()).await
+}
+
+/// Connects to exactly this endpoint description (which may offer token
+/// policies the server did not advertise).
+pub async fn connect_direct(
+    endpoint: EndpointDescription,
+    identity: IdentityToken,
+    client_pki: &Path,
+) -> Result<Client, StatusCode> {
+    let (session, event_loop) = client(client_pki)
+        .connect_to_endpoint_directly(endpoint, identity)
+        .map_err(|e| e.status())?;
+    established(session, event_loop.spawn()).await
+}
+
+async fn established(session: Arc<Session>, mut event_loop: JoinHandle<StatusCode>) -> Result<Client, StatusCode> {
     tokio::select! {
         _ = session.wait_for_connection() => Ok(Client { session, event_loop }),
         ended = &mut event_loop => Err(ended.unwrap_or(StatusCode::BadUnexpectedError)),
         _ = tokio::time::sleep(Duration::from_secs(20)) => Err(StatusCode::BadTimeout),
     }
+}
+
+/// The server's endpoints, as GetEndpoints returns them.
+pub async fn endpoints(url: &str, client_pki: &Path) -> Vec<EndpointDescription> {
+    client(client_pki)
+        .get_server_endpoints_from_url(url)
+        .await
+        .expect("GetEndpoints")
 }
 
 pub async fn connect_anonymous(url: &str, client_pki: &Path) -> Client {

@@ -4,9 +4,9 @@
 //! * Address space: built from the first `Event::Tags`, updated on later
 //!   ones (see [`space`]). Values: each change batch is applied with one
 //!   `set_values` call, which also notifies subscriptions.
-//! * Status: Good / Uncertain; a station outage gives
-//!   `Bad_CommunicationError` with a null value, per-tag station errors
-//!   `Bad_NodeIdUnknown` or `Bad_DeviceFailure`.
+//! * Status: Good / Uncertain; tags the poller cannot read (station
+//!   outage) are `Bad_CommunicationError` with a null value, per-tag station
+//!   errors `Bad_NodeIdUnknown` or `Bad_DeviceFailure`.
 //! * Writes (see [`nodes`]): only tags allowed by `writable_tags` and
 //!   writable at the station have `CurrentWrite`; a client write answers
 //!   Good only after the station accepted it.
@@ -199,7 +199,7 @@ impl OpcuaSink {
                     None => break Ok(()),
                     Some(Event::Tags(tags)) => self.apply_tags(&subs, &tags),
                     Some(Event::Changes(batch)) => self.apply_changes(&subs, &batch),
-                    Some(Event::Station(s)) => self.apply_station(&subs, &s),
+                    Some(Event::Station(s)) => self.apply_station(&s),
                     Some(Event::Alarms(_)) => {}
                 },
                 _ = tick.tick() => {
@@ -309,25 +309,16 @@ impl OpcuaSink {
         metrics::counter!("wincc_gateway_opcua_values_total").increment(n as u64);
     }
 
-    fn apply_station(&mut self, subs: &SubscriptionCache, s: &StationStatus) {
+    /// The poller marks every tag of a group that cannot be read as bad
+    /// (`BadReason::Communication`) in a change batch, and republishes it
+    /// when the group reads again; those batches set
+    /// `Bad_CommunicationError` here. Marking every tag from this event as
+    /// well could leave tags of healthy groups bad, so it is only logged.
+    fn apply_station(&mut self, s: &StationStatus) {
         if s.connected {
-            // Fresh values arrive as change batches from the poller.
-            return;
+            tracing::info!("OPC UA: station connected");
+        } else {
+            tracing::warn!(error = ?s.error, "OPC UA: station unreachable; its tags turn Bad_CommunicationError");
         }
-        let since = DateTime::from(s.since);
-        let now = DateTime::now();
-        let ids: Vec<NodeId> = self.space.names().map(|n| self.space.tag_id(n)).collect();
-        let bad = DataValue {
-            value: Some(Variant::Empty),
-            status: Some(StatusCode::BadCommunicationError),
-            source_timestamp: Some(since),
-            source_picoseconds: None,
-            server_timestamp: Some(now),
-            server_picoseconds: None,
-        };
-        if let Err(e) = self.nodes.set_values(subs, ids.iter().map(|id| (id, None, bad.clone()))) {
-            tracing::error!(error = %e, "OPC UA: marking tags bad failed");
-        }
-        tracing::warn!(tags = ids.len(), "OPC UA: station unreachable, every tag is Bad_CommunicationError");
     }
 }
