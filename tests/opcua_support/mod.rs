@@ -81,9 +81,13 @@ pub fn settings(pki: &Path) -> OpcuaSettings {
 }
 
 pub async fn start(settings: &OpcuaSettings, writer: Option<Writer>) -> Gateway {
+    start_on(Bus::new(), settings, writer).await
+}
+
+/// Like [`start`], on an existing bus (e.g. one a real poller publishes on).
+pub async fn start_on(bus: Bus, settings: &OpcuaSettings, writer: Option<Writer>) -> Gateway {
     let sink = OpcuaSink::new(settings, writer).await.expect("sink builds");
     let status = sink.status();
-    let bus = Bus::new();
     let sub = bus.subscribe("opcua", 1024);
     let stop = CancellationToken::new();
     let token = stop.clone();
