@@ -4,11 +4,10 @@
 
 mod opcua_support;
 
-use opcua::types::{
-    AttributeId, DataTypeId, NodeClass, NodeId, ObjectId, QualifiedName, StatusCode,
-    Variant,
-};
 use opcua::nodes::AccessLevel;
+use opcua::types::{
+    AttributeId, DataTypeId, NodeClass, NodeId, ObjectId, QualifiedName, StatusCode, Variant,
+};
 use opcua_support::*;
 use serde_json::json;
 use wincc_gateway::http::ComponentState;
@@ -47,13 +46,21 @@ async fn hierarchy_types_values_and_timestamps() {
         change("Ünï/x#+%\u{1}", TagType::UInt16, json!(65535), ts),
         change("Line2/Big", TagType::Int64, json!(-9007199254740993i64), ts),
         change("Line2/U32", TagType::UInt32, json!(4000000000u64), ts),
-        change("Line2/When", TagType::DateTime, json!("2026-01-01T00:00:00Z"), ts),
+        change(
+            "Line2/When",
+            TagType::DateTime,
+            json!("2026-01-01T00:00:00Z"),
+            ts,
+        ),
     ]);
 
     let c = connect_anonymous(&gw.url, client_pki.path()).await;
     let s = &c.session;
     let ns = s.get_namespace_index(NS).await.unwrap();
-    let fns = s.get_namespace_index(&format!("{NS}/folders")).await.unwrap();
+    let fns = s
+        .get_namespace_index(&format!("{NS}/folders"))
+        .await
+        .unwrap();
     assert_ne!(ns, fns);
 
     // Objects/WinCC
@@ -83,22 +90,57 @@ async fn hierarchy_types_values_and_timestamps() {
         names,
         vec![
             (fns, "A".into(), NodeClass::Object, NodeId::new(fns, "A")),
-            (ns, "Line1".into(), NodeClass::Variable, NodeId::new(ns, "Line1")),
-            (fns, "Line1".into(), NodeClass::Object, NodeId::new(fns, "Line1")),
-            (fns, "Line2".into(), NodeClass::Object, NodeId::new(fns, "Line2")),
-            (ns, "Tank 3.Level".into(), NodeClass::Variable, NodeId::new(ns, "Tank 3.Level")),
-            (fns, "Ünï".into(), NodeClass::Object, NodeId::new(fns, "Ünï")),
+            (
+                ns,
+                "Line1".into(),
+                NodeClass::Variable,
+                NodeId::new(ns, "Line1")
+            ),
+            (
+                fns,
+                "Line1".into(),
+                NodeClass::Object,
+                NodeId::new(fns, "Line1")
+            ),
+            (
+                fns,
+                "Line2".into(),
+                NodeClass::Object,
+                NodeId::new(fns, "Line2")
+            ),
+            (
+                ns,
+                "Tank 3.Level".into(),
+                NodeClass::Variable,
+                NodeId::new(ns, "Tank 3.Level")
+            ),
+            (
+                fns,
+                "Ünï".into(),
+                NodeClass::Object,
+                NodeId::new(fns, "Ünï")
+            ),
         ]
     );
     let line1 = browse(s, &NodeId::new(fns, "Line1")).await;
-    assert!(line1.iter().any(|r| r.node_id.node_id == NodeId::new(fns, "Line1/Mixer")
-        && r.browse_name == QualifiedName::new(fns, "Mixer")));
-    assert!(line1.iter().any(|r| r.node_id.node_id == NodeId::new(ns, "Line1/Count")
-        && r.browse_name == QualifiedName::new(ns, "Count")));
+    assert!(line1
+        .iter()
+        .any(|r| r.node_id.node_id == NodeId::new(fns, "Line1/Mixer")
+            && r.browse_name == QualifiedName::new(fns, "Mixer")));
+    assert!(line1
+        .iter()
+        .any(|r| r.node_id.node_id == NodeId::new(ns, "Line1/Count")
+            && r.browse_name == QualifiedName::new(ns, "Count")));
     let mixer = browse(s, &NodeId::new(fns, "Line1/Mixer")).await;
     let mut leaves: Vec<_> = mixer.iter().map(|r| r.node_id.node_id.clone()).collect();
     leaves.sort_by_key(|n| n.to_string());
-    assert_eq!(leaves, vec![NodeId::new(ns, "Line1/Mixer/On"), NodeId::new(ns, "Line1/Mixer/Speed")]);
+    assert_eq!(
+        leaves,
+        vec![
+            NodeId::new(ns, "Line1/Mixer/On"),
+            NodeId::new(ns, "Line1/Mixer/Speed")
+        ]
+    );
     let a = browse(s, &NodeId::new(fns, "A")).await;
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].browse_name, QualifiedName::new(ns, "/B"));
@@ -123,7 +165,12 @@ async fn hierarchy_types_values_and_timestamps() {
         DataTypeId::DateTime,
     ];
     for ((dv, want), t) in types.iter().zip(expected).zip(&tags) {
-        assert_eq!(dv.value, Some(Variant::NodeId(Box::new(want.into()))), "{}", t.0);
+        assert_eq!(
+            dv.value,
+            Some(Variant::NodeId(Box::new(want.into()))),
+            "{}",
+            t.0
+        );
     }
     let values = read(s, &ids, AttributeId::Value).await;
     let when: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
@@ -149,12 +196,18 @@ async fn hierarchy_types_values_and_timestamps() {
     // No writer: nothing is writable, whatever the station says.
     let access = read(s, &ids[..2], AttributeId::UserAccessLevel).await;
     for dv in access {
-        let Some(Variant::Byte(b)) = dv.value else { panic!("{dv:?}") };
+        let Some(Variant::Byte(b)) = dv.value else {
+            panic!("{dv:?}")
+        };
         assert_eq!(b, AccessLevel::CURRENT_READ.bits());
     }
 
     assert_eq!(gw.status.state(), ComponentState::Up);
-    assert!(gw.status.sessions() >= 1, "sessions = {}", gw.status.sessions());
+    assert!(
+        gw.status.sessions() >= 1,
+        "sessions = {}",
+        gw.status.sessions()
+    );
     c.close().await;
     gw.shutdown().await;
 }
@@ -176,20 +229,37 @@ async fn subscriptions_fire_and_outages_are_bad_communication_with_null() {
     let gone = NodeId::new(ns, "S/Gone");
     let broken = NodeId::new(ns, "S/Broken");
     // Before any value: waiting for initial data.
-    let first = eventually_read(s, &speed, |dv| dv.status() == StatusCode::BadWaitingForInitialData).await;
+    let first = eventually_read(s, &speed, |dv| {
+        dv.status() == StatusCode::BadWaitingForInitialData
+    })
+    .await;
     assert!(is_null(&first));
 
     let mut rx = subscribe(s, &[speed.clone(), gone.clone(), broken.clone()], 10).await;
     // A client that sends no DataChangeFilter (see opcua_support::subscribe).
     let mut plain = subscribe_with(s, std::slice::from_ref(&speed), 1, false).await;
-    gw.changes(vec![change("S/Speed", TagType::Double, json!(1.5), "2026-01-01T00:00:01Z")]);
-    let dv = rx.wait_for(&speed, |dv| dv.value == Some(Variant::Double(1.5))).await;
+    gw.changes(vec![change(
+        "S/Speed",
+        TagType::Double,
+        json!(1.5),
+        "2026-01-01T00:00:01Z",
+    )]);
+    let dv = rx
+        .wait_for(&speed, |dv| dv.value == Some(Variant::Double(1.5)))
+        .await;
     assert_eq!(dv.status(), StatusCode::Good);
 
-    let mut unsure = change("S/Speed", TagType::Double, json!(1.75), "2026-01-01T00:00:02Z");
+    let mut unsure = change(
+        "S/Speed",
+        TagType::Double,
+        json!(1.75),
+        "2026-01-01T00:00:02Z",
+    );
     unsure.quality = Quality::Uncertain;
     gw.changes(vec![unsure]);
-    let dv = rx.wait_for(&speed, |dv| dv.value == Some(Variant::Double(1.75))).await;
+    let dv = rx
+        .wait_for(&speed, |dv| dv.value == Some(Variant::Double(1.75)))
+        .await;
     assert!(dv.status().is_uncertain(), "{}", dv.status());
 
     // The station goes away: the poller reports it and marks every tag it
@@ -205,26 +275,53 @@ async fn subscriptions_fire_and_outages_are_bad_communication_with_null() {
     broken_comm.ty = TagType::Int32;
     broken_comm.value = serde_json::Value::Null;
     gw.changes(vec![comm("S/Speed"), broken_comm]);
-    let dv = rx.wait_for(&speed, |dv| dv.status() == StatusCode::BadCommunicationError).await;
+    let dv = rx
+        .wait_for(&speed, |dv| {
+            dv.status() == StatusCode::BadCommunicationError
+        })
+        .await;
     assert!(is_null(&dv), "{dv:?}");
     let dv = plain.wait_for(&speed, |dv| dv.status().is_bad()).await;
-    assert_eq!(dv.status().sub_code(), StatusCode::BadCommunicationError.sub_code());
+    assert_eq!(
+        dv.status().sub_code(),
+        StatusCode::BadCommunicationError.sub_code()
+    );
     assert!(is_null(&dv));
-    let dv = rx.wait_for(&broken, |dv| dv.status() == StatusCode::BadCommunicationError).await;
+    let dv = rx
+        .wait_for(&broken, |dv| {
+            dv.status() == StatusCode::BadCommunicationError
+        })
+        .await;
     assert!(is_null(&dv));
-    let read_back = read(s, std::slice::from_ref(&speed), AttributeId::Value).await.remove(0);
+    let read_back = read(s, std::slice::from_ref(&speed), AttributeId::Value)
+        .await
+        .remove(0);
     assert_eq!(read_back.status(), StatusCode::BadCommunicationError);
     assert!(is_null(&read_back));
 
     // It comes back: Good again.
     gw.station(true);
-    gw.changes(vec![change("S/Speed", TagType::Double, json!(2.0), "2026-01-01T00:00:04Z")]);
-    let dv = rx.wait_for(&speed, |dv| dv.value == Some(Variant::Double(2.0))).await;
+    gw.changes(vec![change(
+        "S/Speed",
+        TagType::Double,
+        json!(2.0),
+        "2026-01-01T00:00:04Z",
+    )]);
+    let dv = rx
+        .wait_for(&speed, |dv| dv.value == Some(Variant::Double(2.0)))
+        .await;
     assert_eq!(dv.status(), StatusCode::Good);
-    plain.wait_for(&speed, |dv| dv.value == Some(Variant::Double(2.0))).await;
+    plain
+        .wait_for(&speed, |dv| dv.value == Some(Variant::Double(2.0)))
+        .await;
 
     // Per-tag station errors.
-    let mut unknown = change("S/Gone", TagType::Int32, serde_json::Value::Null, "2026-01-01T00:00:05Z");
+    let mut unknown = change(
+        "S/Gone",
+        TagType::Int32,
+        serde_json::Value::Null,
+        "2026-01-01T00:00:05Z",
+    );
     unknown.quality = Quality::Bad;
     unknown.error = Some(BadReason::TagError {
         code: "404".into(),
@@ -237,14 +334,27 @@ async fn subscriptions_fire_and_outages_are_bad_communication_with_null() {
         message: "PLC timeout".into(),
     });
     gw.changes(vec![unknown, failed]);
-    let dv = rx.wait_for(&gone, |dv| dv.status() == StatusCode::BadNodeIdUnknown).await;
+    let dv = rx
+        .wait_for(&gone, |dv| dv.status() == StatusCode::BadNodeIdUnknown)
+        .await;
     assert!(is_null(&dv));
-    let dv = rx.wait_for(&broken, |dv| dv.status() == StatusCode::BadDeviceFailure).await;
-    assert!(is_null(&dv), "a Bad value is null even when the station sent one");
+    let dv = rx
+        .wait_for(&broken, |dv| dv.status() == StatusCode::BadDeviceFailure)
+        .await;
+    assert!(
+        is_null(&dv),
+        "a Bad value is null even when the station sent one"
+    );
 
     // A value that does not fit the type is not passed on as Good.
-    gw.changes(vec![change("S/Broken", TagType::Int32, json!("not a number"), "2026-01-01T00:00:06Z")]);
-    rx.wait_for(&broken, |dv| dv.status() == StatusCode::BadTypeMismatch).await;
+    gw.changes(vec![change(
+        "S/Broken",
+        TagType::Int32,
+        json!("not a number"),
+        "2026-01-01T00:00:06Z",
+    )]);
+    rx.wait_for(&broken, |dv| dv.status() == StatusCode::BadTypeMismatch)
+        .await;
 
     c.close().await;
     gw.shutdown().await;
@@ -255,33 +365,69 @@ async fn later_tag_lists_add_new_and_remove_vanished_nodes() {
     let pki = tempfile::tempdir().unwrap();
     let client_pki = tempfile::tempdir().unwrap();
     let gw = start(&settings(pki.path()), None).await;
-    gw.tags(&[("Old/Only", TagType::Int32, false), ("Keep/It", TagType::Bool, false)]);
-    gw.changes(vec![change("Old/Only", TagType::Int32, json!(1), "2026-01-01T00:00:00Z")]);
+    gw.tags(&[
+        ("Old/Only", TagType::Int32, false),
+        ("Keep/It", TagType::Bool, false),
+    ]);
+    gw.changes(vec![change(
+        "Old/Only",
+        TagType::Int32,
+        json!(1),
+        "2026-01-01T00:00:00Z",
+    )]);
     let c = connect_anonymous(&gw.url, client_pki.path()).await;
     let s = &c.session;
     let ns = s.get_namespace_index(NS).await.unwrap();
-    let fns = s.get_namespace_index(&format!("{NS}/folders")).await.unwrap();
+    let fns = s
+        .get_namespace_index(&format!("{NS}/folders"))
+        .await
+        .unwrap();
     let old = NodeId::new(ns, "Old/Only");
     eventually_read(s, &old, |dv| dv.value == Some(Variant::Int32(1))).await;
     let mut rx = subscribe(s, std::slice::from_ref(&old), 10).await;
 
-    gw.tags(&[("Keep/It", TagType::Bool, false), ("New/Deep/Tag", TagType::Double, false)]);
+    gw.tags(&[
+        ("Keep/It", TagType::Bool, false),
+        ("New/Deep/Tag", TagType::Double, false),
+    ]);
     // Subscribers of the vanished tag hear about it; the node and its folder are gone.
-    rx.wait_for(&old, |dv| dv.status() == StatusCode::BadNodeIdUnknown).await;
-    let gone = read(s, std::slice::from_ref(&old), AttributeId::Value).await.remove(0);
+    rx.wait_for(&old, |dv| dv.status() == StatusCode::BadNodeIdUnknown)
+        .await;
+    let gone = read(s, std::slice::from_ref(&old), AttributeId::Value)
+        .await
+        .remove(0);
     assert_eq!(gone.status(), StatusCode::BadNodeIdUnknown);
     let root = browse(s, &NodeId::new(fns, 1u32)).await;
-    let mut top: Vec<String> = root.iter().map(|r| r.browse_name.name.to_string()).collect();
+    let mut top: Vec<String> = root
+        .iter()
+        .map(|r| r.browse_name.name.to_string())
+        .collect();
     top.sort();
     assert_eq!(top, ["Keep", "New"]);
     let deep = browse(s, &NodeId::new(fns, "New/Deep")).await;
     assert_eq!(deep[0].node_id.node_id, NodeId::new(ns, "New/Deep/Tag"));
-    gw.changes(vec![change("New/Deep/Tag", TagType::Double, json!(4.5), "2026-01-01T00:00:00Z")]);
-    eventually_read(s, &NodeId::new(ns, "New/Deep/Tag"), |dv| dv.value == Some(Variant::Double(4.5))).await;
+    gw.changes(vec![change(
+        "New/Deep/Tag",
+        TagType::Double,
+        json!(4.5),
+        "2026-01-01T00:00:00Z",
+    )]);
+    eventually_read(s, &NodeId::new(ns, "New/Deep/Tag"), |dv| {
+        dv.value == Some(Variant::Double(4.5))
+    })
+    .await;
 
     // A change for a tag not announced yet still shows up (read-only).
-    gw.changes(vec![change("Late/Tag", TagType::Int16, json!(9), "2026-01-01T00:00:00Z")]);
-    eventually_read(s, &NodeId::new(ns, "Late/Tag"), |dv| dv.value == Some(Variant::Int16(9))).await;
+    gw.changes(vec![change(
+        "Late/Tag",
+        TagType::Int16,
+        json!(9),
+        "2026-01-01T00:00:00Z",
+    )]);
+    eventually_read(s, &NodeId::new(ns, "Late/Tag"), |dv| {
+        dv.value == Some(Variant::Int16(9))
+    })
+    .await;
 
     c.close().await;
     gw.shutdown().await;

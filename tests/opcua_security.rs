@@ -8,7 +8,9 @@ use std::path::Path;
 
 use opcua::client::IdentityToken;
 use opcua::crypto::SecurityPolicy;
-use opcua::types::{AttributeId, MessageSecurityMode, NodeId, StatusCode, UserTokenPolicy, UserTokenType, Variant};
+use opcua::types::{
+    AttributeId, MessageSecurityMode, NodeId, StatusCode, UserTokenPolicy, UserTokenType, Variant,
+};
 use opcua_support::*;
 use serde_json::json;
 use wincc_gateway::config::{OpcuaSettings, OpcuaUser};
@@ -30,7 +32,10 @@ fn with_user(pki: &Path) -> OpcuaSettings {
 
 async fn read_value(c: &Client, tag: &str) -> opcua::types::DataValue {
     let ns = c.session.get_namespace_index(NS).await.unwrap();
-    eventually_read(&c.session, &NodeId::new(ns, tag), |dv| dv.status() == StatusCode::Good).await
+    eventually_read(&c.session, &NodeId::new(ns, tag), |dv| {
+        dv.status() == StatusCode::Good
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,17 +47,34 @@ async fn anonymous_only_when_allowed_and_passwords_checked() {
     s.security_policies = vec!["None".into(), "Basic256Sha256".into()];
     let gw = start(&s, None).await;
     gw.tags(&[("T/Value", TagType::Int32, false)]);
-    gw.changes(vec![change("T/Value", TagType::Int32, json!(42), "2026-01-01T00:00:00Z")]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Int32,
+        json!(42),
+        "2026-01-01T00:00:00Z",
+    )]);
 
     // Every endpoint offers user names only; on the unsecured one the
     // password is encrypted with the server certificate.
     let eps = endpoints(&gw.url, client_pki.path()).await;
-    assert_eq!(eps.len(), 3, "None + Basic256Sha256 Sign and SignAndEncrypt");
+    assert_eq!(
+        eps.len(),
+        3,
+        "None + Basic256Sha256 Sign and SignAndEncrypt"
+    );
     for ep in &eps {
         let tokens = ep.user_identity_tokens.clone().unwrap_or_default();
-        assert!(tokens.iter().all(|t| t.token_type == UserTokenType::UserName), "{tokens:?}");
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.token_type == UserTokenType::UserName),
+            "{tokens:?}"
+        );
         if ep.security_mode == MessageSecurityMode::None {
-            assert_eq!(tokens[0].security_policy_uri.as_ref(), SecurityPolicy::Basic256Sha256.to_uri());
+            assert_eq!(
+                tokens[0].security_policy_uri.as_ref(),
+                SecurityPolicy::Basic256Sha256.to_uri()
+            );
         }
     }
 
@@ -66,7 +88,15 @@ async fn anonymous_only_when_allowed_and_passwords_checked() {
     let refused = connect_direct(none, IdentityToken::Anonymous, client_pki.path()).await;
     assert_eq!(refused.err(), Some(StatusCode::BadIdentityTokenRejected));
 
-    let none_ep = |id| connect(&gw.url, SecurityPolicy::None, MessageSecurityMode::None, id, client_pki.path());
+    let none_ep = |id| {
+        connect(
+            &gw.url,
+            SecurityPolicy::None,
+            MessageSecurityMode::None,
+            id,
+            client_pki.path(),
+        )
+    };
     let wrong = none_ep(IdentityToken::new_user_name("operator", "c0rrect-h0rse")).await;
     assert_eq!(wrong.err(), Some(StatusCode::BadIdentityTokenRejected));
     let nobody = none_ep(IdentityToken::new_user_name("nobody", PASSWORD)).await;
@@ -75,7 +105,10 @@ async fn anonymous_only_when_allowed_and_passwords_checked() {
     let ok = none_ep(IdentityToken::new_user_name("operator", PASSWORD))
         .await
         .expect("right password");
-    assert_eq!(read_value(&ok, "T/Value").await.value, Some(Variant::Int32(42)));
+    assert_eq!(
+        read_value(&ok, "T/Value").await.value,
+        Some(Variant::Int32(42))
+    );
     ok.close().await;
     gw.shutdown().await;
 }
@@ -94,11 +127,18 @@ async fn encrypted_sessions_with_a_trusted_client() {
     ];
     let gw = start(&s, None).await;
     gw.tags(&[("T/Value", TagType::Double, false)]);
-    gw.changes(vec![change("T/Value", TagType::Double, json!(2.5), "2026-01-01T00:00:00Z")]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Double,
+        json!(2.5),
+        "2026-01-01T00:00:00Z",
+    )]);
 
     let eps = endpoints(&gw.url, client_pki.path()).await;
     assert_eq!(eps.len(), 6, "3 policies x Sign/SignAndEncrypt, no None");
-    assert!(eps.iter().all(|e| e.security_mode != MessageSecurityMode::None));
+    assert!(eps
+        .iter()
+        .all(|e| e.security_mode != MessageSecurityMode::None));
 
     let c = connect(
         &gw.url,
@@ -109,7 +149,10 @@ async fn encrypted_sessions_with_a_trusted_client() {
     )
     .await
     .expect("Basic256Sha256 SignAndEncrypt session");
-    assert_eq!(read_value(&c, "T/Value").await.value, Some(Variant::Double(2.5)));
+    assert_eq!(
+        read_value(&c, "T/Value").await.value,
+        Some(Variant::Double(2.5))
+    );
     c.close().await;
 
     let c = connect(
@@ -121,7 +164,10 @@ async fn encrypted_sessions_with_a_trusted_client() {
     )
     .await
     .expect("Aes256_Sha256_RsaPss SignAndEncrypt session");
-    assert_eq!(read_value(&c, "T/Value").await.value, Some(Variant::Double(2.5)));
+    assert_eq!(
+        read_value(&c, "T/Value").await.value,
+        Some(Variant::Double(2.5))
+    );
     let wrong = connect(
         &gw.url,
         SecurityPolicy::Aes128Sha256RsaOaep,
@@ -146,7 +192,12 @@ async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused(
     let own_cert = std::fs::read(pki.join("own/cert.der")).expect("server certificate created");
     assert!(pki.join("private/private.pem").exists());
     gw.tags(&[("T/Value", TagType::Bool, false)]);
-    gw.changes(vec![change("T/Value", TagType::Bool, json!(true), "2026-01-01T00:00:00Z")]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Bool,
+        json!(true),
+        "2026-01-01T00:00:00Z",
+    )]);
 
     let url = gw.url.clone();
     let secure = || {
@@ -159,7 +210,10 @@ async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused(
         )
     };
     let refused = secure().await;
-    assert!(refused.is_err(), "an unknown client certificate must be refused");
+    assert!(
+        refused.is_err(),
+        "an unknown client certificate must be refused"
+    );
     let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
         .expect("rejected/ exists")
         .map(|e| e.unwrap().path())
@@ -172,9 +226,17 @@ async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused(
     std::fs::rename(&rejected[0], pki.join("trusted").join(&file)).unwrap();
     let c = secure().await.expect("trusted client connects");
     let ns = c.session.get_namespace_index(NS).await.unwrap();
-    let dv = eventually_read(&c.session, &NodeId::new(ns, "T/Value"), |dv| dv.status() == StatusCode::Good).await;
+    let dv = eventually_read(&c.session, &NodeId::new(ns, "T/Value"), |dv| {
+        dv.status() == StatusCode::Good
+    })
+    .await;
     assert_eq!(dv.value, Some(Variant::Boolean(true)));
-    let _ = read(&c.session, &[NodeId::new(ns, "T/Value")], AttributeId::DataType).await;
+    let _ = read(
+        &c.session,
+        &[NodeId::new(ns, "T/Value")],
+        AttributeId::DataType,
+    )
+    .await;
     c.close().await;
     gw.shutdown().await;
 

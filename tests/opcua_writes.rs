@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opcua::nodes::AccessLevel;
-use opcua::types::{AttributeId, DataValue, LocalizedText, NodeId, NumericRange, StatusCode, Variant, WriteValue};
+use opcua::types::{
+    AttributeId, DataValue, LocalizedText, NodeId, NumericRange, StatusCode, Variant, WriteValue,
+};
 use opcua_support::*;
 use serde_json::json;
 use tokio::sync::watch;
@@ -49,7 +51,14 @@ async fn plant() -> Plant {
         ("Plant/ReadOnly", TagType::Double, false, json!(5.0)),
         ("Plant/NotListed", TagType::Double, true, json!(7.0)),
     ] {
-        sim.add_tag(TagInfo { name: name.into(), ty, writable }, v);
+        sim.add_tag(
+            TagInfo {
+                name: name.into(),
+                ty,
+                writable,
+            },
+            v,
+        );
     }
     let pki = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -83,7 +92,8 @@ enabled = false
         ns = NS,
         pki = pki.path().display(),
     );
-    let settings = Settings::from_toml_with_env(&toml, "test", std::iter::empty()).expect("valid settings");
+    let settings =
+        Settings::from_toml_with_env(&toml, "test", std::iter::empty()).expect("valid settings");
     let station: Arc<dyn Station> = Arc::new(GenericClient::new(&settings.wincc).unwrap());
     let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
     let writer = Writer::new(station.clone(), tags_rx);
@@ -112,7 +122,10 @@ fn write_value(node: &NodeId, value: Variant) -> WriteValue {
 }
 
 async fn write(c: &Client, node: &NodeId, value: Variant) -> StatusCode {
-    c.session.write(&[write_value(node, value)]).await.expect("write service")[0]
+    c.session
+        .write(&[write_value(node, value)])
+        .await
+        .expect("write service")[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +136,18 @@ async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let id = |n: &str| NodeId::new(ns, n);
     let setpoint = id("Plant/Setpoint");
-    eventually_read(&c.session, &setpoint, |dv| dv.value == Some(Variant::Double(1.0))).await;
+    eventually_read(&c.session, &setpoint, |dv| {
+        dv.value == Some(Variant::Double(1.0))
+    })
+    .await;
 
     // CurrentWrite only where allow-listed AND writable at the station.
-    let ids = [setpoint.clone(), id("Plant/Mode"), id("Plant/ReadOnly"), id("Plant/NotListed")];
+    let ids = [
+        setpoint.clone(),
+        id("Plant/Mode"),
+        id("Plant/ReadOnly"),
+        id("Plant/NotListed"),
+    ];
     let levels: Vec<u8> = read(&c.session, &ids, AttributeId::UserAccessLevel)
         .await
         .into_iter()
@@ -140,32 +161,96 @@ async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
     assert_eq!(levels, [rw, rw, ro, ro]);
 
     // Allowed: Good only after the station took it.
-    assert_eq!(write(&c, &setpoint, Variant::Double(42.5)).await, StatusCode::Good);
+    assert_eq!(
+        write(&c, &setpoint, Variant::Double(42.5)).await,
+        StatusCode::Good
+    );
     assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(42.5)));
-    let dv = read(&c.session, std::slice::from_ref(&setpoint), AttributeId::Value).await.remove(0);
+    let dv = read(
+        &c.session,
+        std::slice::from_ref(&setpoint),
+        AttributeId::Value,
+    )
+    .await
+    .remove(0);
     assert_eq!(dv.value, Some(Variant::Double(42.5)));
-    assert_eq!(write(&c, &id("Plant/Mode"), Variant::Int16(-3)).await, StatusCode::Good);
+    assert_eq!(
+        write(&c, &id("Plant/Mode"), Variant::Int16(-3)).await,
+        StatusCode::Good
+    );
     assert_eq!(p.sim.value("Plant/Mode"), Some(json!(-3)));
-    assert_eq!(write(&c, &id("Plant/SetFloat"), Variant::Float(0.75)).await, StatusCode::Good);
+    assert_eq!(
+        write(&c, &id("Plant/SetFloat"), Variant::Float(0.75)).await,
+        StatusCode::Good
+    );
     assert_eq!(p.sim.value("Plant/SetFloat"), Some(json!(0.75)));
 
     // Refused before the station: not allow-listed, read-only at the station,
     // wrong type, no JSON number for NaN, not a variable, not the Value.
-    let before = p.sim.stats().requests.get("PUT /tags/{name}/value").copied().unwrap_or(0);
+    let before = p
+        .sim
+        .stats()
+        .requests
+        .get("PUT /tags/{name}/value")
+        .copied()
+        .unwrap_or(0);
     let refusals = [
-        (id("Plant/NotListed"), Variant::Double(1.0), StatusCode::BadUserAccessDenied),
-        (id("Plant/ReadOnly"), Variant::Double(1.0), StatusCode::BadUserAccessDenied),
-        (setpoint.clone(), Variant::Int32(5), StatusCode::BadTypeMismatch),
-        (setpoint.clone(), Variant::String("5".into()), StatusCode::BadTypeMismatch),
-        (id("Plant/Mode"), Variant::Int32(3), StatusCode::BadTypeMismatch),
-        (id("Plant/SetFloat"), Variant::Float(f32::NAN), StatusCode::BadOutOfRange),
-        (id("Plant/Unknown"), Variant::Double(1.0), StatusCode::BadNodeIdUnknown),
+        (
+            id("Plant/NotListed"),
+            Variant::Double(1.0),
+            StatusCode::BadUserAccessDenied,
+        ),
+        (
+            id("Plant/ReadOnly"),
+            Variant::Double(1.0),
+            StatusCode::BadUserAccessDenied,
+        ),
+        (
+            setpoint.clone(),
+            Variant::Int32(5),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            setpoint.clone(),
+            Variant::String("5".into()),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            id("Plant/Mode"),
+            Variant::Int32(3),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            id("Plant/SetFloat"),
+            Variant::Float(f32::NAN),
+            StatusCode::BadOutOfRange,
+        ),
+        (
+            id("Plant/Unknown"),
+            Variant::Double(1.0),
+            StatusCode::BadNodeIdUnknown,
+        ),
     ];
     for (node, value, want) in refusals {
-        assert_eq!(write(&c, &node, value.clone()).await, want, "{node} <- {value:?}");
+        assert_eq!(
+            write(&c, &node, value.clone()).await,
+            want,
+            "{node} <- {value:?}"
+        );
     }
-    let fns = c.session.get_namespace_index(&format!("{NS}/folders")).await.unwrap();
-    let folder = c.session.write(&[write_value(&NodeId::new(fns, "Plant"), Variant::Double(1.0))]).await.unwrap();
+    let fns = c
+        .session
+        .get_namespace_index(&format!("{NS}/folders"))
+        .await
+        .unwrap();
+    let folder = c
+        .session
+        .write(&[write_value(
+            &NodeId::new(fns, "Plant"),
+            Variant::Double(1.0),
+        )])
+        .await
+        .unwrap();
     assert!(folder[0].is_bad(), "{}", folder[0]);
     let mut display = write_value(&setpoint, Variant::from(LocalizedText::new("", "x")));
     display.attribute_id = AttributeId::DisplayName as u32;
@@ -173,7 +258,13 @@ async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
     assert_eq!(p.sim.value("Plant/NotListed"), Some(json!(7.0)));
     assert_eq!(p.sim.value("Plant/ReadOnly"), Some(json!(5.0)));
     assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(42.5)));
-    let after = p.sim.stats().requests.get("PUT /tags/{name}/value").copied().unwrap_or(0);
+    let after = p
+        .sim
+        .stats()
+        .requests
+        .get("PUT /tags/{name}/value")
+        .copied()
+        .unwrap_or(0);
     assert_eq!(before, after, "no refused write reached the station");
 
     c.close().await;
@@ -190,27 +281,51 @@ async fn station_outage_is_bad_communication_for_values_and_writes() {
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let setpoint = NodeId::new(ns, "Plant/Setpoint");
     let readonly = NodeId::new(ns, "Plant/ReadOnly");
-    eventually_read(&c.session, &setpoint, |dv| dv.value == Some(Variant::Double(1.0))).await;
+    eventually_read(&c.session, &setpoint, |dv| {
+        dv.value == Some(Variant::Double(1.0))
+    })
+    .await;
     let mut rx = subscribe(&c.session, &[setpoint.clone(), readonly.clone()], 10).await;
-    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0))).await;
+    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0)))
+        .await;
 
     p.sim.set_faults(Faults {
         outage_s: 60.0,
         ..Faults::default()
     });
-    let dv = rx.wait_for(&setpoint, |dv| dv.status() == StatusCode::BadCommunicationError).await;
+    let dv = rx
+        .wait_for(&setpoint, |dv| {
+            dv.status() == StatusCode::BadCommunicationError
+        })
+        .await;
     assert!(matches!(dv.value, None | Some(Variant::Empty)), "{dv:?}");
-    rx.wait_for(&readonly, |dv| dv.status() == StatusCode::BadCommunicationError).await;
-    let status = tokio::time::timeout(Duration::from_secs(15), write(&c, &setpoint, Variant::Double(9.0)))
-        .await
-        .expect("the write answers while the station is down");
+    rx.wait_for(&readonly, |dv| {
+        dv.status() == StatusCode::BadCommunicationError
+    })
+    .await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        write(&c, &setpoint, Variant::Double(9.0)),
+    )
+    .await
+    .expect("the write answers while the station is down");
     assert_eq!(status, StatusCode::BadCommunicationError);
 
     p.sim.set_faults(Faults::default());
-    let dv = rx.wait_for(&setpoint, |dv| dv.status() == StatusCode::Good).await;
-    assert_eq!(dv.value, Some(Variant::Double(1.0)), "the failed write changed nothing");
-    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0))).await;
-    assert_eq!(write(&c, &setpoint, Variant::Double(9.0)).await, StatusCode::Good);
+    let dv = rx
+        .wait_for(&setpoint, |dv| dv.status() == StatusCode::Good)
+        .await;
+    assert_eq!(
+        dv.value,
+        Some(Variant::Double(1.0)),
+        "the failed write changed nothing"
+    );
+    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0)))
+        .await;
+    assert_eq!(
+        write(&c, &setpoint, Variant::Double(9.0)).await,
+        StatusCode::Good
+    );
     assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(9.0)));
 
     c.close().await;

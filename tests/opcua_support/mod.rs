@@ -10,9 +10,9 @@ use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Session};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDescriptionResultMask, BrowseDirection, DataChangeFilter,
-    DataChangeTrigger, DataValue, EndpointDescription, ExtensionObject,
-    MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    ReadValueId, ReferenceDescription, ReferenceTypeId, StatusCode, TimestampsToReturn,
+    DataChangeTrigger, DataValue, EndpointDescription, ExtensionObject, MessageSecurityMode,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+    ReferenceDescription, ReferenceTypeId, StatusCode, TimestampsToReturn,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,7 +38,10 @@ impl Gateway {
     pub async fn shutdown(self) {
         self.stop.cancel();
         let r = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        assert!(matches!(r, Ok(Ok(Ok(())))), "sink did not stop cleanly: {r:?}");
+        assert!(
+            matches!(r, Ok(Ok(Ok(())))),
+            "sink did not stop cleanly: {r:?}"
+        );
     }
 
     pub fn tags(&self, tags: &[(&str, TagType, bool)]) {
@@ -175,7 +178,10 @@ pub async fn connect_direct(
     established(session, event_loop.spawn()).await
 }
 
-async fn established(session: Arc<Session>, mut event_loop: JoinHandle<StatusCode>) -> Result<Client, StatusCode> {
+async fn established(
+    session: Arc<Session>,
+    mut event_loop: JoinHandle<StatusCode>,
+) -> Result<Client, StatusCode> {
     tokio::select! {
         _ = session.wait_for_connection() => Ok(Client { session, event_loop }),
         ended = &mut event_loop => Err(ended.unwrap_or(StatusCode::BadUnexpectedError)),
@@ -192,9 +198,15 @@ pub async fn endpoints(url: &str, client_pki: &Path) -> Vec<EndpointDescription>
 }
 
 pub async fn connect_anonymous(url: &str, client_pki: &Path) -> Client {
-    connect(url, SecurityPolicy::None, MessageSecurityMode::None, IdentityToken::Anonymous, client_pki)
-        .await
-        .expect("anonymous session")
+    connect(
+        url,
+        SecurityPolicy::None,
+        MessageSecurityMode::None,
+        IdentityToken::Anonymous,
+        client_pki,
+    )
+    .await
+    .expect("anonymous session")
 }
 
 /// All forward hierarchical references of `node`, following continuation points.
@@ -225,7 +237,10 @@ pub async fn browse(session: &Session, node: &NodeId) -> Vec<ReferenceDescriptio
 
 /// Reads one attribute of several nodes.
 pub async fn read(session: &Session, nodes: &[NodeId], attribute: AttributeId) -> Vec<DataValue> {
-    let ids: Vec<ReadValueId> = nodes.iter().map(|n| ReadValueId::new(n.clone(), attribute)).collect();
+    let ids: Vec<ReadValueId> = nodes
+        .iter()
+        .map(|n| ReadValueId::new(n.clone(), attribute))
+        .collect();
     session
         .read(&ids, TimestampsToReturn::Both, 0.0)
         .await
@@ -241,7 +256,11 @@ pub struct Notifications {
 impl Notifications {
     /// Waits (up to 10 s) for a data change of `node` that satisfies `pred`;
     /// drops that node's earlier changes, keeps other nodes' changes.
-    pub async fn wait_for(&mut self, node: &NodeId, pred: impl Fn(&DataValue) -> bool) -> DataValue {
+    pub async fn wait_for(
+        &mut self,
+        node: &NodeId,
+        pred: impl Fn(&DataValue) -> bool,
+    ) -> DataValue {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut searched = 0;
         loop {
@@ -261,7 +280,12 @@ impl Notifications {
             searched = self.log.len();
             let got = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no matching data change for {node} within 10 s; got {:?}", self.log))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no matching data change for {node} within 10 s; got {:?}",
+                        self.log
+                    )
+                })
                 .expect("subscription channel open");
             self.log.push(got);
         }
@@ -287,7 +311,12 @@ pub async fn subscribe(session: &Session, nodes: &[NodeId], queue_size: u32) -> 
 }
 
 /// Like [`subscribe`], optionally without any filter.
-pub async fn subscribe_with(session: &Session, nodes: &[NodeId], queue_size: u32, status_filter: bool) -> Notifications {
+pub async fn subscribe_with(
+    session: &Session,
+    nodes: &[NodeId],
+    queue_size: u32,
+    status_filter: bool,
+) -> Notifications {
     let filter = if status_filter {
         ExtensionObject::from_message(DataChangeFilter {
             trigger: DataChangeTrigger::StatusValue,
@@ -334,9 +363,16 @@ pub async fn subscribe_with(session: &Session, nodes: &[NodeId], queue_size: u32
         .await
         .expect("create_monitored_items");
     for c in &created {
-        assert!(c.result.status_code.is_good(), "monitored item: {}", c.result.status_code);
+        assert!(
+            c.result.status_code.is_good(),
+            "monitored item: {}",
+            c.result.status_code
+        );
     }
-    Notifications { rx, log: Vec::new() }
+    Notifications {
+        rx,
+        log: Vec::new(),
+    }
 }
 
 /// Polls a read until `pred` holds (the sink applies bus events asynchronously).
@@ -347,11 +383,16 @@ pub async fn eventually_read(
 ) -> DataValue {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let dv = read(session, std::slice::from_ref(node), AttributeId::Value).await.remove(0);
+        let dv = read(session, std::slice::from_ref(node), AttributeId::Value)
+            .await
+            .remove(0);
         if pred(&dv) {
             return dv;
         }
-        assert!(Instant::now() < deadline, "{node} never matched; last read {dv:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{node} never matched; last read {dv:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

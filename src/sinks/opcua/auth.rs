@@ -9,7 +9,9 @@
 
 use async_trait::async_trait;
 use opcua::crypto::SecurityPolicy;
-use opcua::server::authenticator::{user_pass_security_policy_id, AuthManager, Password, UserToken};
+use opcua::server::authenticator::{
+    user_pass_security_policy_id, AuthManager, Password, UserToken,
+};
 use opcua::server::ServerEndpoint;
 use opcua::types::{Error, StatusCode, UAString, UserTokenPolicy, UserTokenType};
 use sha2::{Digest, Sha256};
@@ -69,7 +71,10 @@ impl GatewayAuth {
 }
 
 fn rejected() -> Error {
-    Error::new(StatusCode::BadIdentityTokenRejected, "user name or password is wrong")
+    Error::new(
+        StatusCode::BadIdentityTokenRejected,
+        "user name or password is wrong",
+    )
 }
 
 #[async_trait]

@@ -56,8 +56,8 @@ pub fn json_to_variant(ty: TagType, v: &Value) -> Result<Variant, ValueError> {
         TagType::Bool => match v {
             Value::Bool(b) => Ok(Variant::Boolean(*b)),
             Value::Number(n) => match n.as_f64() {
-                Some(f) if f == 0.0 => Ok(Variant::Boolean(false)),
-                Some(f) if f == 1.0 => Ok(Variant::Boolean(true)),
+                Some(0.0) => Ok(Variant::Boolean(false)),
+                Some(1.0) => Ok(Variant::Boolean(true)),
                 _ => Err(ValueError::TypeMismatch),
             },
             Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
@@ -135,7 +135,10 @@ fn json_integer(v: &Value) -> Result<i128, ValueError> {
 fn json_float(v: &Value) -> Result<f64, ValueError> {
     match v {
         Value::Number(n) => n.as_f64().ok_or(ValueError::TypeMismatch),
-        Value::String(s) => s.trim().parse::<f64>().map_err(|_| ValueError::TypeMismatch),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| ValueError::TypeMismatch),
         _ => Err(ValueError::TypeMismatch),
     }
 }
@@ -264,37 +267,92 @@ mod tests {
 
     #[test]
     fn station_json_becomes_the_tags_exact_type() {
-        assert_eq!(json_to_variant(TagType::Bool, &json!(true)), Ok(Variant::Boolean(true)));
-        assert_eq!(json_to_variant(TagType::Bool, &json!(0)), Ok(Variant::Boolean(false)));
-        assert_eq!(json_to_variant(TagType::Bool, &json!(2)), Err(ValueError::TypeMismatch));
-        assert_eq!(json_to_variant(TagType::Int16, &json!(-5)), Ok(Variant::Int16(-5)));
-        assert_eq!(json_to_variant(TagType::Int16, &json!(5.0)), Ok(Variant::Int16(5)));
-        assert_eq!(json_to_variant(TagType::Int16, &json!("7")), Ok(Variant::Int16(7)));
-        assert_eq!(json_to_variant(TagType::Int16, &json!(5.5)), Err(ValueError::TypeMismatch));
-        assert_eq!(json_to_variant(TagType::Int16, &json!(40000)), Err(ValueError::OutOfRange));
-        assert_eq!(json_to_variant(TagType::UInt16, &json!(-1)), Err(ValueError::OutOfRange));
+        assert_eq!(
+            json_to_variant(TagType::Bool, &json!(true)),
+            Ok(Variant::Boolean(true))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Bool, &json!(0)),
+            Ok(Variant::Boolean(false))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Bool, &json!(2)),
+            Err(ValueError::TypeMismatch)
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int16, &json!(-5)),
+            Ok(Variant::Int16(-5))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int16, &json!(5.0)),
+            Ok(Variant::Int16(5))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int16, &json!("7")),
+            Ok(Variant::Int16(7))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int16, &json!(5.5)),
+            Err(ValueError::TypeMismatch)
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int16, &json!(40000)),
+            Err(ValueError::OutOfRange)
+        );
+        assert_eq!(
+            json_to_variant(TagType::UInt16, &json!(-1)),
+            Err(ValueError::OutOfRange)
+        );
         assert_eq!(
             json_to_variant(TagType::UInt32, &json!(4294967295u64)),
             Ok(Variant::UInt32(u32::MAX))
         );
-        assert_eq!(json_to_variant(TagType::Int64, &json!(i64::MIN)), Ok(Variant::Int64(i64::MIN)));
-        assert_eq!(json_to_variant(TagType::Int64, &json!(1e300)), Err(ValueError::OutOfRange));
-        assert_eq!(json_to_variant(TagType::Float, &json!(1.5)), Ok(Variant::Float(1.5)));
-        assert_eq!(json_to_variant(TagType::Float, &json!(1e39)), Err(ValueError::OutOfRange));
-        assert_eq!(json_to_variant(TagType::Double, &json!(1e39)), Ok(Variant::Double(1e39)));
-        assert_eq!(json_to_variant(TagType::Double, &json!("x")), Err(ValueError::TypeMismatch));
+        assert_eq!(
+            json_to_variant(TagType::Int64, &json!(i64::MIN)),
+            Ok(Variant::Int64(i64::MIN))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int64, &json!(1e300)),
+            Err(ValueError::OutOfRange)
+        );
+        assert_eq!(
+            json_to_variant(TagType::Float, &json!(1.5)),
+            Ok(Variant::Float(1.5))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Float, &json!(1e39)),
+            Err(ValueError::OutOfRange)
+        );
+        assert_eq!(
+            json_to_variant(TagType::Double, &json!(1e39)),
+            Ok(Variant::Double(1e39))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Double, &json!("x")),
+            Err(ValueError::TypeMismatch)
+        );
         assert_eq!(
             json_to_variant(TagType::String, &json!("a\u{0}b")),
             Ok(Variant::String("a\u{0}b".into()))
         );
-        assert_eq!(json_to_variant(TagType::String, &json!(12)), Ok(Variant::String("12".into())));
-        let Ok(Variant::DateTime(t)) = json_to_variant(TagType::DateTime, &json!("2026-01-02T03:04:05.678+01:00"))
+        assert_eq!(
+            json_to_variant(TagType::String, &json!(12)),
+            Ok(Variant::String("12".into()))
+        );
+        let Ok(Variant::DateTime(t)) =
+            json_to_variant(TagType::DateTime, &json!("2026-01-02T03:04:05.678+01:00"))
         else {
             panic!("not a DateTime")
         };
         assert_eq!(t.as_chrono().to_rfc3339(), "2026-01-02T02:04:05.678+00:00");
-        assert_eq!(json_to_variant(TagType::DateTime, &json!("soon")), Err(ValueError::TypeMismatch));
-        assert_eq!(json_to_variant(TagType::Int32, &json!([1])), Err(ValueError::TypeMismatch));
+        assert_eq!(
+            json_to_variant(TagType::DateTime, &json!("soon")),
+            Err(ValueError::TypeMismatch)
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int32, &json!([1])),
+            Err(ValueError::TypeMismatch)
+        );
     }
 
     fn change(quality: Quality, value: Value, error: Option<BadReason>) -> TagChange {
@@ -344,23 +402,54 @@ mod tests {
         assert_eq!(dv.status, Some(StatusCode::BadDeviceFailure));
 
         let (dv, p) = change_to_data_value(&change(Quality::Good, json!("abc"), None), now);
-        assert_eq!((dv.value, dv.status, p), (Some(Variant::Empty), Some(StatusCode::BadTypeMismatch), Some(ValueError::TypeMismatch)));
+        assert_eq!(
+            (dv.value, dv.status, p),
+            (
+                Some(Variant::Empty),
+                Some(StatusCode::BadTypeMismatch),
+                Some(ValueError::TypeMismatch)
+            )
+        );
         let (dv, _) = change_to_data_value(&change(Quality::Good, Value::Null, None), now);
         assert_eq!(dv.status, Some(StatusCode::BadNoData));
     }
 
     #[test]
     fn written_variants_must_match_exactly() {
-        assert_eq!(variant_to_json(TagType::Double, &Variant::Double(1.5)), Ok(json!(1.5)));
-        assert_eq!(variant_to_json(TagType::Double, &Variant::Int32(1)), Err(StatusCode::BadTypeMismatch));
-        assert_eq!(variant_to_json(TagType::Int16, &Variant::Int32(1)), Err(StatusCode::BadTypeMismatch));
-        assert_eq!(variant_to_json(TagType::UInt32, &Variant::UInt32(7)), Ok(json!(7)));
-        assert_eq!(variant_to_json(TagType::Float, &Variant::Float(f32::NAN)), Err(StatusCode::BadOutOfRange));
-        assert_eq!(variant_to_json(TagType::String, &Variant::String(UAString::null())), Err(StatusCode::BadTypeMismatch));
-        assert_eq!(variant_to_json(TagType::Bool, &Variant::Empty), Err(StatusCode::BadTypeMismatch));
+        assert_eq!(
+            variant_to_json(TagType::Double, &Variant::Double(1.5)),
+            Ok(json!(1.5))
+        );
+        assert_eq!(
+            variant_to_json(TagType::Double, &Variant::Int32(1)),
+            Err(StatusCode::BadTypeMismatch)
+        );
+        assert_eq!(
+            variant_to_json(TagType::Int16, &Variant::Int32(1)),
+            Err(StatusCode::BadTypeMismatch)
+        );
+        assert_eq!(
+            variant_to_json(TagType::UInt32, &Variant::UInt32(7)),
+            Ok(json!(7))
+        );
+        assert_eq!(
+            variant_to_json(TagType::Float, &Variant::Float(f32::NAN)),
+            Err(StatusCode::BadOutOfRange)
+        );
+        assert_eq!(
+            variant_to_json(TagType::String, &Variant::String(UAString::null())),
+            Err(StatusCode::BadTypeMismatch)
+        );
+        assert_eq!(
+            variant_to_json(TagType::Bool, &Variant::Empty),
+            Err(StatusCode::BadTypeMismatch)
+        );
         let t: chrono::DateTime<Utc> = "2026-01-01T00:00:00.250Z".parse().unwrap();
         assert_eq!(
-            variant_to_json(TagType::DateTime, &Variant::DateTime(Box::new(DateTime::from(t)))),
+            variant_to_json(
+                TagType::DateTime,
+                &Variant::DateTime(Box::new(DateTime::from(t)))
+            ),
             Ok(json!("2026-01-01T00:00:00.250Z"))
         );
         // Every converted value passes the guarded path's own type check.
@@ -376,11 +465,29 @@ mod tests {
 
     #[test]
     fn write_errors_map_to_opc_ua_codes() {
-        assert_eq!(write_error_status(&WriteError::TypeMismatch("x".into())), StatusCode::BadTypeMismatch);
-        assert_eq!(write_error_status(&WriteError::OutOfRange("x".into())), StatusCode::BadOutOfRange);
-        assert_eq!(write_error_status(&WriteError::NotAllowed("x".into())), StatusCode::BadUserAccessDenied);
-        assert_eq!(write_error_status(&WriteError::ReadOnly("x".into())), StatusCode::BadUserAccessDenied);
-        assert_eq!(write_error_status(&WriteError::Disabled("opcua")), StatusCode::BadUserAccessDenied);
-        assert_eq!(write_error_status(&WriteError::Station("down".into())), StatusCode::BadCommunicationError);
+        assert_eq!(
+            write_error_status(&WriteError::TypeMismatch("x".into())),
+            StatusCode::BadTypeMismatch
+        );
+        assert_eq!(
+            write_error_status(&WriteError::OutOfRange("x".into())),
+            StatusCode::BadOutOfRange
+        );
+        assert_eq!(
+            write_error_status(&WriteError::NotAllowed("x".into())),
+            StatusCode::BadUserAccessDenied
+        );
+        assert_eq!(
+            write_error_status(&WriteError::ReadOnly("x".into())),
+            StatusCode::BadUserAccessDenied
+        );
+        assert_eq!(
+            write_error_status(&WriteError::Disabled("opcua")),
+            StatusCode::BadUserAccessDenied
+        );
+        assert_eq!(
+            write_error_status(&WriteError::Station("down".into())),
+            StatusCode::BadCommunicationError
+        );
     }
 }

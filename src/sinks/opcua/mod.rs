@@ -73,11 +73,10 @@ pub struct OpcuaStatus {
 impl OpcuaStatus {
     /// Sessions currently open (created and not yet closed or expired).
     pub fn sessions(&self) -> usize {
-        let dv = self
-            .handle
-            .info()
-            .summary()
-            .get(VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount);
+        let dv =
+            self.handle.info().summary().get(
+                VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
+            );
         match dv.and_then(|d| d.value) {
             Some(Variant::UInt32(n)) => n as usize,
             _ => 0,
@@ -169,7 +168,11 @@ impl OpcuaSink {
 
     /// Serves clients and applies bus events until `shutdown` is cancelled
     /// or the bus closes, then stops the server.
-    pub async fn run(mut self, mut events: Subscriber, shutdown: CancellationToken) -> Result<(), OpcuaError> {
+    pub async fn run(
+        mut self,
+        mut events: Subscriber,
+        shutdown: CancellationToken,
+    ) -> Result<(), OpcuaError> {
         let (Some(server), Some(listener)) = (self.server.take(), self.listener.take()) else {
             return Err(OpcuaError::Server("already run".into()));
         };
@@ -215,7 +218,8 @@ impl OpcuaSink {
                 server.abort();
             }
         }
-        self.state.send_replace(ComponentState::Down("stopped".into()));
+        self.state
+            .send_replace(ComponentState::Down("stopped".into()));
         metrics::gauge!("wincc_gateway_opcua_sessions").set(0.0);
         tracing::info!("OPC UA server stopped");
         result
@@ -270,7 +274,13 @@ impl OpcuaSink {
                         .as_ref()
                         .and_then(|w| w.tag(&c.name))
                         .is_some_and(|t| t.writable && t.ty == c.ty);
-                    (c.name.to_string(), TagEntry { ty: c.ty, writable: station_writable && may_write(&c.name) })
+                    (
+                        c.name.to_string(),
+                        TagEntry {
+                            ty: c.ty,
+                            writable: station_writable && may_write(&c.name),
+                        },
+                    )
                 })
                 .collect();
             let mut space = self.nodes.address_space().write();
@@ -302,7 +312,10 @@ impl OpcuaSink {
             metrics::counter!("wincc_gateway_opcua_value_errors_total").increment(problems);
         }
         let n = ids.len();
-        if let Err(e) = self.nodes.set_values(subs, ids.iter().zip(values).map(|(id, dv)| (id, None, dv))) {
+        if let Err(e) = self
+            .nodes
+            .set_values(subs, ids.iter().zip(values).map(|(id, dv)| (id, None, dv)))
+        {
             tracing::error!(error = %e, "OPC UA: setting values failed");
             return;
         }

@@ -12,13 +12,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use opcua::server::address_space::{add_namespaces, user_access_level, AccessLevel, AddressSpace, Node, NodeType};
+use opcua::server::address_space::{
+    add_namespaces, user_access_level, AccessLevel, AddressSpace, Node, NodeType,
+};
 use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::node_manager::memory::InMemoryNodeManagerBuilder;
 use opcua::server::node_manager::memory::{InMemoryNodeManager, InMemoryNodeManagerImpl};
 use opcua::server::node_manager::{
     NodeManagerBuilder, ParsedWriteValue, RequestContext, ServerContext, WriteNode,
 };
-use opcua::server::node_manager::memory::InMemoryNodeManagerBuilder;
 use opcua::sync::RwLock;
 use opcua::types::{
     AttributeId, DataEncoding, DataValue, DateTime, Identifier, NodeId, NumericRange, StatusCode,
@@ -52,7 +54,10 @@ pub struct GatewayNodes {
 /// A builder for the server: registers `namespace_uri` and
 /// `<namespace_uri>/folders` and adds `Objects/WinCC`.
 pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeManagerBuilder {
-    let uris = [namespace_uri.to_string(), format!("{namespace_uri}/folders")];
+    let uris = [
+        namespace_uri.to_string(),
+        format!("{namespace_uri}/folders"),
+    ];
     InMemoryNodeManagerBuilder::new(move |context: ServerContext, space: &mut AddressSpace| {
         let idx = add_namespaces(&context, space, &[uris[0].as_str(), uris[1].as_str()]);
         add_root(space, idx[1]);
@@ -91,7 +96,9 @@ impl GatewayNodes {
         space: &AddressSpace,
         write: &ParsedWriteValue,
     ) -> Result<(String, TagType, serde_json::Value), StatusCode> {
-        let node = space.find(&write.node_id).ok_or(StatusCode::BadNodeIdUnknown)?;
+        let node = space
+            .find(&write.node_id)
+            .ok_or(StatusCode::BadNodeIdUnknown)?;
         let NodeType::Variable(var) = node else {
             return Err(StatusCode::BadNotWritable);
         };
@@ -113,14 +120,23 @@ impl GatewayNodes {
         let name = name.value().clone().ok_or(StatusCode::BadNodeIdUnknown)?;
         let ty = TagType::ALL
             .into_iter()
-            .find(|t| var.data_type() == NodeId::from(data_type(*t)))
+            .find(|t| var.data_type() == data_type(*t))
             .ok_or(StatusCode::BadNotWritable)?;
-        let value = write.value.value.as_ref().ok_or(StatusCode::BadTypeMismatch)?;
+        let value = write
+            .value
+            .value
+            .as_ref()
+            .ok_or(StatusCode::BadTypeMismatch)?;
         let json = variant_to_json(ty, value)?;
         Ok((name, ty, json))
     }
 
-    async fn write_one(&self, context: &RequestContext, space_lock: &RwLock<AddressSpace>, write: &mut WriteNode) {
+    async fn write_one(
+        &self,
+        context: &RequestContext,
+        space_lock: &RwLock<AddressSpace>,
+        write: &mut WriteNode,
+    ) {
         let prepared = {
             let space = space_lock.read();
             self.prepare(context, &space, write.value())
@@ -157,15 +173,22 @@ impl GatewayNodes {
             match space.find_mut(&node_id) {
                 Some(NodeType::Variable(v)) => {
                     v.set_data_value(dv);
-                    v.get_attribute(TimestampsToReturn::Both, AttributeId::Value, &NumericRange::None, &DataEncoding::Binary)
+                    v.get_attribute(
+                        TimestampsToReturn::Both,
+                        AttributeId::Value,
+                        &NumericRange::None,
+                        &DataEncoding::Binary,
+                    )
                 }
                 _ => None,
             }
         };
         if let Some(value) = notified {
-            context
-                .subscriptions
-                .notify_data_change(std::iter::once((value, &node_id, AttributeId::Value)));
+            context.subscriptions.notify_data_change(std::iter::once((
+                value,
+                &node_id,
+                AttributeId::Value,
+            )));
         }
         write.set_status(StatusCode::Good);
     }

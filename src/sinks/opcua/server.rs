@@ -32,22 +32,36 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(String, u16, String), OpcuaErro
         return Err(bad("the scheme must be opc.tcp"));
     }
     let host = url.host_str().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = url.port().ok_or_else(|| bad("no port"))?;
-    let path = if url.path().is_empty() { "/".to_string() } else { url.path().to_string() };
+    let path = if url.path().is_empty() {
+        "/".to_string()
+    } else {
+        url.path().to_string()
+    };
     Ok((host, port, path))
 }
 
 /// The (policy, modes) pairs a configured policy name stands for.
-fn policy_modes(name: &str) -> Result<(SecurityPolicy, &'static [MessageSecurityMode]), OpcuaError> {
-    const SIGNED: &[MessageSecurityMode] = &[MessageSecurityMode::Sign, MessageSecurityMode::SignAndEncrypt];
+fn policy_modes(
+    name: &str,
+) -> Result<(SecurityPolicy, &'static [MessageSecurityMode]), OpcuaError> {
+    const SIGNED: &[MessageSecurityMode] = &[
+        MessageSecurityMode::Sign,
+        MessageSecurityMode::SignAndEncrypt,
+    ];
     Ok(match name {
         "None" => (SecurityPolicy::None, &[MessageSecurityMode::None]),
         "Basic256Sha256" => (SecurityPolicy::Basic256Sha256, SIGNED),
         "Aes128_Sha256_RsaOaep" => (SecurityPolicy::Aes128Sha256RsaOaep, SIGNED),
         "Aes256_Sha256_RsaPss" => (SecurityPolicy::Aes256Sha256RsaPss, SIGNED),
         "Basic256" => {
-            tracing::warn!("OPC UA security policy Basic256 is deprecated (SHA-1); prefer Basic256Sha256");
+            tracing::warn!(
+                "OPC UA security policy Basic256 is deprecated (SHA-1); prefer Basic256Sha256"
+            );
             (SecurityPolicy::Basic256, SIGNED)
         }
         other => {
@@ -64,13 +78,17 @@ fn users(settings: &OpcuaSettings) -> Result<Vec<(String, Secret)>, OpcuaError> 
     let mut out = Vec::with_capacity(settings.users.len());
     for (i, u) in settings.users.iter().enumerate() {
         if u.username.is_empty() {
-            return Err(OpcuaError::Config(format!("opcua.users[{i}].username must not be empty")));
+            return Err(OpcuaError::Config(format!(
+                "opcua.users[{i}].username must not be empty"
+            )));
         }
         let key = format!("opcua.users[{i}].password");
         match resolve_secret(&key, &u.password_env, &u.password_file) {
             Ok(Some(p)) => out.push((u.username.clone(), p)),
             Ok(None) => {
-                return Err(OpcuaError::Config(format!("{key}_env: a user needs password_env or password_file")))
+                return Err(OpcuaError::Config(format!(
+                    "{key}_env: a user needs password_env or password_file"
+                )))
             }
             Err(p) => return Err(OpcuaError::Config(format!("{}: {}", p.key, p.why))),
         }
@@ -99,10 +117,14 @@ pub fn application_uri(namespace_uri: &str) -> String {
 pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Built, OpcuaError> {
     let (host, port, path) = parse_endpoint(&settings.endpoint)?;
     if settings.namespace_uri.is_empty() {
-        return Err(OpcuaError::Config("opcua.namespace_uri must not be empty".into()));
+        return Err(OpcuaError::Config(
+            "opcua.namespace_uri must not be empty".into(),
+        ));
     }
     if settings.security_policies.is_empty() {
-        return Err(OpcuaError::Config("opcua.security_policies: list at least one policy".into()));
+        return Err(OpcuaError::Config(
+            "opcua.security_policies: list at least one policy".into(),
+        ));
     }
     let users = users(settings)?;
     if !settings.allow_anonymous && users.is_empty() {
@@ -117,16 +139,21 @@ pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Bu
             let mut ep = ServerEndpoint::new(path.clone(), policy, mode, &[]);
             if policy == SecurityPolicy::None && !users.is_empty() {
                 // Passwords are encrypted with the server certificate even here.
-                ep.password_security_policy = Some(SecurityPolicy::Basic256Sha256.to_str().to_string());
+                ep.password_security_policy =
+                    Some(SecurityPolicy::Basic256Sha256.to_str().to_string());
             }
             endpoints.push((format!("{}_{}", policy.to_str(), mode), ep));
         }
     }
-    let needs_cert = endpoints
-        .iter()
-        .any(|(_, e)| e.security_policy() != SecurityPolicy::None || e.password_security_policy.is_some());
+    let needs_cert = endpoints.iter().any(|(_, e)| {
+        e.security_policy() != SecurityPolicy::None || e.password_security_policy.is_some()
+    });
 
-    let bind_host = if host == "localhost" { "127.0.0.1".to_string() } else { host.clone() };
+    let bind_host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host.clone()
+    };
     let listener = TcpListener::bind((bind_host.as_str(), port))
         .map_err(|e| OpcuaError::Bind(format!("{bind_host}:{port}"), e))?;
     listener
@@ -230,11 +257,23 @@ mod tests {
 
     #[test]
     fn policies_map_to_sign_and_sign_encrypt() {
-        assert_eq!(policy_modes("None").unwrap().1, &[MessageSecurityMode::None]);
+        assert_eq!(
+            policy_modes("None").unwrap().1,
+            &[MessageSecurityMode::None]
+        );
         let (p, m) = policy_modes("Basic256Sha256").unwrap();
         assert_eq!(p, SecurityPolicy::Basic256Sha256);
-        assert_eq!(m, &[MessageSecurityMode::Sign, MessageSecurityMode::SignAndEncrypt]);
-        assert_eq!(policy_modes("Aes256_Sha256_RsaPss").unwrap().0, SecurityPolicy::Aes256Sha256RsaPss);
+        assert_eq!(
+            m,
+            &[
+                MessageSecurityMode::Sign,
+                MessageSecurityMode::SignAndEncrypt
+            ]
+        );
+        assert_eq!(
+            policy_modes("Aes256_Sha256_RsaPss").unwrap().0,
+            SecurityPolicy::Aes256Sha256RsaPss
+        );
         assert!(policy_modes("Basic128Rsa15").is_err());
     }
 }

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use opcua::server::address_space::{AccessLevel, AddressSpace, NodeType, VariableBuilder};
 use opcua::types::{
-    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, StatusCode, VariableTypeId, Variant,
+    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, StatusCode,
+    VariableTypeId, Variant,
 };
 
 use crate::model::{TagInfo, TagType};
@@ -48,7 +49,10 @@ pub fn level_ranges(name: &str) -> Vec<(usize, usize)> {
 
 /// The levels of a tag name as strings.
 pub fn levels(name: &str) -> Vec<&str> {
-    level_ranges(name).into_iter().map(|(a, b)| &name[a..b]).collect()
+    level_ranges(name)
+        .into_iter()
+        .map(|(a, b)| &name[a..b])
+        .collect()
 }
 
 /// What the address space holds for one tag.
@@ -128,7 +132,12 @@ impl Space {
     /// ones (and folders left empty), re-creates tags whose type changed and
     /// updates the access level of those whose writability changed.
     /// `may_write(name)` tells whether the write policy allows the tag.
-    pub fn sync(&mut self, space: &mut AddressSpace, tags: &[TagInfo], may_write: &dyn Fn(&str) -> bool) -> SyncReport {
+    pub fn sync(
+        &mut self,
+        space: &mut AddressSpace,
+        tags: &[TagInfo],
+        may_write: &dyn Fn(&str) -> bool,
+    ) -> SyncReport {
         let mut report = SyncReport::default();
         let mut wanted: HashMap<&str, TagEntry> = HashMap::with_capacity(tags.len());
         for t in tags {
@@ -189,7 +198,12 @@ impl Space {
             let count = self.folders.entry(path.to_string()).or_insert(0);
             if *count == 0 {
                 let level = &name[a..b];
-                space.add_folder(&id, QualifiedName::new(self.folder_ns, level), level, &parent);
+                space.add_folder(
+                    &id,
+                    QualifiedName::new(self.folder_ns, level),
+                    level,
+                    &parent,
+                );
             }
             *count += 1;
             parent = id;
@@ -281,7 +295,18 @@ mod tests {
         assert_eq!(levels("Kühlung/Temp°C"), ["Kühlung", "Temp°C"]);
         // Same split as the MQTT topic, for hostile names too.
         for n in [
-            "A//B", "/", "//", "///x", "a/", "+", "a/+/#", "\u{1}/\u{2}", "ünï/cødé", "A/ /B", "x///y/", "a/b//c/d",
+            "A//B",
+            "/",
+            "//",
+            "///x",
+            "a/",
+            "+",
+            "a/+/#",
+            "\u{1}/\u{2}",
+            "ünï/cødé",
+            "A/ /B",
+            "x///y/",
+            "a/b//c/d",
         ] {
             let from_topic: Vec<String> = topic::encode(n)
                 .split('/')
@@ -324,7 +349,10 @@ mod tests {
             &all,
         );
         assert_eq!(r.added, 4);
-        assert_eq!(s.folder_paths(), HashSet::from(["Line1", "Line1/Mixer", "A"]));
+        assert_eq!(
+            s.folder_paths(),
+            HashSet::from(["Line1", "Line1/Mixer", "A"])
+        );
         // A folder and a variable with the same text live side by side.
         assert!(a.find(&NodeId::new(3, "Line1")).is_some());
         let Some(NodeType::Variable(v)) = a.find(&NodeId::new(2, "Line1")) else {
@@ -336,7 +364,16 @@ mod tests {
             panic!("no variable")
         };
         assert!(v.access_level().contains(AccessLevel::CURRENT_WRITE));
-        assert_eq!(v.value(opcua::types::TimestampsToReturn::Both, &Default::default(), &Default::default(), 0.0).status, Some(StatusCode::BadWaitingForInitialData));
+        assert_eq!(
+            v.value(
+                opcua::types::TimestampsToReturn::Both,
+                &Default::default(),
+                &Default::default(),
+                0.0
+            )
+            .status,
+            Some(StatusCode::BadWaitingForInitialData)
+        );
         assert!(a.find(&NodeId::new(2, "A//B")).is_some());
         assert!(a.find(&NodeId::new(3, "A")).is_some());
 
