@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
-    AttributeId, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    ReadValueId, StatusCode, TimestampsToReturn, Variant,
+    AttributeId, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn, Variant,
 };
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +40,17 @@ fn tag_name(i: usize) -> String {
 }
 
 fn now_us() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as f64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as f64
 }
 
 fn env_u64(k: &str, default: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// utime + stime of this process, in seconds (USER_HZ is 100 on Linux).
@@ -144,7 +150,10 @@ async fn server() {
     .await
     .unwrap();
     let (ready_line, mut lines) = ready;
-    assert!(ready_line.starts_with("READY"), "client said {ready_line:?}");
+    assert!(
+        ready_line.starts_with("READY"),
+        "client said {ready_line:?}"
+    );
     let load_s = t.elapsed().as_secs_f64();
     let rss_loaded = status_kb("VmRSS:");
 
@@ -155,7 +164,8 @@ async fn server() {
         let names = names.clone();
         let feed_stop = feed_stop.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / BATCHES_PER_S as u64));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(1000 / BATCHES_PER_S as u64));
             let mut sent = 0u64;
             loop {
                 tokio::select! {
@@ -194,9 +204,10 @@ async fn server() {
     let (cpu1, wall) = (cpu_seconds(), t0.elapsed().as_secs_f64());
     let rss_end = status_kb("VmRSS:");
     let rss_peak = status_kb("VmHWM:");
-    let result = tokio::task::spawn_blocking(move || lines.next().and_then(|l| l.ok()).unwrap_or_default())
-        .await
-        .unwrap();
+    let result =
+        tokio::task::spawn_blocking(move || lines.next().and_then(|l| l.ok()).unwrap_or_default())
+            .await
+            .unwrap();
     feed_stop.cancel();
     let sent = feeder.await.unwrap();
     let _ = child.wait();
@@ -206,7 +217,10 @@ async fn server() {
     let cpu_pct = 100.0 * (cpu1 - cpu0) / wall;
     println!("OPC UA sink: {TAGS} variables, {CHANGES_PER_S} changes/s, 1 client monitoring {MONITORED} items @ 250 ms");
     println!("  address space + initial values + client connect/subscribe: {load_s:.1} s");
-    println!("  changes published: {sent} ({:.0}/s)", sent as f64 / (wall + warmup as f64));
+    println!(
+        "  changes published: {sent} ({:.0}/s)",
+        sent as f64 / (wall + warmup as f64)
+    );
     println!("  server CPU: {cpu_pct:.1} % of one core (measured over {wall:.0} s)");
     println!(
         "  server RSS: {} MiB before tags, {} MiB loaded, {} MiB at end, peak {} MiB",
@@ -245,7 +259,11 @@ fn client(url: &str) {
             .unwrap();
         let (session, event_loop) = client
             .connect_to_matching_endpoint(
-                (url, SecurityPolicy::None.to_str(), MessageSecurityMode::None),
+                (
+                    url,
+                    SecurityPolicy::None.to_str(),
+                    MessageSecurityMode::None,
+                ),
                 IdentityToken::Anonymous,
             )
             .await
@@ -253,12 +271,18 @@ fn client(url: &str) {
         let _loop = event_loop.spawn();
         session.wait_for_connection().await;
         let ns = session.get_namespace_index(NS).await.unwrap();
-        let ids: Vec<NodeId> = (0..MONITORED).map(|k| NodeId::new(ns, tag_name(k * (TAGS / MONITORED)))).collect();
+        let ids: Vec<NodeId> = (0..MONITORED)
+            .map(|k| NodeId::new(ns, tag_name(k * (TAGS / MONITORED))))
+            .collect();
         // Wait until the whole address space and the initial values are in.
         let last = NodeId::new(ns, tag_name(TAGS - 1));
         loop {
             let dv = session
-                .read(&[ReadValueId::new(last.clone(), AttributeId::Value)], TimestampsToReturn::Both, 0.0)
+                .read(
+                    &[ReadValueId::new(last.clone(), AttributeId::Value)],
+                    TimestampsToReturn::Both,
+                    0.0,
+                )
                 .await
                 .unwrap()
                 .remove(0);
@@ -322,7 +346,11 @@ fn client(url: &str) {
         measuring.store(false, std::sync::atomic::Ordering::Relaxed);
         let mut v = std::mem::take(&mut *samples.lock().unwrap());
         v.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+        let pct = |p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         println!(
             "{} notifications ({:.0}/s), latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             v.len(),
