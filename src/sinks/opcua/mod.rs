@@ -83,8 +83,8 @@ impl OpcuaStatus {
         }
     }
 
-    /// `Up` while the server accepts clients, `Down(reason)` once it failed
-    /// or stopped.
+    /// `Up` from the moment the socket is bound, `Down(reason)` once the
+    /// server failed or stopped.
     pub fn state(&self) -> ComponentState {
         self.state.borrow().clone()
     }
@@ -119,7 +119,7 @@ impl OpcuaSink {
     /// With `writer = None` every tag is read-only.
     pub async fn new(settings: &OpcuaSettings, writer: Option<Writer>) -> Result<Self, OpcuaError> {
         let policy = WritePolicy::new("opcua", settings.write_enabled, &settings.writable_tags)
-            .map_err(|e| OpcuaError::Config(format!("opcua.writable_tags: {e:?}")))?;
+            .map_err(|e| OpcuaError::Config(format!("opcua.writable_tags: {e}")))?;
         let target = writer.clone().map(|writer| WriteTarget {
             writer,
             policy: policy.clone(),
@@ -135,7 +135,8 @@ impl OpcuaSink {
             .listener
             .local_addr()
             .map_err(|e| OpcuaError::Bind(settings.endpoint.clone(), e))?;
-        let (state, state_rx) = watch::channel(ComponentState::Down("starting".into()));
+        // The socket is bound: clients queue until `run` serves them.
+        let (state, state_rx) = watch::channel(ComponentState::Up);
         let status = OpcuaStatus {
             state: state_rx,
             handle: built.handle.clone(),

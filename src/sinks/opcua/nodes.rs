@@ -159,8 +159,9 @@ impl GatewayNodes {
         }
         // The station took it: show the written value until the next poll.
         let now = DateTime::now();
+        let written = json_to_variant(ty, &json).unwrap_or_default();
         let dv = DataValue {
-            value: json_to_variant(ty, &json).ok(),
+            value: Some(written),
             status: Some(StatusCode::Good),
             source_timestamp: Some(now),
             source_picoseconds: None,
