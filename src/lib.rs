@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod glob;
 pub mod model;
+pub mod sinks;
 pub mod topic;
 pub mod wincc;
 pub mod writes;
