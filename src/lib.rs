@@ -9,6 +9,8 @@ pub mod bus;
 pub mod config;
 pub mod glob;
 pub mod model;
+pub mod poll;
+pub mod sim;
 pub mod sinks;
 pub mod topic;
 pub mod wincc;

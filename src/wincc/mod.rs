@@ -89,3 +89,36 @@ pub trait Station: Send + Sync + 'static {
     /// Ends the session, if the dialect has one. Errors are logged, not returned.
     async fn logout(&self);
 }
+
+pub mod generic;
+mod http;
+pub mod limiter;
+mod parse;
+
+use std::sync::Arc;
+
+use crate::config::{Dialect, Settings};
+
+/// Why a station client could not be set up (bad TLS files, unsupported
+/// options). Located by configuration key; never contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A setting cannot be used: `key`, why.
+    #[error("{key}: {why}")]
+    Setting { key: &'static str, why: String },
+    /// The secret could not be resolved.
+    #[error("{0}")]
+    Secret(crate::config::Problem),
+}
+
+/// Builds the station client for the configured dialect. Makes no request:
+/// the client logs in on its first call.
+pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
+    match settings.wincc.dialect {
+        Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
+        other => Err(ConnectError::Setting {
+            key: "wincc.dialect",
+            why: format!("dialect \"{}\" is not implemented yet; use \"generic\"", other.as_str()),
+        }),
+    }
+}

@@ -1,0 +1,371 @@
+//! One poll group's task: polls its tags on its own interval, in batches,
+//! diffs the readings and publishes one change batch per cycle.
+//!
+//! Scheduling: a tokio interval with `MissedTickBehavior::Skip`, so cycles
+//! start at multiples of the period (no drift); a cycle that overruns makes
+//! the ticks that fell inside it count as skipped
+//! (`wincc_gateway_poll_cycles_skipped_total{group}`) instead of stacking.
+//! When a whole cycle fails the group backs off (exponential with jitter,
+//! capped at about 30 s) and returns to its interval on the first success.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::diff::{ChangeRules, TagSlot};
+use super::Health;
+use crate::bus::{Bus, Event};
+use crate::model::{BadReason, ChangeBatch, Reading, TagChange, TagInfo};
+use crate::wincc::{Station, StationError};
+
+/// What a group polls and how often (sent by discovery).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlan {
+    pub tags: Arc<Vec<TagInfo>>,
+    /// The effective period: the configured interval × the slowdown factor.
+    pub period: Duration,
+}
+
+pub(crate) struct GroupTask {
+    pub name: Arc<str>,
+    pub rules: ChangeRules,
+    pub base_interval: Duration,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub station: Arc<dyn Station>,
+    pub bus: Bus,
+    pub health: Arc<Health>,
+    pub plan_rx: watch::Receiver<Option<Arc<GroupPlan>>>,
+    slots: Vec<TagSlot>,
+    chunks: Vec<Arc<Vec<String>>>,
+    period: Duration,
+}
+
+type ChunkResult = (usize, Result<Vec<Reading>, StationError>, Instant);
+
+enum Wake {
+    Tick,
+    Plan,
+    Stop,
+}
+
+fn outage_backoff(interval: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(interval.clamp(Duration::from_millis(50), Duration::from_secs(5)))
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    t
+}
+
+impl GroupTask {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: Arc<str>,
+        rules: ChangeRules,
+        base_interval: Duration,
+        batch: usize,
+        concurrency: usize,
+        station: Arc<dyn Station>,
+        bus: Bus,
+        health: Arc<Health>,
+        plan_rx: watch::Receiver<Option<Arc<GroupPlan>>>,
+    ) -> Self {
+        GroupTask {
+            name,
+            rules,
+            base_interval,
+            batch: batch.max(1),
+            concurrency: concurrency.max(1),
+            station,
+            bus,
+            health,
+            plan_rx,
+            slots: Vec::new(),
+            chunks: Vec::new(),
+            period: base_interval,
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        // Wait for the first discovery.
+        loop {
+            if self.plan_rx.borrow_and_update().is_some() {
+                break;
+            }
+            tokio::select! {
+                r = self.plan_rx.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        self.take_plan();
+        let mut ticks = ticker(self.period);
+        let mut backoff: Option<ExponentialBackoff> = None;
+        let mut last_end: Option<Instant> = None;
+        let group = self.name.to_string();
+        loop {
+            let wake = match backoff.as_mut() {
+                Some(b) => {
+                    let d = b.next().unwrap_or(Duration::from_secs(30));
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => Wake::Tick,
+                        r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
+                        _ = shutdown.cancelled() => Wake::Stop,
+                    }
+                }
+                None => tokio::select! {
+                    t = ticks.tick() => {
+                        let t = t.into_std();
+                        match last_end {
+                            Some(end) if t < end => {
+                                let missed = ((end - t).as_nanos() / self.period.as_nanos().max(1)) as u64 + 1;
+                                metrics::counter!("wincc_gateway_poll_cycles_skipped_total", "group" => group.clone()).increment(missed);
+                                tracing::debug!(group, missed, "poll cycle overran its interval; ticks skipped");
+                                last_end = None;
+                                continue;
+                            }
+                            _ => Wake::Tick,
+                        }
+                    }
+                    r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
+                    _ = shutdown.cancelled() => Wake::Stop,
+                },
+            };
+            match wake {
+                Wake::Stop => return,
+                Wake::Plan => {
+                    let old = self.period;
+                    self.take_plan();
+                    if self.period != old {
+                        ticks = ticker(self.period);
+                        last_end = None;
+                    }
+                    continue;
+                }
+                Wake::Tick => {}
+            }
+            if self.slots.is_empty() {
+                continue;
+            }
+            let ok = tokio::select! {
+                r = self.cycle() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            last_end = Some(Instant::now());
+            match (ok, backoff.is_some()) {
+                (true, true) => {
+                    backoff = None;
+                    ticks.reset();
+                    last_end = None;
+                }
+                (false, false) => backoff = Some(outage_backoff(self.base_interval)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Adopts the newest plan: keeps the state of tags still polled, emits
+    /// removed tags once as bad, rebuilds the request batches.
+    fn take_plan(&mut self) {
+        let Some(plan) = self.plan_rx.borrow_and_update().clone() else {
+            return;
+        };
+        self.period = plan.period;
+        let mut old: HashMap<Arc<str>, TagSlot> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        self.slots = plan
+            .tags
+            .iter()
+            .map(|t| match old.remove(t.name.as_str()) {
+                Some(mut s) => {
+                    s.ty = t.ty;
+                    s
+                }
+                None => TagSlot::new(Arc::from(t.name.as_str()), t.ty),
+            })
+            .collect();
+        self.chunks = self
+            .slots
+            .chunks(self.batch)
+            .map(|c| Arc::new(c.iter().map(|s| s.name.to_string()).collect()))
+            .collect();
+        let mut removed: Vec<TagChange> = old.values().filter_map(TagSlot::removed).collect();
+        if !removed.is_empty() {
+            removed.sort_by(|a, b| a.name.cmp(&b.name));
+            tracing::info!(group = %self.name, count = removed.len(), "tags removed at the station");
+            self.publish(removed, Instant::now());
+        }
+    }
+
+    fn publish(&self, changes: Vec<TagChange>, received_at: Instant) {
+        metrics::counter!("wincc_gateway_changes_total").increment(changes.len() as u64);
+        self.bus.publish(Event::Changes(Arc::new(ChangeBatch {
+            group: self.name.clone(),
+            changes,
+            received_at,
+        })));
+    }
+
+    /// One poll of every tag of the group. `true` when at least one batch
+    /// was read (the station answered).
+    async fn cycle(&mut self) -> bool {
+        let started = Instant::now();
+        metrics::counter!("wincc_gateway_polls_total", "group" => self.name.to_string()).increment(1);
+        let batch = self.batch;
+        // The request futures are built up front as owned, boxed futures:
+        // a stream combinator closure here trips rustc's higher-ranked
+        // `Send` inference for the spawned task.
+        let requests: Vec<BoxFuture<'static, ChunkResult>> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (names, station) = (c.clone(), self.station.clone());
+                async move {
+                    let r = station.read_values(&names).await;
+                    (i, r, Instant::now())
+                }
+                .boxed()
+            })
+            .collect();
+        let total = requests.len();
+        let slots = &mut self.slots;
+        let rules = &self.rules;
+        let mut results = futures::stream::iter(requests).buffer_unordered(self.concurrency);
+        let mut changes = Vec::new();
+        let mut first_arrival: Option<Instant> = None;
+        let mut failures: Vec<(usize, StationError)> = Vec::new();
+        let mut answered = 0usize;
+        while let Some((i, result, arrived)) = results.next().await {
+            let start = i * batch;
+            let end = (start + batch).min(slots.len());
+            let part = &mut slots[start..end];
+            match result {
+                Ok(readings) => {
+                    answered += 1;
+                    first_arrival.get_or_insert(arrived);
+                    let now = Instant::now();
+                    let readings = match_by_name(part_names(part), readings);
+                    for (slot, r) in part.iter_mut().zip(readings) {
+                        if let Some(c) = slot.apply(r, rules, now) {
+                            changes.push(c);
+                        }
+                    }
+                }
+                Err(e) => failures.push((i, e)),
+            }
+        }
+        drop(results);
+        let now = Instant::now();
+        let whole_cycle_failed = answered == 0 && !failures.is_empty();
+        for (i, e) in &failures {
+            // A 429 that outlived its retry is a transient refusal: keep the values.
+            if matches!(e, StationError::Busy { status: 429, .. }) {
+                continue;
+            }
+            let start = i * batch;
+            let end = (start + batch).min(slots.len());
+            let reason = BadReason::Communication(e.to_string());
+            for slot in &mut slots[start..end] {
+                if let Some(c) = slot.mark_bad(reason.clone(), now) {
+                    changes.push(c);
+                }
+            }
+        }
+        if let Some((_, e)) = failures.first() {
+            tracing::warn!(group = %self.name, failed = failures.len(), of = total, error = %e, "poll requests failed");
+        }
+        if whole_cycle_failed {
+            let e = &failures[0].1;
+            if e.is_outage() && !matches!(e, StationError::Busy { status: 429, .. }) {
+                self.health.down(e);
+            }
+        } else if answered > 0 {
+            self.health.up();
+        }
+        if !changes.is_empty() {
+            self.publish(changes, first_arrival.unwrap_or(now));
+        }
+        metrics::histogram!("wincc_gateway_poll_cycle_seconds", "group" => self.name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        !whole_cycle_failed
+    }
+}
+
+fn part_names(part: &[TagSlot]) -> impl Iterator<Item = &str> + Clone + '_ {
+    part.iter().map(|s| &*s.name)
+}
+
+/// Lines the readings up with the requested names, by NAME. The client
+/// returns them in request order, which is checked; otherwise (or when
+/// rows are missing) they are matched through a map, and a name with no
+/// reading gets a bad "missing" reading.
+fn match_by_name<'a>(names: impl Iterator<Item = &'a str> + Clone, readings: Vec<Reading>) -> Vec<Reading> {
+    let in_order = names.clone().count() == readings.len()
+        && names.clone().zip(&readings).all(|(n, r)| n == r.name);
+    if in_order {
+        return readings;
+    }
+    let mut by_name: HashMap<String, Reading> = HashMap::with_capacity(readings.len());
+    for r in readings {
+        by_name.entry(r.name.clone()).or_insert(r);
+    }
+    let now = chrono::Utc::now();
+    names
+        .map(|n| {
+            by_name.remove(n).unwrap_or_else(|| Reading {
+                name: n.to_string(),
+                value: serde_json::Value::Null,
+                quality: crate::model::Quality::Bad,
+                quality_code: None,
+                timestamp: now,
+                error: Some(BadReason::TagError {
+                    code: "missing".into(),
+                    message: "the station's reply has no row for this tag".into(),
+                }),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Quality;
+
+    fn reading(n: &str, v: i64) -> Reading {
+        Reading {
+            name: n.into(),
+            value: v.into(),
+            quality: Quality::Good,
+            quality_code: None,
+            timestamp: chrono::Utc::now(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn readings_are_matched_by_name_whatever_their_order() {
+        let names = ["A", "B", "C"];
+        let r = match_by_name(names.iter().copied(), vec![reading("C", 3), reading("A", 1)]);
+        assert_eq!(r.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), names);
+        assert_eq!(r[0].value, 1);
+        assert_eq!(r[1].quality, Quality::Bad);
+        assert_eq!(r[2].value, 3);
+    }
+}

@@ -1,0 +1,372 @@
+//! A faithful WinCC REST station simulator, for the demo, every test and
+//! every benchmark.
+//!
+//! The `generic` dialect (contract §5) is served at the root of the
+//! listening address, with `/_sim/*` for statistics, fault switches and
+//! alarm control. The tag store ([`store`]), sessions ([`auth`]), faults
+//! ([`faults`]), statistics ([`stats`]) and alarms ([`alarms`]) are shared,
+//! so that other dialects can be added as sibling route files next to
+//! [`generic`].
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use wincc_gateway::sim::{self, SimOptions};
+//! let sim = sim::start("127.0.0.1:0".parse().unwrap(), SimOptions::default()).await?;
+//! println!("base_url = {}", sim.base_url());
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod alarms;
+pub mod auth;
+mod control;
+pub mod faults;
+pub mod generic;
+pub mod http;
+mod listener;
+pub mod names;
+pub mod stats;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use alarms::{AlarmAction, AlarmCommand, AlarmError};
+pub use faults::{Faults, TooManyRequests};
+pub use names::HOSTILE;
+pub use stats::SimStats;
+pub use store::TagError;
+
+use crate::config::AuthMode;
+use crate::model::{Alarm, Quality, TagInfo};
+use auth::Sessions;
+use faults::FaultState;
+use listener::{ConnId, Net, SimListener};
+use stats::Stats;
+use store::TagStore;
+
+/// How the simulated station behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Number of tags (hostile names included from 20 on).
+    pub tags: usize,
+    /// Fraction of the tags that change per second.
+    pub change_rate: f64,
+    pub auth: AuthMode,
+    /// `(username, password)` pairs accepted by login and Basic auth.
+    pub users: Vec<(String, String)>,
+    /// Lifetime of a session token.
+    pub token_ttl: Duration,
+    /// Seed of every random choice (names, values, changes, alarms, faults).
+    pub seed: u64,
+    /// Larger request bodies are answered 413.
+    pub max_body_bytes: usize,
+    /// Whether the ticker raises, acknowledges and clears alarms by itself.
+    pub alarms: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            tags: 1000,
+            change_rate: 0.1,
+            auth: AuthMode::None,
+            users: vec![("gateway".into(), "gateway".into())],
+            token_ttl: Duration::from_secs(3600),
+            seed: 1,
+            max_body_bytes: 1024 * 1024,
+            alarms: true,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Everything the simulated station knows; shared by all its tasks.
+#[derive(Debug)]
+pub struct SimState {
+    pub opts: SimOptions,
+    store: RwLock<TagStore>,
+    sessions: Mutex<Sessions>,
+    faults: Mutex<FaultState>,
+    pub stats: Stats,
+    alarms: Mutex<alarms::Alarms>,
+    net: Arc<Net>,
+}
+
+impl SimState {
+    pub fn store(&self) -> RwLockReadGuard<'_, TagStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn store_mut(&self) -> RwLockWriteGuard<'_, TagStore> {
+        self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        lock(&self.sessions)
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, FaultState> {
+        lock(&self.faults)
+    }
+
+    pub fn alarms(&self) -> MutexGuard<'_, alarms::Alarms> {
+        lock(&self.alarms)
+    }
+
+    /// Replaces the fault switches and carries out the one-shots. `keep` is
+    /// the connection asking (spared by an outage so that it gets its answer).
+    pub(crate) fn apply_faults(self: &Arc<Self>, f: Faults, keep: Option<ConnId>) -> Result<(), String> {
+        let expire = f.expire_tokens;
+        let outage = f.outage();
+        self.faults().set(f)?;
+        if expire {
+            self.sessions().expire_all();
+        }
+        match outage {
+            Some(length) => self.net.start_outage(length, keep.map(|c| c.0)),
+            None if self.net.in_outage() => {
+                let net = Arc::clone(&self.net);
+                tokio::spawn(async move { net.end_outage().await });
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn ticker(self: Arc<Self>, cancel: CancellationToken) {
+        let mut rng = StdRng::seed_from_u64(self.opts.seed ^ 0x7469_636b);
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut due = 0.0f64;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let now = Utc::now();
+            let store = {
+                let mut store = self.store_mut();
+                due += self.opts.change_rate * store.len() as f64 / 10.0;
+                let n = due.floor();
+                due -= n;
+                store.tick(n as usize, &mut rng, now);
+                store
+            };
+            if self.opts.alarms {
+                let tags = store.tags();
+                self.alarms().tick(now, |r| {
+                    (!tags.is_empty()).then(|| tags[(r % tags.len() as u64) as usize].info.name.clone())
+                });
+            }
+        }
+    }
+}
+
+/// A running simulator. Dropping it stops it (like [`SimHandle::shutdown`],
+/// without waiting).
+#[derive(Debug)]
+pub struct SimHandle {
+    state: Arc<SimState>,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.state.net.addr()
+    }
+
+    /// `http://ADDR`: the gateway's `base_url` for this station.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The shared state (tag store, stats, ...).
+    pub fn state(&self) -> &Arc<SimState> {
+        &self.state
+    }
+
+    /// Stops serving, drops every connection and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.state.net.close();
+        if let Some(task) = self.server.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Sets a tag's value (quality Good, timestamp now), writable or not.
+    ///
+    /// # Panics
+    /// When the tag is unknown or the value does not fit its type (a test bug).
+    pub fn set_value(&self, name: &str, v: serde_json::Value) {
+        if let Err(e) = self.try_set_value(name, v) {
+            panic!("sim.set_value({name:?}): {}: {}", e.code, e.message);
+        }
+    }
+
+    /// [`SimHandle::set_value`] without the panic.
+    pub fn try_set_value(&self, name: &str, v: serde_json::Value) -> Result<(), TagError> {
+        self.state.store_mut().force(name, Some(&v), Quality::Good, None)
+    }
+
+    /// Sets a tag's quality (and raw quality code), keeping its value; the
+    /// timestamp becomes now.
+    pub fn set_quality(&self, name: &str, quality: Quality, code: Option<u32>) -> Result<(), TagError> {
+        self.state.store_mut().force(name, None, quality, code)
+    }
+
+    /// A tag's current value as the station serves it.
+    pub fn value(&self, name: &str) -> Option<serde_json::Value> {
+        self.state.store().get(name).map(|t| t.value.to_json())
+    }
+
+    /// Every tag name, in listing order.
+    pub fn tag_names(&self) -> Vec<String> {
+        self.state.store().tags().iter().map(|t| t.info.name.clone()).collect()
+    }
+
+    /// Every tag's metadata, in listing order.
+    pub fn tags(&self) -> Vec<TagInfo> {
+        self.state.store().tags().iter().map(|t| t.info.clone()).collect()
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.state.stats.snapshot()
+    }
+
+    pub fn reset_stats(&self) {
+        self.state.stats.reset();
+    }
+
+    /// The fault switches as they stand.
+    pub fn faults(&self) -> Faults {
+        self.state.faults().get()
+    }
+
+    /// Replaces the fault switches (see [`Faults`]); an outage starts at once.
+    ///
+    /// # Panics
+    /// When a switch is out of range (a test bug).
+    pub fn set_faults(&self, f: Faults) {
+        if let Err(e) = self.state.apply_faults(f, None) {
+            panic!("sim.set_faults: {e}");
+        }
+    }
+
+    /// Adds a tag.
+    ///
+    /// # Panics
+    /// When the name exists or the value does not fit the type (a test bug).
+    pub fn add_tag(&self, info: TagInfo, v: serde_json::Value) {
+        let name = info.name.clone();
+        if let Err(e) = self.state.store_mut().add(info, &v) {
+            panic!("sim.add_tag({name:?}): {}: {}", e.code, e.message);
+        }
+    }
+
+    /// Removes a tag; false when there was none of that name.
+    pub fn remove_tag(&self, name: &str) -> bool {
+        self.state.store_mut().remove(name)
+    }
+
+    /// Raises, acknowledges or clears an alarm exactly.
+    pub fn alarm(&self, cmd: AlarmCommand) -> Result<Alarm, AlarmError> {
+        self.state.alarms().command(cmd, Utc::now())
+    }
+
+    /// The active alarms.
+    pub fn active_alarms(&self) -> Vec<Alarm> {
+        self.state.alarms().current()
+    }
+
+    /// Ends every session now (the `expire_tokens` fault).
+    pub fn expire_tokens(&self) {
+        self.state.sessions().expire_all();
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.state.net.close();
+    }
+}
+
+fn check_options(opts: &SimOptions) -> std::io::Result<()> {
+    let bad = |m: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
+    if !opts.change_rate.is_finite() || opts.change_rate < 0.0 {
+        return bad(format!("change_rate must be a number >= 0, got {}", opts.change_rate));
+    }
+    if opts.token_ttl.is_zero() {
+        return bad("token_ttl must be longer than zero".into());
+    }
+    if opts.max_body_bytes == 0 {
+        return bad("max_body_bytes must be at least 1".into());
+    }
+    if opts.auth != AuthMode::None && opts.users.is_empty() {
+        return bad(format!("auth {} needs at least one user", opts.auth.as_str()));
+    }
+    Ok(())
+}
+
+/// Binds `listen` (port 0 picks one) and serves the simulator in the
+/// background until the handle is shut down or dropped.
+pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimHandle> {
+    check_options(&opts)?;
+    let cancel = CancellationToken::new();
+    let net = Net::bind(listen, cancel.clone()).await?;
+    let store = TagStore::generate(opts.tags, opts.seed);
+    let state = Arc::new(SimState {
+        store: RwLock::new(store),
+        sessions: Mutex::new(Sessions::new(opts.users.clone(), opts.token_ttl)),
+        faults: Mutex::new(FaultState::new(opts.seed)),
+        stats: Stats::default(),
+        alarms: Mutex::new(alarms::Alarms::new(opts.seed)),
+        net: Arc::clone(&net),
+        opts,
+    });
+    tokio::spawn(Arc::clone(&state).ticker(cancel.clone()));
+    let app = generic::router(Arc::clone(&state)).into_make_service_with_connect_info::<ConnId>();
+    let stop = cancel.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(SimListener { net }, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "simulator server failed");
+        }
+    });
+    tracing::info!(
+        addr = %state.net.addr(),
+        tags = state.opts.tags,
+        auth = state.opts.auth.as_str(),
+        "WinCC simulator listening (dialect generic)"
+    );
+    Ok(SimHandle {
+        state,
+        cancel,
+        server: Some(server),
+    })
+}
+
+/// Runs the simulator until `shutdown` completes (the CLI's `simulate`).
+pub async fn run(listen: SocketAddr, opts: SimOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let sim = start(listen, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the simulator on {listen}: {e}"))?;
+    shutdown.await;
+    sim.shutdown().await;
+    Ok(())
+}

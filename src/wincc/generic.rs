@@ -1,0 +1,604 @@
+//! The `generic` dialect (contract §5) over reqwest + rustls.
+//!
+//! Auth modes: `session` (POST /auth/login, then `Authorization: Bearer`),
+//! `cookie` (the login's `session` cookie, kept by reqwest's cookie store),
+//! `basic` (on every request) and `none`. A 401 on a request means the
+//! session is gone: the client logs in once more and retries the request
+//! once, never looping; concurrent requests that hit the same expired
+//! session share one login. A refused login (401/403 from the login, or a
+//! 401 with basic auth) closes the gate for 5 s, growing to 60 s: calls in
+//! between fail at once with [`StationError::Auth`] and send nothing.
+//!
+//! 429/503 with `Retry-After` pause every request to the station (through
+//! the shared [`Limiter`]); the request is retried once when the pause is
+//! no longer than the request timeout, otherwise the caller gets
+//! [`StationError::Busy`].
+//!
+//! The password never appears in a log line or an error: it is only ever
+//! put in a request, and every text that comes from the station is
+//! scrubbed of it before it is used in an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::http::{self, read_body, retry_after, transport_error};
+use super::limiter::Limiter;
+use super::{parse, ConnectError, Station, StationError};
+use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
+use crate::model::{Alarm, Reading, TagInfo, TagType};
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Page size for `GET /tags`.
+pub const TAG_PAGE: usize = 1000;
+
+/// First wait after a refused login (contract §7: at least 5 s).
+pub const LOGIN_BACKOFF_MIN: Duration = Duration::from_secs(5);
+/// Longest wait between refused logins (contract §7: growing to 60 s).
+pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A client for the `generic` REST dialect. Cheap to share (`Arc`).
+pub struct GenericClient {
+    http: reqwest::Client,
+    base: Url,
+    auth: AuthMode,
+    username: String,
+    password: Option<Secret>,
+    /// `Basic base64(user:password)`, kept to scrub echoes of it too.
+    basic: Option<Secret>,
+    timeout: Duration,
+    limiter: Arc<Limiter>,
+    session: Mutex<Session>,
+    gate: std::sync::Mutex<LoginGate>,
+}
+
+#[derive(Default)]
+struct Session {
+    /// The bearer token (session mode) or an empty marker (cookie mode).
+    token: Option<String>,
+    /// Bumped on every login, so a 401 only discards the session it was sent with.
+    generation: u64,
+    expires_at: Option<Instant>,
+}
+
+struct LoginGate {
+    closed_until: Option<Instant>,
+    backoff: ExponentialBackoff,
+    last_refusal: String,
+}
+
+/// What a request carries for auth, and which session it belongs to.
+struct Ticket {
+    bearer: Option<String>,
+    generation: u64,
+}
+
+/// A reply that passed the status checks.
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+fn login_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(LOGIN_BACKOFF_MIN)
+        .with_max_delay(LOGIN_BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+impl GenericClient {
+    /// Builds the client with its own limiter from `settings.rate_limit`.
+    pub fn new(settings: &WinccSettings) -> Result<Self, ConnectError> {
+        let limiter = Arc::new(Limiter::new(&settings.rate_limit));
+        Self::with_limiter(settings, limiter)
+    }
+
+    /// Builds the client around an existing limiter (shared with other
+    /// clients of the same station).
+    pub fn with_limiter(settings: &WinccSettings, limiter: Arc<Limiter>) -> Result<Self, ConnectError> {
+        let mut base = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
+            key: "wincc.base_url",
+            why: format!("not a URL: {e}"),
+        })?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(ConnectError::Setting {
+                key: "wincc.base_url",
+                why: "must be an http:// or https:// URL".into(),
+            });
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let password = if settings.auth == AuthMode::None {
+            None
+        } else {
+            resolve_secret("wincc.password", &settings.password_env, &settings.password_file)
+                .map_err(ConnectError::Secret)?
+        };
+        let basic = (settings.auth == AuthMode::Basic).then(|| {
+            let pw = password.as_ref().map(Secret::expose).unwrap_or_default();
+            let raw = format!("{}:{}", settings.username, pw);
+            Secret::new(base64::engine::general_purpose::STANDARD.encode(raw))
+        });
+        Ok(GenericClient {
+            http: http::build_client(settings)?,
+            base,
+            auth: settings.auth,
+            username: settings.username.clone(),
+            password,
+            basic,
+            timeout: Duration::from_millis(settings.timeout_ms.max(1)),
+            limiter,
+            session: Mutex::new(Session::default()),
+            gate: std::sync::Mutex::new(LoginGate {
+                closed_until: None,
+                backoff: login_backoff(),
+                last_refusal: String::new(),
+            }),
+        })
+    }
+
+    /// The limiter every request of this client goes through.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// `base_url` + the given path segments, each percent-encoded (all but
+    /// `A-Z a-z 0-9 - . _ ~`), so a `/`, `%`, `#` or `?` in a tag name stays
+    /// inside its segment.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut path = self.base.path().trim_end_matches('/').to_string();
+        for s in segments {
+            path.push('/');
+            path.extend(utf8_percent_encode(s, SEGMENT));
+        }
+        let mut u = self.base.clone();
+        u.set_path(&path);
+        u
+    }
+
+    /// The URL of one tag's value. `.` and `..` cannot be addressed: URL
+    /// rules resolve them away, so the request would reach another resource.
+    fn tag_url(&self, name: &str) -> Result<Url, StationError> {
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(StationError::Refused {
+                code: "name".into(),
+                message: format!("the tag name {name:?} cannot be addressed in a URL"),
+            });
+        }
+        Ok(self.url(&["tags", name, "value"]))
+    }
+
+    /// Removes the password (and the Basic credential) from station text.
+    fn scrub(&self, s: String) -> String {
+        let mut s = s;
+        for secret in [&self.password, &self.basic].into_iter().flatten() {
+            let x = secret.expose();
+            if !x.is_empty() && s.contains(x) {
+                s = s.replace(x, "***");
+            }
+        }
+        s
+    }
+
+    fn scrub_err(&self, e: StationError) -> StationError {
+        match e {
+            StationError::Unreachable(m) => StationError::Unreachable(self.scrub(m)),
+            StationError::Auth(m) => StationError::Auth(self.scrub(m)),
+            StationError::Http { status, message } => StationError::Http {
+                status,
+                message: self.scrub(message),
+            },
+            StationError::Malformed(m) => StationError::Malformed(self.scrub(m)),
+            StationError::Refused { code, message } => StationError::Refused {
+                code: self.scrub(code),
+                message: self.scrub(message),
+            },
+            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
+        }
+    }
+
+    /// Fails fast while a refused login's backoff is running.
+    fn check_gate(&self) -> Result<(), StationError> {
+        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        match g.closed_until {
+            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
+                "{}; next login attempt in {:.0} s",
+                g.last_refusal,
+                (until - Instant::now()).as_secs_f64().ceil()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn refused(&self, why: String) -> StationError {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
+        g.closed_until = Some(Instant::now() + wait);
+        g.last_refusal = self.scrub(why);
+        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
+        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
+        StationError::Auth(format!("{}; next login attempt in {} s", g.last_refusal, wait.as_secs()))
+    }
+
+    fn login_accepted(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        g.closed_until = None;
+        g.backoff = login_backoff();
+    }
+
+    /// The auth for the next request. In session/cookie mode this logs in
+    /// when there is no session, when it is about to expire, or when
+    /// `discard` names the generation a 401 was received with.
+    async fn ticket(&self, discard: Option<u64>) -> Result<Ticket, StationError> {
+        match self.auth {
+            AuthMode::None => Ok(Ticket {
+                bearer: None,
+                generation: 0,
+            }),
+            AuthMode::Basic => {
+                self.check_gate()?;
+                Ok(Ticket {
+                    bearer: None,
+                    generation: 0,
+                })
+            }
+            AuthMode::Session | AuthMode::Cookie => {
+                let mut s = self.session.lock().await;
+                if discard == Some(s.generation) {
+                    s.token = None;
+                }
+                let expired = s.expires_at.is_some_and(|t| Instant::now() >= t);
+                if s.token.is_none() || expired {
+                    self.check_gate()?;
+                    let (token, expires_in) = self.login().await?;
+                    s.generation += 1;
+                    s.token = Some(token);
+                    // Renew a little before the station's expiry.
+                    s.expires_at = expires_in.map(|d| Instant::now() + d.mul_f64(0.9));
+                }
+                Ok(Ticket {
+                    bearer: (self.auth == AuthMode::Session).then(|| s.token.clone()).flatten(),
+                    generation: s.generation,
+                })
+            }
+        }
+    }
+
+    /// POST /auth/login. Returns the token (empty in cookie mode) and its lifetime.
+    async fn login(&self) -> Result<(String, Option<Duration>), StationError> {
+        let pw = self.password.as_ref().map(Secret::expose).unwrap_or_default();
+        let body = json!({ "username": self.username, "password": pw });
+        let url = self.url(&["auth", "login"]);
+        let (status, headers, bytes) = self
+            .send("login", Method::POST, url, Some(&body), None)
+            .await?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let msg = parse::error_body(&bytes)
+                .map(|(c, m)| format!("{c} {m}").trim().to_string())
+                .unwrap_or_default();
+            return Err(self.refused(format!("login as {:?} refused (HTTP {}) {msg}", self.username, status.as_u16())));
+        }
+        if let Some(e) = busy_or_error(status, &headers, &bytes, &self.limiter) {
+            return Err(self.scrub_err(e));
+        }
+        let v = parse::json(&bytes).map_err(|e| self.scrub_err(e))?;
+        let o = v.as_object();
+        let token = o.and_then(|o| parse::get_any_str(o, &["token", "access_token", "accessToken"]));
+        let expires_in = o
+            .and_then(|o| parse::get_ci(o, "expiresIn"))
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(1e9)));
+        let token = match (self.auth, token) {
+            (AuthMode::Session, Some(t)) if !t.is_empty() => t,
+            (AuthMode::Session, _) => {
+                return Err(StationError::Malformed("the login reply has no token".into()))
+            }
+            _ => String::new(),
+        };
+        self.login_accepted();
+        tracing::info!(user = %self.username, "logged in to the station");
+        Ok((token, expires_in))
+    }
+
+    /// One HTTP exchange under a limiter permit: status, headers, body.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        ticket: Option<&Ticket>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
+        let _permit = self.limiter.acquire().await;
+        let start = std::time::Instant::now();
+        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint).increment(1);
+        let mut rb = self.http.request(method, url);
+        if let Some(b) = &self.basic {
+            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Basic {}", b.expose()));
+        }
+        if let Some(t) = ticket.and_then(|t| t.bearer.as_deref()) {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let result = async {
+            let resp = rb.send().await.map_err(|e| transport_error(e, self.timeout))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = read_body(resp, self.timeout).await?;
+            Ok((status, headers, bytes))
+        }
+        .await;
+        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
+            .record(start.elapsed().as_secs_f64());
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    /// A request with auth: re-login once on 401, retry once after a short
+    /// `Retry-After`. `client_errors` returns 4xx replies (other than 401
+    /// and 429) to the caller instead of failing.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        client_errors: bool,
+    ) -> Result<Reply, StationError> {
+        let result = self.call_inner(endpoint, method, url, body, client_errors).await;
+        if let Err(e) = &result {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        client_errors: bool,
+    ) -> Result<Reply, StationError> {
+        let mut ticket = self.ticket(None).await?;
+        let mut relogged = false;
+        let mut waited = false;
+        loop {
+            let (status, headers, bytes) = self
+                .send(endpoint, method.clone(), url.clone(), body, Some(&ticket))
+                .await?;
+            if status == StatusCode::UNAUTHORIZED {
+                match self.auth {
+                    AuthMode::Session | AuthMode::Cookie if !relogged => {
+                        tracing::info!(endpoint, "station session expired (401); logging in again");
+                        relogged = true;
+                        ticket = self.ticket(Some(ticket.generation)).await?;
+                        continue;
+                    }
+                    AuthMode::Session | AuthMode::Cookie => {
+                        return Err(StationError::Auth(
+                            "the station rejected a freshly opened session (HTTP 401)".into(),
+                        ))
+                    }
+                    AuthMode::Basic => {
+                        return Err(self.refused(format!(
+                            "basic auth as {:?} refused (HTTP 401)",
+                            self.username
+                        )))
+                    }
+                    AuthMode::None => {
+                        return Err(StationError::Auth(
+                            "the station requires authentication (HTTP 401); set wincc.auth".into(),
+                        ))
+                    }
+                }
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                let ra = retry_after(&headers);
+                if let Some(d) = ra {
+                    tracing::warn!(endpoint, status = status.as_u16(), pause_ms = d.as_millis() as u64, "station asked to retry later; pausing all requests");
+                    self.limiter.pause_for(d);
+                    if !waited && d <= self.timeout {
+                        waited = true;
+                        continue;
+                    }
+                }
+                return Err(StationError::Busy {
+                    status: status.as_u16(),
+                    retry_after: ra,
+                });
+            }
+            if status.is_success() || (client_errors && status.is_client_error()) {
+                return Ok(Reply {
+                    status,
+                    body: bytes,
+                });
+            }
+            return Err(self.scrub_err(http_error(status, &bytes)));
+        }
+    }
+}
+
+fn http_error(status: StatusCode, bytes: &[u8]) -> StationError {
+    let message = match parse::error_body(bytes) {
+        Some((c, m)) if !c.is_empty() => format!("{c}: {m}"),
+        Some((_, m)) => m,
+        None => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    StationError::Http {
+        status: status.as_u16(),
+        message: message.chars().take(500).collect(),
+    }
+}
+
+/// For the login exchange: a busy or error status as an error.
+fn busy_or_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    bytes: &[u8],
+    limiter: &Limiter,
+) -> Option<StationError> {
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        let ra = retry_after(headers);
+        if let Some(d) = ra {
+            limiter.pause_for(d);
+        }
+        return Some(StationError::Busy {
+            status: status.as_u16(),
+            retry_after: ra,
+        });
+    }
+    (!status.is_success()).then(|| http_error(status, bytes))
+}
+
+#[async_trait]
+impl Station for GenericClient {
+    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
+        let mut all: Vec<TagInfo> = Vec::new();
+        let mut offset = 0usize;
+        let mut skipped = 0usize;
+        // Bounded: a station that never stops paging is malformed.
+        for _page in 0..100_000 {
+            let mut url = self.url(&["tags"]);
+            url.query_pairs_mut()
+                .append_pair("offset", &offset.to_string())
+                .append_pair("limit", &TAG_PAGE.to_string());
+            let reply = self.call("list_tags", Method::GET, url, None, false).await?;
+            let page = parse::tag_page(&reply.body).map_err(|e| self.scrub_err(e))?;
+            skipped += page.skipped.len();
+            for name in page.skipped.iter().take(5) {
+                tracing::warn!(tag = %self.scrub(name.clone()), "skipping a tag with an unknown type or shape");
+            }
+            offset += page.rows;
+            all.extend(page.tags);
+            let done = match page.total {
+                Some(total) => offset >= total || page.rows == 0,
+                None => page.rows < TAG_PAGE,
+            };
+            if done {
+                if skipped > 0 {
+                    tracing::warn!(skipped, "tags skipped while browsing the station");
+                }
+                return Ok(all);
+            }
+        }
+        Err(StationError::Malformed("the tag list never ends".into()))
+    }
+
+    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = json!({ "tags": names });
+        let reply = self
+            .call("read_values", Method::POST, self.url(&["tags", "values"]), Some(&body), false)
+            .await?;
+        let received = chrono::Utc::now();
+        parse::values(&reply.body, names, received).map_err(|e| {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+            self.scrub_err(e)
+        })
+    }
+
+    async fn write_value(&self, name: &str, _ty: TagType, value: &Value) -> Result<(), StationError> {
+        let body = json!({ "value": value });
+        let url = self.tag_url(name)?;
+        let reply = self.call("write_value", Method::PUT, url, Some(&body), true).await?;
+        let result = if reply.status.is_success() {
+            parse::write_result(&reply.body)
+        } else {
+            let (code, message) = parse::error_body(&reply.body)
+                .unwrap_or_else(|| (reply.status.as_u16().to_string(), String::new()));
+            Err(StationError::Refused {
+                code: if code.is_empty() { reply.status.as_u16().to_string() } else { code },
+                message: if message.is_empty() {
+                    reply.status.canonical_reason().unwrap_or("refused").to_string()
+                } else {
+                    message
+                },
+            })
+        };
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
+        let reply = self
+            .call("alarms", Method::GET, self.url(&["alarms", "current"]), None, false)
+            .await?;
+        let (alarms, bad) = parse::alarms(&reply.body).map_err(|e| self.scrub_err(e))?;
+        if let Some(first) = bad.first() {
+            tracing::warn!(count = bad.len(), first = %self.scrub(first.clone()), "skipping alarms that do not parse");
+        }
+        Ok(alarms)
+    }
+
+    async fn logout(&self) {
+        if !matches!(self.auth, AuthMode::Session | AuthMode::Cookie) {
+            return;
+        }
+        let mut s = self.session.lock().await;
+        if s.token.is_none() {
+            return;
+        }
+        let ticket = Ticket {
+            bearer: s.token.clone().filter(|t| !t.is_empty()),
+            generation: s.generation,
+        };
+        let r = self
+            .send("logout", Method::POST, self.url(&["auth", "logout"]), None, Some(&ticket))
+            .await;
+        match r {
+            Ok((status, _, _)) if status.is_success() => tracing::info!("logged out of the station"),
+            Ok((status, _, _)) => tracing::warn!(status = status.as_u16(), "station refused the logout"),
+            Err(e) => tracing::warn!(error = %e, "logout failed"),
+        }
+        s.token = None;
+        s.expires_at = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(base: &str) -> WinccSettings {
+        WinccSettings {
+            base_url: base.into(),
+            ..WinccSettings::default()
+        }
+    }
+
+    #[test]
+    fn urls_keep_odd_tag_names_inside_one_segment() {
+        let c = GenericClient::new(&settings("http://127.0.0.1:9/api/")).unwrap();
+        assert_eq!(c.url(&["tags", "values"]).as_str(), "http://127.0.0.1:9/api/tags/values");
+        let u = c.tag_url("Line 1/Mixer#2?%+Ü").unwrap();
+        assert_eq!(u.path(), "/api/tags/Line%201%2FMixer%232%3F%25%2B%C3%9C/value");
+        assert_eq!(c.tag_url("A.b_c-d~").unwrap().path(), "/api/tags/A.b_c-d~/value");
+        assert!(matches!(c.tag_url(".."), Err(StationError::Refused { .. })));
+        let root = GenericClient::new(&settings("http://127.0.0.1:9")).unwrap();
+        assert_eq!(root.url(&["tags"]).as_str(), "http://127.0.0.1:9/tags");
+    }
+
+    #[test]
+    fn pinning_is_refused_rather_than_ignored() {
+        let mut s = settings("https://127.0.0.1:9/");
+        s.pinned_cert_sha256 = "ab".repeat(32);
+        let e = GenericClient::new(&s).err().unwrap();
+        assert!(e.to_string().starts_with("wincc.pinned_cert_sha256"), "{e}");
+    }
+}

@@ -1,0 +1,167 @@
+//! HTTP plumbing shared by the REST dialects: the reqwest client with the
+//! configured TLS trust, error classification, bounded body reading and
+//! `Retry-After` parsing.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::{ConnectError, StationError};
+use crate::config::{AuthMode, WinccSettings};
+
+/// Largest reply body accepted from a station; anything longer is refused
+/// as malformed instead of filling memory.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Builds the HTTP client: per-request timeout, cookie store for cookie
+/// auth, system roots plus `ca_file`, and verification off only when
+/// `accept_invalid_certs` says so (with a warning).
+pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> {
+    let timeout = Duration::from_millis(w.timeout_ms.max(1));
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("wincc-gateway/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(w.rate_limit.max_in_flight.max(1) as usize)
+        .cookie_store(w.auth == AuthMode::Cookie);
+    if !w.ca_file.is_empty() {
+        let pem = std::fs::read(&w.ca_file).map_err(|e| ConnectError::Setting {
+            key: "wincc.ca_file",
+            why: format!("cannot read {:?}: {e}", w.ca_file),
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ConnectError::Setting {
+                key: "wincc.ca_file",
+                why: format!("{:?} is not a PEM certificate bundle: {e}", w.ca_file),
+            })?;
+        if certs.is_empty() {
+            return Err(ConnectError::Setting {
+                key: "wincc.ca_file",
+                why: format!("{:?} holds no certificate", w.ca_file),
+            });
+        }
+        b = b.tls_certs_merge(certs);
+    }
+    if !w.pinned_cert_sha256.is_empty() {
+        // Pinning needs a custom rustls verifier (a direct rustls dependency);
+        // refusing is safer than silently not pinning.
+        return Err(ConnectError::Setting {
+            key: "wincc.pinned_cert_sha256",
+            why: "certificate pinning is not implemented yet; use ca_file with the station's CA".into(),
+        });
+    }
+    if w.accept_invalid_certs {
+        tracing::warn!(
+            base_url = %w.base_url,
+            "wincc.accept_invalid_certs = true: the station's TLS certificate is NOT verified"
+        );
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build().map_err(|e| ConnectError::Setting {
+        key: "wincc.base_url",
+        why: format!("cannot build the HTTP client: {}", chain(&e)),
+    })
+}
+
+/// Classifies a transport error (no URL in the message).
+pub fn transport_error(e: reqwest::Error, timeout: Duration) -> StationError {
+    if e.is_timeout() {
+        return StationError::Timeout(timeout);
+    }
+    let e = e.without_url();
+    if e.is_body() || e.is_decode() {
+        return StationError::Malformed(format!("reply cut off: {}", chain(&e)));
+    }
+    StationError::Unreachable(chain(&e))
+}
+
+/// Reads the whole body, at most [`MAX_BODY`] bytes. A connection closed
+/// mid-body is a truncated (malformed) reply.
+pub async fn read_body(
+    mut resp: reqwest::Response,
+    timeout: Duration,
+) -> Result<Vec<u8>, StationError> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(StationError::Malformed(format!(
+            "reply of {} bytes is larger than the {MAX_BODY}-byte limit",
+            resp.content_length().unwrap_or_default()
+        )));
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > MAX_BODY {
+                    return Err(StationError::Malformed(format!(
+                        "reply larger than the {MAX_BODY}-byte limit"
+                    )));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => return Err(StationError::Timeout(timeout)),
+            Err(e) => {
+                return Err(StationError::Malformed(format!(
+                    "reply cut off after {} bytes: {}",
+                    body.len(),
+                    chain(&e.without_url())
+                )))
+            }
+        }
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date; `None` when absent or unreadable.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(1e6)));
+        }
+        return None;
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// An error and its sources, joined with ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
+        let later = chrono::Utc::now() + chrono::Duration::seconds(30);
+        let date = later.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}
