@@ -55,8 +55,10 @@ pub(crate) fn parse(suffix: &str, payload: &[u8], retained: bool) -> (Value, Res
             )),
         );
     }
+    let json = serde_json::from_slice::<Value>(payload);
     // Best effort: echo the id even when the rest is wrong.
-    let id = serde_json::from_slice::<Value>(payload)
+    let id = json
+        .as_ref()
         .ok()
         .and_then(|v| v.get("id").cloned())
         .filter(|v| v.is_string() || v.is_number())
@@ -67,16 +69,15 @@ pub(crate) fn parse(suffix: &str, payload: &[u8], retained: bool) -> (Value, Res
             Err("malformed command: retained write commands are ignored (publish with retain=false)".into()),
         );
     }
-    let cmd: Command = match serde_json::from_slice(payload) {
+    const EXPECTED: &str = "expected {\"value\":V,\"id\":\"optional\"}";
+    let cmd = match json {
+        Ok(v @ Value::Object(_)) => Command::deserialize(v),
+        Ok(_) => return (id, Err(format!("malformed command: not a JSON object; {EXPECTED}"))),
+        Err(e) => Err(e),
+    };
+    let cmd = match cmd {
         Ok(c) => c,
-        Err(e) => {
-            return (
-                id,
-                Err(format!(
-                    "malformed command: {e}; expected {{\"value\":V,\"id\":\"optional\"}}"
-                )),
-            )
-        }
+        Err(e) => return (id, Err(format!("malformed command: {e}; {EXPECTED}"))),
     };
     if let Some(i) = &cmd.id {
         if !(i.is_string() || i.is_number() || i.is_null()) {
@@ -237,6 +238,8 @@ mod tests {
         assert!(err("T", r#"{"value":1} junk"#).1.contains("trailing characters"));
         assert!(err("T", "").1.contains("malformed"));
         assert!(err("T", "not json").1.contains("malformed"));
+        assert!(err("T", "[1]").1.contains("not a JSON object"));
+        assert!(err("T", "5").1.contains("not a JSON object"));
         assert!(err("T", r#"{"value":1,"id":{"a":1}}"#).1.contains("id must be"));
         assert!(err("bad%zz", r#"{"value":1}"#).1.contains("percent escape"));
         assert!(err("bad%", r#"{"value":1}"#).1.contains("percent escape"));
