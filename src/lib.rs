@@ -11,6 +11,7 @@ pub mod glob;
 pub mod model;
 pub mod poll;
 pub mod sim;
+pub mod sinks;
 pub mod topic;
 pub mod wincc;
 pub mod writes;
