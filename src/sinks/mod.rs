@@ -1,6 +1,7 @@
-//! Where the bus's events go: MQTT (and, behind the `demo-broker` feature,
-//! an embedded broker for the zero-dependency demo).
+//! Where the bus's events go: MQTT, the OPC UA server, and (behind the
+//! `demo-broker` feature) an embedded MQTT broker for the zero-dependency demo.
 
 #[cfg(feature = "demo-broker")]
 pub mod broker;
 pub mod mqtt;
+pub mod opcua;

@@ -1,0 +1,337 @@
+//! The OPC UA sink: an OPC UA server (async-opcua) showing every tag as a
+//! Variable under `Objects/WinCC/...` (contract §4 and §7).
+//!
+//! * Address space: built from the first `Event::Tags`, updated on later
+//!   ones (see [`space`]). Values: each change batch is applied with one
+//!   `set_values` call, which also notifies subscriptions.
+//! * Status: Good / Uncertain; tags the poller cannot read (station
+//!   outage) are `Bad_CommunicationError` with a null value, per-tag station
+//!   errors `Bad_NodeIdUnknown` or `Bad_DeviceFailure`.
+//! * Writes (see [`nodes`]): only tags allowed by `writable_tags` and
+//!   writable at the station have `CurrentWrite`; a client write answers
+//!   Good only after the station accepted it.
+//! * Security: endpoints for each configured policy (Sign and
+//!   SignAndEncrypt for every non-None policy); user names and passwords
+//!   checked by our own authenticator ([`auth`]); anonymous only if allowed.
+//!
+//! # Certificates (`pki_dir`)
+//!
+//! On first start the server creates its own certificate
+//! (`pki_dir/own/cert.der`, key in `pki_dir/private/private.pem`) and reuses
+//! it afterwards. A client certificate the server does not trust is refused
+//! (`Bad_CertificateUntrusted`) and stored in `pki_dir/rejected/`. Moving that
+//! file to `pki_dir/trusted/` trusts the client from its next connection
+//! attempt, with no restart. `trust_client_certs = true` trusts every client
+//! certificate (tests and trials only).
+
+pub mod auth;
+pub mod convert;
+pub mod nodes;
+pub mod server;
+pub mod space;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opcua::server::{Server, ServerHandle, SubscriptionCache};
+use opcua::types::{DataValue, DateTime, NodeId, StatusCode, VariableId, Variant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Event, Subscriber};
+use crate::config::OpcuaSettings;
+use crate::http::ComponentState;
+use crate::model::{BadReason, ChangeBatch, StationStatus, TagInfo};
+use crate::writes::{WritePolicy, Writer};
+
+use self::nodes::{GatewayNodeManager, WriteTarget};
+use self::space::{Space, TagEntry};
+
+/// Why the OPC UA sink could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OpcuaError {
+    #[error("OPC UA configuration: {0}")]
+    Config(String),
+    #[error("OPC UA server cannot listen on {0}: {1}")]
+    Bind(String, #[source] std::io::Error),
+    #[error("OPC UA server: {0}")]
+    Server(String),
+    #[error("OPC UA certificates: {0}")]
+    Pki(String),
+}
+
+/// A cheap, cloneable view of the running server (sessions, address).
+#[derive(Clone)]
+pub struct OpcuaStatus {
+    handle: ServerHandle,
+    state: watch::Receiver<ComponentState>,
+    local_addr: SocketAddr,
+    endpoint_url: Arc<str>,
+}
+
+impl OpcuaStatus {
+    /// Sessions currently open (created and not yet closed or expired).
+    pub fn sessions(&self) -> usize {
+        let dv =
+            self.handle.info().summary().get(
+                VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
+            );
+        match dv.and_then(|d| d.value) {
+            Some(Variant::UInt32(n)) => n as usize,
+            _ => 0,
+        }
+    }
+
+    /// `Up` while the server accepts clients, `Down(reason)` once it failed
+    /// or stopped.
+    pub fn state(&self) -> ComponentState {
+        self.state.borrow().clone()
+    }
+
+    /// The socket the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint URL advertised to clients.
+    pub fn endpoint_url(&self) -> &str {
+        &self.endpoint_url
+    }
+}
+
+/// The OPC UA sink. Build it with [`OpcuaSink::new`], then [`OpcuaSink::run`].
+pub struct OpcuaSink {
+    server: Option<Server>,
+    handle: ServerHandle,
+    nodes: Arc<GatewayNodeManager>,
+    listener: Option<std::net::TcpListener>,
+    status: OpcuaStatus,
+    state: watch::Sender<ComponentState>,
+    space: Space,
+    policy: Option<WritePolicy>,
+    writer: Option<Writer>,
+}
+
+impl OpcuaSink {
+    /// Builds the server and binds its socket (so a port in use is reported
+    /// here). Creates the server certificate in `pki_dir` on first start.
+    /// With `writer = None` every tag is read-only.
+    pub async fn new(settings: &OpcuaSettings, writer: Option<Writer>) -> Result<Self, OpcuaError> {
+        let policy = WritePolicy::new("opcua", settings.write_enabled, &settings.writable_tags)
+            .map_err(|e| OpcuaError::Config(format!("opcua.writable_tags: {e:?}")))?;
+        let target = writer.clone().map(|writer| WriteTarget {
+            writer,
+            policy: policy.clone(),
+        });
+        let built = server::build(settings, target)?;
+        let nodes = built
+            .handle
+            .node_managers()
+            .get_of_type::<GatewayNodeManager>()
+            .ok_or_else(|| OpcuaError::Server("gateway node manager missing".into()))?;
+        let space = Space::new(nodes.inner().tag_ns(), nodes.inner().folder_ns());
+        let local_addr = built
+            .listener
+            .local_addr()
+            .map_err(|e| OpcuaError::Bind(settings.endpoint.clone(), e))?;
+        let (state, state_rx) = watch::channel(ComponentState::Down("starting".into()));
+        let status = OpcuaStatus {
+            state: state_rx,
+            handle: built.handle.clone(),
+            local_addr,
+            endpoint_url: Arc::from(built.endpoint_url.as_str()),
+        };
+        Ok(OpcuaSink {
+            server: Some(built.server),
+            handle: built.handle,
+            nodes,
+            listener: Some(built.listener),
+            status,
+            state,
+            space,
+            policy: writer.is_some().then_some(policy),
+            writer,
+        })
+    }
+
+    /// The server's state for `/healthz`.
+    pub fn state(&self) -> watch::Receiver<ComponentState> {
+        self.state.subscribe()
+    }
+
+    /// Sessions, address and state (the run loop also keeps the
+    /// `wincc_gateway_opcua_sessions` gauge current).
+    pub fn status(&self) -> OpcuaStatus {
+        self.status.clone()
+    }
+
+    /// Serves clients and applies bus events until `shutdown` is cancelled
+    /// or the bus closes, then stops the server.
+    pub async fn run(
+        mut self,
+        mut events: Subscriber,
+        shutdown: CancellationToken,
+    ) -> Result<(), OpcuaError> {
+        let (Some(server), Some(listener)) = (self.server.take(), self.listener.take()) else {
+            return Err(OpcuaError::Server("already run".into()));
+        };
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| OpcuaError::Bind(self.status.local_addr.to_string(), e))?;
+        let mut server = tokio::spawn(server.run_with(listener));
+        let status = self.status.clone();
+        self.state.send_replace(ComponentState::Up);
+        tracing::info!(endpoint = status.endpoint_url(), "OPC UA server listening");
+        let subs = self.handle.subscriptions().clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                ended = &mut server => {
+                    let why = match ended {
+                        Ok(Ok(())) => "the server stopped by itself".to_string(),
+                        Ok(Err(e)) => e,
+                        Err(e) => format!("server task failed: {e}"),
+                    };
+                    tracing::error!(error = %why, "OPC UA server ended");
+                    self.state.send_replace(ComponentState::Down(why.clone()));
+                    return Err(OpcuaError::Server(why));
+                }
+                event = events.recv() => match event {
+                    None => break Ok(()),
+                    Some(Event::Tags(tags)) => self.apply_tags(&subs, &tags),
+                    Some(Event::Changes(batch)) => self.apply_changes(&subs, &batch),
+                    Some(Event::Station(s)) => self.apply_station(&s),
+                    Some(Event::Alarms(_)) => {}
+                },
+                _ = tick.tick() => {
+                    metrics::gauge!("wincc_gateway_opcua_sessions").set(status.sessions() as f64);
+                }
+            }
+        };
+        self.handle.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("OPC UA server did not stop within 5 s; aborting it");
+                server.abort();
+            }
+        }
+        self.state
+            .send_replace(ComponentState::Down("stopped".into()));
+        metrics::gauge!("wincc_gateway_opcua_sessions").set(0.0);
+        tracing::info!("OPC UA server stopped");
+        result
+    }
+
+    fn apply_tags(&mut self, subs: &SubscriptionCache, tags: &[TagInfo]) {
+        let report = {
+            let mut space = self.nodes.address_space().write();
+            let policy = self.policy.clone();
+            let may_write = move |tag: &str| policy.as_ref().is_some_and(|p| p.allows(tag));
+            self.space.sync(&mut space, tags, &may_write)
+        };
+        // Tell subscribers of vanished tags, whose nodes are gone now.
+        let gone = DataValue {
+            value: Some(Variant::Empty),
+            status: Some(StatusCode::BadNodeIdUnknown),
+            server_timestamp: Some(DateTime::now()),
+            ..Default::default()
+        };
+        subs.notify_data_change(
+            report
+                .removed
+                .iter()
+                .map(|id| (gone.clone(), id, opcua::types::AttributeId::Value)),
+        );
+        tracing::info!(
+            tags = self.space.len(),
+            added = report.added,
+            removed = report.removed.len(),
+            updated = report.updated,
+            "OPC UA address space updated"
+        );
+    }
+
+    fn apply_changes(&mut self, subs: &SubscriptionCache, batch: &ChangeBatch) {
+        // Tags not announced yet (a change before the tag list) are added
+        // read-only unless the station's directory says more.
+        let missing: Vec<_> = batch
+            .changes
+            .iter()
+            .filter(|c| !matches!(c.error, Some(BadReason::Removed)))
+            .filter(|c| self.space.get(&c.name).is_none_or(|e| e.ty != c.ty))
+            .collect();
+        if !missing.is_empty() {
+            let policy = self.policy.clone();
+            let may_write = move |tag: &str| policy.as_ref().is_some_and(|p| p.allows(tag));
+            let entries: Vec<_> = missing
+                .iter()
+                .map(|c| {
+                    let station_writable = self
+                        .writer
+                        .as_ref()
+                        .and_then(|w| w.tag(&c.name))
+                        .is_some_and(|t| t.writable && t.ty == c.ty);
+                    (
+                        c.name.to_string(),
+                        TagEntry {
+                            ty: c.ty,
+                            writable: station_writable && may_write(&c.name),
+                        },
+                    )
+                })
+                .collect();
+            let mut space = self.nodes.address_space().write();
+            for (name, entry) in entries {
+                if name.is_empty() {
+                    continue;
+                }
+                self.space.remove(&mut space, &name);
+                self.space.add(&mut space, &name, entry);
+            }
+        }
+        let now = DateTime::now();
+        let mut ids: Vec<NodeId> = Vec::with_capacity(batch.changes.len());
+        let mut values: Vec<DataValue> = Vec::with_capacity(batch.changes.len());
+        let mut problems = 0u64;
+        for c in &batch.changes {
+            if self.space.get(&c.name).is_none() {
+                continue;
+            }
+            let (dv, problem) = convert::change_to_data_value(c, now);
+            if let Some(p) = problem {
+                problems += 1;
+                tracing::debug!(tag = %c.name, ty = %c.ty, error = ?p, "OPC UA: station value does not fit the tag type");
+            }
+            ids.push(self.space.tag_id(&c.name));
+            values.push(dv);
+        }
+        if problems > 0 {
+            metrics::counter!("wincc_gateway_opcua_value_errors_total").increment(problems);
+        }
+        let n = ids.len();
+        if let Err(e) = self
+            .nodes
+            .set_values(subs, ids.iter().zip(values).map(|(id, dv)| (id, None, dv)))
+        {
+            tracing::error!(error = %e, "OPC UA: setting values failed");
+            return;
+        }
+        metrics::counter!("wincc_gateway_opcua_values_total").increment(n as u64);
+    }
+
+    /// The poller marks every tag of a group that cannot be read as bad
+    /// (`BadReason::Communication`) in a change batch, and republishes it
+    /// when the group reads again; those batches set
+    /// `Bad_CommunicationError` here. Marking every tag from this event as
+    /// well could leave tags of healthy groups bad, so it is only logged.
+    fn apply_station(&mut self, s: &StationStatus) {
+        if s.connected {
+            tracing::info!("OPC UA: station connected");
+        } else {
+            tracing::warn!(error = ?s.error, "OPC UA: station unreachable; its tags turn Bad_CommunicationError");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The gateway's node manager: the crate's in-memory node manager with our
+//! own [`InMemoryNodeManagerImpl`], which owns the tag and folder namespaces
+//! and implements the Write service asynchronously.
+//!
+//! Why not the crate's write callback: it is synchronous and runs while the
+//! address-space write lock is held, so it could only hand the write to a
+//! task and answer Good before the station has said anything. The async
+//! `write` hook here runs in the session's own task with no lock held while
+//! it awaits the station: a client's write answers Good only after the
+//! station accepted the value, and a slow station blocks nobody else.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use opcua::server::address_space::{
+    add_namespaces, user_access_level, AccessLevel, AddressSpace, Node, NodeType,
+};
+use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::node_manager::memory::InMemoryNodeManagerBuilder;
+use opcua::server::node_manager::memory::{InMemoryNodeManager, InMemoryNodeManagerImpl};
+use opcua::server::node_manager::{
+    NodeManagerBuilder, ParsedWriteValue, RequestContext, ServerContext, WriteNode,
+};
+use opcua::sync::RwLock;
+use opcua::types::{
+    AttributeId, DataEncoding, DataValue, DateTime, Identifier, NodeId, NumericRange, StatusCode,
+    TimestampsToReturn,
+};
+
+use crate::model::TagType;
+use crate::writes::{WritePolicy, Writer};
+
+use super::convert::{data_type, json_to_variant, variant_to_json, write_error_status};
+use super::space::add_root;
+
+/// The node manager type the server holds; find it with
+/// `handle.node_managers().get_of_type::<GatewayNodeManager>()`.
+pub type GatewayNodeManager = InMemoryNodeManager<GatewayNodes>;
+
+/// Where client writes go: the guarded write path and this sink's policy.
+#[derive(Clone)]
+pub struct WriteTarget {
+    pub writer: Writer,
+    pub policy: WritePolicy,
+}
+
+/// Our part of the node manager (see the module doc).
+pub struct GatewayNodes {
+    namespaces: Vec<NamespaceMetadata>,
+    tag_ns: u16,
+    writes: Option<WriteTarget>,
+}
+
+/// A builder for the server: registers `namespace_uri` and
+/// `<namespace_uri>/folders` and adds `Objects/WinCC`.
+pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeManagerBuilder {
+    let uris = [
+        namespace_uri.to_string(),
+        format!("{namespace_uri}/folders"),
+    ];
+    InMemoryNodeManagerBuilder::new(move |context: ServerContext, space: &mut AddressSpace| {
+        let idx = add_namespaces(&context, space, &[uris[0].as_str(), uris[1].as_str()]);
+        add_root(space, idx[1]);
+        GatewayNodes {
+            namespaces: uris
+                .iter()
+                .zip(&idx)
+                .map(|(uri, i)| NamespaceMetadata {
+                    namespace_uri: uri.clone(),
+                    namespace_index: *i,
+                    ..Default::default()
+                })
+                .collect(),
+            tag_ns: idx[0],
+            writes,
+        }
+    })
+}
+
+impl GatewayNodes {
+    /// Index of the tag namespace.
+    pub fn tag_ns(&self) -> u16 {
+        self.tag_ns
+    }
+
+    /// Index of the folder namespace.
+    pub fn folder_ns(&self) -> u16 {
+        self.namespaces[1].namespace_index
+    }
+
+    /// Checks a write against the node (under the read lock). Gives the tag
+    /// name, its type and the value as JSON, or the status to answer.
+    fn prepare(
+        &self,
+        context: &RequestContext,
+        space: &AddressSpace,
+        write: &ParsedWriteValue,
+    ) -> Result<(String, TagType, serde_json::Value), StatusCode> {
+        let node = space
+            .find(&write.node_id)
+            .ok_or(StatusCode::BadNodeIdUnknown)?;
+        let NodeType::Variable(var) = node else {
+            return Err(StatusCode::BadNotWritable);
+        };
+        if write.attribute_id != AttributeId::Value {
+            return Err(StatusCode::BadNotWritable);
+        }
+        if write.node_id.namespace != self.tag_ns {
+            return Err(StatusCode::BadNotWritable);
+        }
+        if !user_access_level(context, node).contains(AccessLevel::CURRENT_WRITE) {
+            return Err(StatusCode::BadUserAccessDenied);
+        }
+        if write.index_range.has_range() {
+            return Err(StatusCode::BadWriteNotSupported);
+        }
+        let Identifier::String(name) = &write.node_id.identifier else {
+            return Err(StatusCode::BadNodeIdUnknown);
+        };
+        let name = name.value().clone().ok_or(StatusCode::BadNodeIdUnknown)?;
+        let ty = TagType::ALL
+            .into_iter()
+            .find(|t| var.data_type() == data_type(*t))
+            .ok_or(StatusCode::BadNotWritable)?;
+        let value = write
+            .value
+            .value
+            .as_ref()
+            .ok_or(StatusCode::BadTypeMismatch)?;
+        let json = variant_to_json(ty, value)?;
+        Ok((name, ty, json))
+    }
+
+    async fn write_one(
+        &self,
+        context: &RequestContext,
+        space_lock: &RwLock<AddressSpace>,
+        write: &mut WriteNode,
+    ) {
+        let prepared = {
+            let space = space_lock.read();
+            self.prepare(context, &space, write.value())
+        };
+        let (name, ty, json) = match prepared {
+            Ok(p) => p,
+            Err(status) => {
+                write.set_status(status);
+                return;
+            }
+        };
+        let Some(target) = &self.writes else {
+            write.set_status(StatusCode::BadUserAccessDenied);
+            return;
+        };
+        // No lock is held while the station answers.
+        if let Err(e) = target.writer.write(&target.policy, &name, &json).await {
+            write.set_status(write_error_status(&e));
+            return;
+        }
+        // The station took it: show the written value until the next poll.
+        let now = DateTime::now();
+        let dv = DataValue {
+            value: json_to_variant(ty, &json).ok(),
+            status: Some(StatusCode::Good),
+            source_timestamp: Some(now),
+            source_picoseconds: None,
+            server_timestamp: Some(now),
+            server_picoseconds: None,
+        };
+        let node_id: NodeId = write.value().node_id.clone();
+        let notified = {
+            let mut space = space_lock.write();
+            match space.find_mut(&node_id) {
+                Some(NodeType::Variable(v)) => {
+                    v.set_data_value(dv);
+                    v.get_attribute(
+                        TimestampsToReturn::Both,
+                        AttributeId::Value,
+                        &NumericRange::None,
+                        &DataEncoding::Binary,
+                    )
+                }
+                _ => None,
+            }
+        };
+        if let Some(value) = notified {
+            context.subscriptions.notify_data_change(std::iter::once((
+                value,
+                &node_id,
+                AttributeId::Value,
+            )));
+        }
+        write.set_status(StatusCode::Good);
+    }
+}
+
+#[async_trait]
+impl InMemoryNodeManagerImpl for GatewayNodes {
+    async fn init(&self, _space: &mut AddressSpace, _context: ServerContext) {}
+
+    fn name(&self) -> &str {
+        "wincc-gateway"
+    }
+
+    fn namespaces(&self) -> Vec<NamespaceMetadata> {
+        self.namespaces.clone()
+    }
+
+    async fn write(
+        &self,
+        context: &RequestContext,
+        address_space: &RwLock<AddressSpace>,
+        nodes_to_write: &mut [&mut WriteNode],
+    ) -> Result<(), StatusCode> {
+        for write in nodes_to_write.iter_mut() {
+            self.write_one(context, address_space, write).await;
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle to the node manager, as the sink keeps it.
+pub type NodesRef = Arc<GatewayNodeManager>;

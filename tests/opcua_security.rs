@@ -1,0 +1,257 @@
+//! OPC UA security with the real async-opcua client over TCP: anonymous
+//! access, user names and passwords, encrypted sessions, client certificate
+//! trust (rejected/ → trusted/ without restart) and the server certificate.
+
+mod opcua_support;
+
+use std::path::Path;
+
+use opcua::client::IdentityToken;
+use opcua::crypto::SecurityPolicy;
+use opcua::types::{
+    AttributeId, MessageSecurityMode, NodeId, StatusCode, UserTokenPolicy, UserTokenType, Variant,
+};
+use opcua_support::*;
+use serde_json::json;
+use wincc_gateway::config::{OpcuaSettings, OpcuaUser};
+use wincc_gateway::model::TagType;
+
+const PASSWORD: &str = "c0rrect-h0rse §";
+
+fn with_user(pki: &Path) -> OpcuaSettings {
+    let pw = pki.join("operator.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let mut s = settings(&pki.join("pki"));
+    s.users = vec![OpcuaUser {
+        username: "operator".into(),
+        password_env: String::new(),
+        password_file: pw.to_string_lossy().into_owned(),
+    }];
+    s
+}
+
+async fn read_value(c: &Client, tag: &str) -> opcua::types::DataValue {
+    let ns = c.session.get_namespace_index(NS).await.unwrap();
+    eventually_read(&c.session, &NodeId::new(ns, tag), |dv| {
+        dv.status() == StatusCode::Good
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_only_when_allowed_and_passwords_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_pki = tempfile::tempdir().unwrap();
+    let mut s = with_user(dir.path());
+    s.allow_anonymous = false;
+    s.security_policies = vec!["None".into(), "Basic256Sha256".into()];
+    let gw = start(&s, None).await;
+    gw.tags(&[("T/Value", TagType::Int32, false)]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Int32,
+        json!(42),
+        "2026-01-01T00:00:00Z",
+    )]);
+
+    // Every endpoint offers user names only; on the unsecured one the
+    // password is encrypted with the server certificate.
+    let eps = endpoints(&gw.url, client_pki.path()).await;
+    assert_eq!(
+        eps.len(),
+        3,
+        "None + Basic256Sha256 Sign and SignAndEncrypt"
+    );
+    for ep in &eps {
+        let tokens = ep.user_identity_tokens.clone().unwrap_or_default();
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.token_type == UserTokenType::UserName),
+            "{tokens:?}"
+        );
+        if ep.security_mode == MessageSecurityMode::None {
+            assert_eq!(
+                tokens[0].security_policy_uri.as_ref(),
+                SecurityPolicy::Basic256Sha256.to_uri()
+            );
+        }
+    }
+
+    // A client that tries anonymous anyway is refused by the server.
+    let mut none = eps
+        .iter()
+        .find(|e| e.security_mode == MessageSecurityMode::None)
+        .unwrap()
+        .clone();
+    none.user_identity_tokens = Some(vec![UserTokenPolicy::anonymous()]);
+    let refused = connect_direct(none, IdentityToken::Anonymous, client_pki.path()).await;
+    assert_eq!(refused.err(), Some(StatusCode::BadIdentityTokenRejected));
+
+    let none_ep = |id| {
+        connect(
+            &gw.url,
+            SecurityPolicy::None,
+            MessageSecurityMode::None,
+            id,
+            client_pki.path(),
+        )
+    };
+    let wrong = none_ep(IdentityToken::new_user_name("operator", "c0rrect-h0rse")).await;
+    assert_eq!(wrong.err(), Some(StatusCode::BadIdentityTokenRejected));
+    let nobody = none_ep(IdentityToken::new_user_name("nobody", PASSWORD)).await;
+    assert_eq!(nobody.err(), Some(StatusCode::BadIdentityTokenRejected));
+
+    let ok = none_ep(IdentityToken::new_user_name("operator", PASSWORD))
+        .await
+        .expect("right password");
+    assert_eq!(
+        read_value(&ok, "T/Value").await.value,
+        Some(Variant::Int32(42))
+    );
+    ok.close().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_sessions_with_a_trusted_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_pki = tempfile::tempdir().unwrap();
+    let mut s = with_user(dir.path());
+    s.allow_anonymous = true;
+    s.trust_client_certs = true;
+    s.security_policies = vec![
+        "Basic256Sha256".into(),
+        "Aes128_Sha256_RsaOaep".into(),
+        "Aes256_Sha256_RsaPss".into(),
+    ];
+    let gw = start(&s, None).await;
+    gw.tags(&[("T/Value", TagType::Double, false)]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Double,
+        json!(2.5),
+        "2026-01-01T00:00:00Z",
+    )]);
+
+    let eps = endpoints(&gw.url, client_pki.path()).await;
+    assert_eq!(eps.len(), 6, "3 policies x Sign/SignAndEncrypt, no None");
+    assert!(eps
+        .iter()
+        .all(|e| e.security_mode != MessageSecurityMode::None));
+
+    let c = connect(
+        &gw.url,
+        SecurityPolicy::Basic256Sha256,
+        MessageSecurityMode::SignAndEncrypt,
+        IdentityToken::new_user_name("operator", PASSWORD),
+        client_pki.path(),
+    )
+    .await
+    .expect("Basic256Sha256 SignAndEncrypt session");
+    assert_eq!(
+        read_value(&c, "T/Value").await.value,
+        Some(Variant::Double(2.5))
+    );
+    c.close().await;
+
+    let c = connect(
+        &gw.url,
+        SecurityPolicy::Aes256Sha256RsaPss,
+        MessageSecurityMode::SignAndEncrypt,
+        IdentityToken::Anonymous,
+        client_pki.path(),
+    )
+    .await
+    .expect("Aes256_Sha256_RsaPss SignAndEncrypt session");
+    assert_eq!(
+        read_value(&c, "T/Value").await.value,
+        Some(Variant::Double(2.5))
+    );
+    let wrong = connect(
+        &gw.url,
+        SecurityPolicy::Aes128Sha256RsaOaep,
+        MessageSecurityMode::Sign,
+        IdentityToken::new_user_name("operator", "nope"),
+        client_pki.path(),
+    )
+    .await;
+    assert_eq!(wrong.err(), Some(StatusCode::BadIdentityTokenRejected));
+    c.close().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_pki = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let mut s = settings(&pki);
+    s.security_policies = vec!["Basic256Sha256".into()];
+    let gw = start(&s, None).await;
+    let own_cert = std::fs::read(pki.join("own/cert.der")).expect("server certificate created");
+    assert!(pki.join("private/private.pem").exists());
+    gw.tags(&[("T/Value", TagType::Bool, false)]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Bool,
+        json!(true),
+        "2026-01-01T00:00:00Z",
+    )]);
+
+    let url = gw.url.clone();
+    let secure = || {
+        connect(
+            &url,
+            SecurityPolicy::Basic256Sha256,
+            MessageSecurityMode::SignAndEncrypt,
+            IdentityToken::Anonymous,
+            client_pki.path(),
+        )
+    };
+    let refused = secure().await;
+    assert!(
+        refused.is_err(),
+        "an unknown client certificate must be refused"
+    );
+    let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
+        .expect("rejected/ exists")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+
+    // Moving it to trusted/ trusts the client, with no restart.
+    let file = rejected[0].file_name().unwrap().to_owned();
+    std::fs::create_dir_all(pki.join("trusted")).unwrap();
+    std::fs::rename(&rejected[0], pki.join("trusted").join(&file)).unwrap();
+    let c = secure().await.expect("trusted client connects");
+    let ns = c.session.get_namespace_index(NS).await.unwrap();
+    let dv = eventually_read(&c.session, &NodeId::new(ns, "T/Value"), |dv| {
+        dv.status() == StatusCode::Good
+    })
+    .await;
+    assert_eq!(dv.value, Some(Variant::Boolean(true)));
+    let _ = read(
+        &c.session,
+        &[NodeId::new(ns, "T/Value")],
+        AttributeId::DataType,
+    )
+    .await;
+    c.close().await;
+    gw.shutdown().await;
+
+    // A restart keeps the server's certificate.
+    let gw = start(&s, None).await;
+    assert_eq!(std::fs::read(pki.join("own/cert.der")).unwrap(), own_cert);
+    let c = connect(
+        &gw.url,
+        SecurityPolicy::Basic256Sha256,
+        MessageSecurityMode::SignAndEncrypt,
+        IdentityToken::Anonymous,
+        client_pki.path(),
+    )
+    .await
+    .expect("still trusted after the restart");
+    c.close().await;
+    gw.shutdown().await;
+}

@@ -1,0 +1,335 @@
+//! OPC UA writes through the whole gateway: the WinCC simulator over real
+//! HTTP, the generic station client, the poller and the bus, the OPC UA sink
+//! and the real async-opcua client over TCP. A write answers Good only once
+//! the station took it; refusals never reach the station.
+
+mod opcua_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opcua::nodes::AccessLevel;
+use opcua::types::{
+    AttributeId, DataValue, LocalizedText, NodeId, NumericRange, StatusCode, Variant, WriteValue,
+};
+use opcua_support::*;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wincc_gateway::bus::Bus;
+use wincc_gateway::config::Settings;
+use wincc_gateway::model::{TagInfo, TagType};
+use wincc_gateway::poll::Poller;
+use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
+use wincc_gateway::wincc::generic::GenericClient;
+use wincc_gateway::wincc::Station;
+use wincc_gateway::writes::{TagMap, Writer};
+
+struct Plant {
+    sim: SimHandle,
+    gw: Gateway,
+    poll_stop: CancellationToken,
+    _pki: tempfile::TempDir,
+}
+
+async fn plant() -> Plant {
+    let sim = sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimOptions {
+            tags: 20,
+            change_rate: 0.0,
+            alarms: false,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for (name, ty, writable, v) in [
+        ("Plant/Setpoint", TagType::Double, true, json!(1.0)),
+        ("Plant/Mode", TagType::Int16, true, json!(0)),
+        ("Plant/SetFloat", TagType::Float, true, json!(0.5)),
+        ("Plant/ReadOnly", TagType::Double, false, json!(5.0)),
+        ("Plant/NotListed", TagType::Double, true, json!(7.0)),
+    ] {
+        sim.add_tag(
+            TagInfo {
+                name: name.into(),
+                ty,
+                writable,
+            },
+            v,
+        );
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[wincc]
+base_url = "{base}"
+auth = "none"
+timeout_ms = 1000
+[wincc.rate_limit]
+requests_per_second = 500
+burst = 50
+max_in_flight = 4
+[[poll_group]]
+name = "fast"
+interval_ms = 100
+tags = ["Plant/**"]
+[alarms]
+enabled = false
+[mqtt]
+enabled = false
+[opcua]
+endpoint = "opc.tcp://127.0.0.1:0/"
+namespace_uri = "{ns}"
+pki_dir = "{pki}"
+write_enabled = true
+writable_tags = ["Plant/Set*", "Plant/Mode", "Plant/ReadOnly"]
+[http]
+enabled = false
+"#,
+        base = sim.base_url(),
+        ns = NS,
+        pki = pki.path().display(),
+    );
+    let settings =
+        Settings::from_toml_with_env(&toml, "test", std::iter::empty()).expect("valid settings");
+    let station: Arc<dyn Station> = Arc::new(GenericClient::new(&settings.wincc).unwrap());
+    let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
+    let writer = Writer::new(station.clone(), tags_rx);
+    let bus = Bus::new();
+    // The sink subscribes before the poller publishes its first events.
+    let gw = start_on(bus.clone(), &settings.opcua, Some(writer)).await;
+    let poll_stop = CancellationToken::new();
+    let poller = Poller::new(&settings, station, bus, tags_tx);
+    let token = poll_stop.clone();
+    tokio::spawn(async move { poller.run(token).await });
+    Plant {
+        sim,
+        gw,
+        poll_stop,
+        _pki: pki,
+    }
+}
+
+fn write_value(node: &NodeId, value: Variant) -> WriteValue {
+    WriteValue {
+        node_id: node.clone(),
+        attribute_id: AttributeId::Value as u32,
+        index_range: NumericRange::None,
+        value: DataValue::new_now(value),
+    }
+}
+
+async fn write(c: &Client, node: &NodeId, value: Variant) -> StatusCode {
+    c.session
+        .write(&[write_value(node, value)])
+        .await
+        .expect("write service")[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
+    let p = plant().await;
+    let client_pki = tempfile::tempdir().unwrap();
+    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let ns = c.session.get_namespace_index(NS).await.unwrap();
+    let id = |n: &str| NodeId::new(ns, n);
+    let setpoint = id("Plant/Setpoint");
+    eventually_read(&c.session, &setpoint, |dv| {
+        dv.value == Some(Variant::Double(1.0))
+    })
+    .await;
+
+    // CurrentWrite only where allow-listed AND writable at the station.
+    let ids = [
+        setpoint.clone(),
+        id("Plant/Mode"),
+        id("Plant/ReadOnly"),
+        id("Plant/NotListed"),
+    ];
+    let levels: Vec<u8> = read(&c.session, &ids, AttributeId::UserAccessLevel)
+        .await
+        .into_iter()
+        .map(|dv| match dv.value {
+            Some(Variant::Byte(b)) => b,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let rw = (AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE).bits();
+    let ro = AccessLevel::CURRENT_READ.bits();
+    assert_eq!(levels, [rw, rw, ro, ro]);
+
+    // Allowed: Good only after the station took it.
+    assert_eq!(
+        write(&c, &setpoint, Variant::Double(42.5)).await,
+        StatusCode::Good
+    );
+    assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(42.5)));
+    let dv = read(
+        &c.session,
+        std::slice::from_ref(&setpoint),
+        AttributeId::Value,
+    )
+    .await
+    .remove(0);
+    assert_eq!(dv.value, Some(Variant::Double(42.5)));
+    assert_eq!(
+        write(&c, &id("Plant/Mode"), Variant::Int16(-3)).await,
+        StatusCode::Good
+    );
+    assert_eq!(p.sim.value("Plant/Mode"), Some(json!(-3)));
+    assert_eq!(
+        write(&c, &id("Plant/SetFloat"), Variant::Float(0.75)).await,
+        StatusCode::Good
+    );
+    assert_eq!(p.sim.value("Plant/SetFloat"), Some(json!(0.75)));
+
+    // Refused before the station: not allow-listed, read-only at the station,
+    // wrong type, no JSON number for NaN, not a variable, not the Value.
+    let before = p
+        .sim
+        .stats()
+        .requests
+        .get("PUT /tags/{name}/value")
+        .copied()
+        .unwrap_or(0);
+    let refusals = [
+        (
+            id("Plant/NotListed"),
+            Variant::Double(1.0),
+            StatusCode::BadUserAccessDenied,
+        ),
+        (
+            id("Plant/ReadOnly"),
+            Variant::Double(1.0),
+            StatusCode::BadUserAccessDenied,
+        ),
+        (
+            setpoint.clone(),
+            Variant::Int32(5),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            setpoint.clone(),
+            Variant::String("5".into()),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            id("Plant/Mode"),
+            Variant::Int32(3),
+            StatusCode::BadTypeMismatch,
+        ),
+        (
+            id("Plant/SetFloat"),
+            Variant::Float(f32::NAN),
+            StatusCode::BadOutOfRange,
+        ),
+        (
+            id("Plant/Unknown"),
+            Variant::Double(1.0),
+            StatusCode::BadNodeIdUnknown,
+        ),
+    ];
+    for (node, value, want) in refusals {
+        assert_eq!(
+            write(&c, &node, value.clone()).await,
+            want,
+            "{node} <- {value:?}"
+        );
+    }
+    let fns = c
+        .session
+        .get_namespace_index(&format!("{NS}/folders"))
+        .await
+        .unwrap();
+    let folder = c
+        .session
+        .write(&[write_value(
+            &NodeId::new(fns, "Plant"),
+            Variant::Double(1.0),
+        )])
+        .await
+        .unwrap();
+    assert!(folder[0].is_bad(), "{}", folder[0]);
+    let mut display = write_value(&setpoint, Variant::from(LocalizedText::new("", "x")));
+    display.attribute_id = AttributeId::DisplayName as u32;
+    assert!(c.session.write(&[display]).await.unwrap()[0].is_bad());
+    assert_eq!(p.sim.value("Plant/NotListed"), Some(json!(7.0)));
+    assert_eq!(p.sim.value("Plant/ReadOnly"), Some(json!(5.0)));
+    assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(42.5)));
+    let after = p
+        .sim
+        .stats()
+        .requests
+        .get("PUT /tags/{name}/value")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(before, after, "no refused write reached the station");
+
+    c.close().await;
+    p.poll_stop.cancel();
+    p.gw.shutdown().await;
+    p.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_outage_is_bad_communication_for_values_and_writes() {
+    let p = plant().await;
+    let client_pki = tempfile::tempdir().unwrap();
+    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let ns = c.session.get_namespace_index(NS).await.unwrap();
+    let setpoint = NodeId::new(ns, "Plant/Setpoint");
+    let readonly = NodeId::new(ns, "Plant/ReadOnly");
+    eventually_read(&c.session, &setpoint, |dv| {
+        dv.value == Some(Variant::Double(1.0))
+    })
+    .await;
+    let mut rx = subscribe(&c.session, &[setpoint.clone(), readonly.clone()], 10).await;
+    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0)))
+        .await;
+
+    p.sim.set_faults(Faults {
+        outage_s: 60.0,
+        ..Faults::default()
+    });
+    let dv = rx
+        .wait_for(&setpoint, |dv| {
+            dv.status() == StatusCode::BadCommunicationError
+        })
+        .await;
+    assert!(matches!(dv.value, None | Some(Variant::Empty)), "{dv:?}");
+    rx.wait_for(&readonly, |dv| {
+        dv.status() == StatusCode::BadCommunicationError
+    })
+    .await;
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        write(&c, &setpoint, Variant::Double(9.0)),
+    )
+    .await
+    .expect("the write answers while the station is down");
+    assert_eq!(status, StatusCode::BadCommunicationError);
+
+    p.sim.set_faults(Faults::default());
+    let dv = rx
+        .wait_for(&setpoint, |dv| dv.status() == StatusCode::Good)
+        .await;
+    assert_eq!(
+        dv.value,
+        Some(Variant::Double(1.0)),
+        "the failed write changed nothing"
+    );
+    rx.wait_for(&readonly, |dv| dv.value == Some(Variant::Double(5.0)))
+        .await;
+    assert_eq!(
+        write(&c, &setpoint, Variant::Double(9.0)).await,
+        StatusCode::Good
+    );
+    assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(9.0)));
+
+    c.close().await;
+    p.poll_stop.cancel();
+    p.gw.shutdown().await;
+    p.sim.shutdown().await;
+}
