@@ -150,7 +150,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 #[cfg(feature = "demo-broker")]
-fn start_broker(addr: SocketAddr) -> anyhow::Result<impl Drop> {
+fn start_broker(addr: SocketAddr) -> anyhow::Result<crate::sinks::broker::EmbeddedBroker> {
     crate::sinks::broker::start_embedded_broker(addr)
         .with_context(|| format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)"))
 }

@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::config::Settings;
 use crate::http::{self, ComponentState, HealthSources};
 use crate::poll::Poller;
-use crate::sinks::mqtt::MqttSink;
+use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::wincc::{self, Station};
 use crate::writes::{TagMap, Writer};
@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     http::metrics_handle();
     let station: Arc<dyn Station> =
-        wincc::connect(&settings.wincc).context("cannot set up the station client")?;
+        wincc::connect(&settings).context("cannot set up the station client")?;
     tracing::info!(
         base_url = %settings.wincc.base_url,
         dialect = settings.wincc.dialect.as_str(),
@@ -75,20 +75,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Sinks subscribe before the poller starts, so they see the first events.
     let station_state = http::track_station(bus.subscribe("health", 64));
 
-    let (mqtt_state, _mqtt_keep) = if settings.mqtt.enabled {
+    let mqtt_state = if settings.mqtt.enabled {
         let sink = MqttSink::new(&settings.mqtt, settings.mqtt.write_enabled.then(|| writer.clone()))
             .context("cannot set up MQTT")?;
-        let state = sink.state();
+        let state = mqtt_health(sink.state());
         let sub = bus.subscribe("mqtt", SINK_QUEUE);
         let token = sink_stop.clone();
         sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
-        (state, None)
+        state
     } else {
-        let (tx, rx) = watch::channel(ComponentState::Disabled);
-        (rx, Some(tx))
+        watch::channel(ComponentState::Disabled).1
     };
 
-    let (opcua_state, _opcua_keep) = if settings.opcua.enabled {
+    let opcua_state = if settings.opcua.enabled {
         let sink = OpcuaSink::new(&settings.opcua, settings.opcua.write_enabled.then(|| writer.clone()))
             .await
             .context("cannot set up the OPC UA server")?;
@@ -100,10 +99,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 tracing::error!(error = %e, "OPC UA server stopped");
             }
         }));
-        (state, None)
+        state
     } else {
-        let (tx, rx) = watch::channel(ComponentState::Disabled);
-        (rx, Some(tx))
+        watch::channel(ComponentState::Disabled).1
     };
 
     let http_addr = if settings.http.enabled {
@@ -163,9 +161,27 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     Ok(Running { http_addr, stop, done })
 }
 
+/// Follows the MQTT sink's connection state as a health component.
+fn mqtt_health(mut status: watch::Receiver<MqttStatus>) -> watch::Receiver<ComponentState> {
+    let map = |s: &MqttStatus| match s {
+        MqttStatus::Connected => ComponentState::Up,
+        MqttStatus::Disconnected(why) => ComponentState::Down(why.clone()),
+    };
+    let (tx, rx) = watch::channel(map(&status.borrow()));
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let state = map(&status.borrow_and_update());
+            if tx.send(state).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// `browse`: lists the station's tags, optionally filtered by a glob.
 pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let station = wincc::connect(&settings.wincc).context("cannot set up the station client")?;
+    let station = wincc::connect(&settings).context("cannot set up the station client")?;
     if let Some(f) = filter {
         crate::glob::validate(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
     }

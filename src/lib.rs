@@ -17,3 +17,7 @@ pub mod wincc;
 pub mod writes;
 pub mod alarms;
 pub mod http;
+pub mod cli;
+pub mod demo;
+pub mod gateway;
+pub mod service;
