@@ -194,7 +194,8 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime(|| async move { crate::gateway::run(settings, shutdown_signal()).await })
         }
         Command::Demo(args) => {
-            init_logging(LogFormat::Human, "info");
+            // rumqttd logs every probe and disconnect as an error; RUST_LOG can bring it back.
+            init_logging(LogFormat::Human, "info,rumqttd=off");
             runtime(|| async move { crate::demo::run(args, shutdown_signal()).await })
         }
         Command::Service { action, config } => crate::service::main(&action, config),

@@ -42,7 +42,7 @@ max_in_flight = 2
 [[poll_group]]
 name = "fast"
 interval_ms = 500
-tags = ["Line1/**", "Line2/**"]
+tags = ["Line1/Mixer/**", "Line1/Filler/**"]
 heartbeat_s = 60
 
 [[poll_group]]
@@ -127,7 +127,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     println!(
         "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
          \n  MQTT:     mosquitto_sub -h 127.0.0.1 -p {} -t '{prefix}/#' -v\
-         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
+         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
          \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\

@@ -146,14 +146,23 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         // Closing the bus lets every sink drain what is queued, then finish.
         bus.close();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(sinks.iter_mut())).await;
-        if drained.is_err() {
-            tracing::warn!("sinks did not finish within {SHUTDOWN_GRACE:?}; stopping them");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut unfinished = Vec::new();
+        for mut s in sinks {
+            if tokio::time::timeout_at(deadline, &mut s).await.is_err() {
+                unfinished.push(s);
+            }
+        }
+        if !unfinished.is_empty() {
+            tracing::warn!("{} sink(s) did not finish within {SHUTDOWN_GRACE:?}; stopping them", unfinished.len());
+            sink_stop.cancel();
+            for mut s in unfinished {
+                if tokio::time::timeout(Duration::from_secs(1), &mut s).await.is_err() {
+                    s.abort();
+                }
+            }
         }
         sink_stop.cancel();
-        for s in sinks {
-            let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
-        }
         let _ = tokio::time::timeout(Duration::from_secs(2), station.logout()).await;
         tracing::info!("stopped");
     });
