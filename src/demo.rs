@@ -90,9 +90,12 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let password: String = {
         use rand::Rng;
         let mut rng = rand::rng();
-        (0..24).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+        (0..24)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
     };
-    let secret_dir = std::env::temp_dir().join(format!("wincc-gateway-demo-{}", std::process::id()));
+    let secret_dir =
+        std::env::temp_dir().join(format!("wincc-gateway-demo-{}", std::process::id()));
     std::fs::create_dir_all(&secret_dir).context("cannot create the demo's temp dir")?;
     let secret_file = secret_dir.join("station-password");
     write_private(&secret_file, &password)?;
@@ -151,8 +154,9 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
 
 #[cfg(feature = "demo-broker")]
 fn start_broker(addr: SocketAddr) -> anyhow::Result<crate::sinks::broker::EmbeddedBroker> {
-    crate::sinks::broker::start_embedded_broker(addr)
-        .with_context(|| format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)"))
+    crate::sinks::broker::start_embedded_broker(addr).with_context(|| {
+        format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)")
+    })
 }
 
 #[cfg(not(feature = "demo-broker"))]

@@ -76,8 +76,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let station_state = http::track_station(bus.subscribe("health", 64));
 
     let mqtt_state = if settings.mqtt.enabled {
-        let sink = MqttSink::new(&settings.mqtt, settings.mqtt.write_enabled.then(|| writer.clone()))
-            .context("cannot set up MQTT")?;
+        let sink = MqttSink::new(
+            &settings.mqtt,
+            settings.mqtt.write_enabled.then(|| writer.clone()),
+        )
+        .context("cannot set up MQTT")?;
         let state = mqtt_health(sink.state());
         let sub = bus.subscribe("mqtt", SINK_QUEUE);
         let token = sink_stop.clone();
@@ -88,9 +91,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
 
     let opcua_state = if settings.opcua.enabled {
-        let sink = OpcuaSink::new(&settings.opcua, settings.opcua.write_enabled.then(|| writer.clone()))
-            .await
-            .context("cannot set up the OPC UA server")?;
+        let sink = OpcuaSink::new(
+            &settings.opcua,
+            settings.opcua.write_enabled.then(|| writer.clone()),
+        )
+        .await
+        .context("cannot set up the OPC UA server")?;
         let state = sink.state();
         let sub = bus.subscribe("opcua", SINK_QUEUE);
         let token = sink_stop.clone();
@@ -154,10 +160,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         }
         if !unfinished.is_empty() {
-            tracing::warn!("{} sink(s) did not finish within {SHUTDOWN_GRACE:?}; stopping them", unfinished.len());
+            tracing::warn!(
+                "{} sink(s) did not finish within {SHUTDOWN_GRACE:?}; stopping them",
+                unfinished.len()
+            );
             sink_stop.cancel();
             for mut s in unfinished {
-                if tokio::time::timeout(Duration::from_secs(1), &mut s).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(1), &mut s)
+                    .await
+                    .is_err()
+                {
                     s.abort();
                 }
             }
@@ -167,7 +179,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracing::info!("stopped");
     });
 
-    Ok(Running { http_addr, stop, done })
+    Ok(Running {
+        http_addr,
+        stop,
+        done,
+    })
 }
 
 /// Follows the MQTT sink's connection state as a health component.
@@ -204,7 +220,13 @@ pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> an
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         for t in &tags {
-            writeln!(out, "{}\t{}\t{}", t.name, t.ty, if t.writable { "rw" } else { "ro" })?;
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                t.name,
+                t.ty,
+                if t.writable { "rw" } else { "ro" }
+            )?;
         }
     }
     Ok(())
