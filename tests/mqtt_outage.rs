@@ -18,7 +18,9 @@ fn sequences(msgs: &[Msg], prefix: &str) -> HashMap<String, Vec<i64>> {
     let mut out: HashMap<String, Vec<i64>> = HashMap::new();
     for m in msgs {
         if let Some(tag) = m.topic.strip_prefix(prefix) {
-            out.entry(tag.to_string()).or_default().push(m.json()["value"].as_i64().unwrap());
+            out.entry(tag.to_string())
+                .or_default()
+                .push(m.json()["value"].as_i64().unwrap());
         }
     }
     out
@@ -41,7 +43,10 @@ async fn outage(persistent: bool) {
     let names: Vec<String> = (0..TAGS).map(|i| format!("Area/Tag{i:02}")).collect();
     let mut expected: HashMap<String, i64> = HashMap::new();
     let mut send = |gw: &Gateway, seq: i64, upto: usize| {
-        let mut batch: Vec<_> = names[..upto].iter().map(|n| change(n, json!(seq))).collect();
+        let mut batch: Vec<_> = names[..upto]
+            .iter()
+            .map(|n| change(n, json!(seq)))
+            .collect();
         batch.rotate_left(seq as usize % upto);
         for n in &names[..upto] {
             expected.insert(n.clone(), seq);
@@ -66,9 +71,12 @@ async fn outage(persistent: bool) {
     }
     let mut state = gw.state.clone();
     assert!(
-        tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| !s.is_connected()))
-            .await
-            .is_ok(),
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| !s.is_connected())
+        )
+        .await
+        .is_ok(),
         "sink did not notice the outage"
     );
     for _ in 0..150 {
@@ -84,10 +92,15 @@ async fn outage(persistent: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let expected_ok = |s: &HashMap<String, Vec<i64>>| {
-        s.len() == TAGS && expected.iter().all(|(k, v)| s.get(k).and_then(|x| x.last()) == Some(v))
+        s.len() == TAGS
+            && expected
+                .iter()
+                .all(|(k, v)| s.get(k).and_then(|x| x.last()) == Some(v))
     };
     let ok = sub
-        .wait_for(Duration::from_secs(20), |msgs| expected_ok(&sequences(msgs, "o/tags/")))
+        .wait_for(Duration::from_secs(20), |msgs| {
+            expected_ok(&sequences(msgs, "o/tags/"))
+        })
         .await;
     let s = sequences(&sub.messages(), "o/tags/");
     assert!(
@@ -96,17 +109,26 @@ async fn outage(persistent: bool) {
         s.iter().map(|(k, v)| (k, v.last())).collect::<Vec<_>>()
     );
     for (tag, values) in &s {
-        assert!(values.windows(2).all(|w| w[0] <= w[1]), "{tag} went backwards: {values:?}");
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "{tag} went backwards: {values:?}"
+        );
     }
     // The outage's intermediate values were coalesced, not queued.
     let total: usize = s.values().map(Vec::len).sum();
     // Without coalescing it would be 21*40 + 150*20 + 30*10 = 4140.
-    assert!(total < 21 * 40 + 30 * 10 + 20 * 10, "outage values were queued, not coalesced ({total} messages)");
+    assert!(
+        total < 21 * 40 + 30 * 10 + 20 * 10,
+        "outage values were queued, not coalesced ({total} messages)"
+    );
     assert!(s.values().all(|v| v[0] <= before_outage));
 
     // The broker holds the newest value retained.
     let late = TestSubscriber::connect(broker.port, "o/tags/#").await;
-    assert!(late.wait_for(Duration::from_secs(10), |m| m.len() >= TAGS).await);
+    assert!(
+        late.wait_for(Duration::from_secs(10), |m| m.len() >= TAGS)
+            .await
+    );
     let r = sequences(&late.messages(), "o/tags/");
     assert!(r.iter().all(|(k, v)| v == &[expected[k]]), "{r:?}");
     gw.stop().await;
@@ -135,10 +157,17 @@ async fn sink_started_before_the_broker_publishes_once_it_appears() {
     broker.restart();
     gw.wait_connected().await;
     let sub = TestSubscriber::connect(broker.port, "late/#").await;
-    assert!(sub.wait_for(Duration::from_secs(10), |m| m.len() >= 3).await);
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| m.len() >= 3)
+            .await
+    );
     assert_eq!(sub.last("late/status").unwrap().text(), "online");
     assert_eq!(sub.last("late/tags/A").unwrap().json()["value"], 2);
     assert_eq!(sub.last("late/tags/B").unwrap().json()["value"], 1);
-    assert_eq!(sub.on("late/tags/A").len(), 1, "the stale value 1 was published");
+    assert_eq!(
+        sub.on("late/tags/A").len(),
+        1,
+        "the stale value 1 was published"
+    );
     gw.stop().await;
 }

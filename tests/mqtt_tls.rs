@@ -18,20 +18,77 @@ fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("the openssl command is needed for this test (Debian package openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate.
 fn make_pki(dir: &Path, ca: &str) {
     let days = ["-days", "2"];
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-subj", &format!("/CN={ca}"), days[0], days[1]]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-subj",
+            &format!("/CN={ca}"),
+            days[0],
+            days[1],
+        ],
+    );
     for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext"), days[0], days[1]]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+                days[0],
+                days[1],
+            ],
+        );
     }
 }
 
@@ -42,7 +99,24 @@ async fn mqtts_with_ca_and_client_certificate() {
     make_pki(pki.path(), "ca");
     // A second, unrelated CA to prove the server certificate is checked.
     let other = tempfile::tempdir().unwrap();
-    openssl(other.path(), &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "x.key", "-out", "x.pem", "-subj", "/CN=other", "-days", "2"]);
+    openssl(
+        other.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "x.key",
+            "-out",
+            "x.pem",
+            "-subj",
+            "/CN=other",
+            "-days",
+            "2",
+        ],
+    );
 
     let tls_port = free_port();
     let broker = Mosquitto::start_with(MosquittoOptions {
@@ -66,7 +140,9 @@ async fn mqtts_with_ca_and_client_certificate() {
     let mut gw = Gateway::start(&s, None);
     gw.wait_connected().await;
     gw.send(vec![change("Secure/Value", json!(1))]);
-    let m = sub.wait_msg("tls/tags/Secure/Value", Duration::from_secs(10), |_| true).await;
+    let m = sub
+        .wait_msg("tls/tags/Secure/Value", Duration::from_secs(10), |_| true)
+        .await;
     assert_eq!(m.expect("value over TLS").json()["value"], 1);
     gw.stop().await;
 

@@ -85,11 +85,19 @@ async fn rig(retained_before: Option<(&str, &[u8])>) -> Rig {
     let sub = TestSubscriber::connect(broker.port, "w/write-result/#").await;
     if let Some((suffix, payload)) = retained_before {
         sub.client
-            .publish(format!("w/write/{suffix}"), QoS::AtLeastOnce, true, payload.to_vec())
+            .publish(
+                format!("w/write/{suffix}"),
+                QoS::AtLeastOnce,
+                true,
+                payload.to_vec(),
+            )
             .await
             .unwrap();
         let probe = TestSubscriber::connect(broker.port, "w/write/#").await;
-        assert!(probe.wait_msg(&format!("w/write/{suffix}"), T, |m| m.retain).await.is_some());
+        assert!(probe
+            .wait_msg(&format!("w/write/{suffix}"), T, |m| m.retain)
+            .await
+            .is_some());
     }
     let mut settings = mqtt_settings(broker.port, "w");
     settings.write_enabled = true;
@@ -104,7 +112,8 @@ async fn rig(retained_before: Option<(&str, &[u8])>) -> Rig {
         gw,
         sub,
     };
-    r.command("Setpoints/Temp", br#"{"value":0.5,"id":"warmup"}"#).await;
+    r.command("Setpoints/Temp", br#"{"value":0.5,"id":"warmup"}"#)
+        .await;
     r
 }
 
@@ -112,7 +121,12 @@ impl Rig {
     async fn publish(&self, topic_suffix: &str, payload: &[u8], retain: bool) {
         self.sub
             .client
-            .publish(format!("w/write/{topic_suffix}"), QoS::AtLeastOnce, retain, payload.to_vec())
+            .publish(
+                format!("w/write/{topic_suffix}"),
+                QoS::AtLeastOnce,
+                retain,
+                payload.to_vec(),
+            )
             .await
             .unwrap();
     }
@@ -151,20 +165,27 @@ impl Rig {
 
 fn error_of(v: &Value) -> String {
     assert_eq!(v["ok"], false, "{v}");
-    v["error"].as_str().unwrap_or_else(|| panic!("no error text in {v}")).to_string()
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {v}"))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_writes_reach_the_station_and_answer_ok() {
     let r = rig(None).await;
-    let v = r.command("Setpoints/Speed", br#"{"value":1234,"id":"w1"}"#).await;
+    let v = r
+        .command("Setpoints/Speed", br#"{"value":1234,"id":"w1"}"#)
+        .await;
     assert_eq!(v, json!({"id":"w1","ok":true}));
     assert_eq!(r.sim.value("Setpoints/Speed"), Some(json!(1234)));
     // 5.0 is 5 for an integer tag; no id means a null id.
     let v = r.command("Setpoints/Speed", br#"{"value":5.0}"#).await;
     assert_eq!(v, json!({"id":null,"ok":true}));
     assert_eq!(r.sim.value("Setpoints/Speed"), Some(json!(5)));
-    let v = r.command("Setpoints/Flag", br#"{"value":true,"id":7}"#).await;
+    let v = r
+        .command("Setpoints/Flag", br#"{"value":true,"id":7}"#)
+        .await;
     assert_eq!(v, json!({"id":7,"ok":true}));
     assert_eq!(r.sim.value("Setpoints/Flag"), Some(json!(true)));
     // A hostile tag name travels escaped in the topic and back.
@@ -173,11 +194,20 @@ async fn allowed_writes_reach_the_station_and_answer_ok() {
     assert_eq!(r.sim.value(HOSTILE), Some(json!("hello")));
     // Writes to one tag are carried out in order.
     for i in 0..20 {
-        r.publish("Setpoints/Speed", format!(r#"{{"value":{i}}}"#).as_bytes(), false).await;
+        r.publish(
+            "Setpoints/Speed",
+            format!(r#"{{"value":{i}}}"#).as_bytes(),
+            false,
+        )
+        .await;
     }
     assert!(
         r.sub
-            .wait_for(T, |m| m.iter().filter(|m| m.topic == "w/write-result/Setpoints/Speed").count() >= 22)
+            .wait_for(T, |m| m
+                .iter()
+                .filter(|m| m.topic == "w/write-result/Setpoints/Speed")
+                .count()
+                >= 22)
             .await
     );
     assert_eq!(r.sim.value("Setpoints/Speed"), Some(json!(19)));
@@ -200,19 +230,55 @@ async fn refused_and_malformed_commands_never_reach_the_station() {
     assert_eq!(r.sim.value("Setpoints/Flag"), Some(json!(false)));
     let written = r.writes_at_station();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("Other/Level", br#"{"value":1.5,"id":"a"}"#.to_vec(), "not in writable_tags"),
+        (
+            "Other/Level",
+            br#"{"value":1.5,"id":"a"}"#.to_vec(),
+            "not in writable_tags",
+        ),
         ("Setpoints/Locked", br#"{"value":1}"#.to_vec(), "read-only"),
         ("Setpoints/Nope", br#"{"value":1}"#.to_vec(), "unknown"),
-        ("Setpoints/Speed", br#"{"value":"fast"}"#.to_vec(), "type mismatch"),
-        ("Setpoints/Flag", br#"{"value":1}"#.to_vec(), "type mismatch"),
-        ("Setpoints/Speed", br#"{"value":1.5}"#.to_vec(), "type mismatch"),
-        ("Setpoints/Speed", br#"{"value":70000}"#.to_vec(), "out of range"),
-        ("Setpoints/Speed", br#"{"value":null}"#.to_vec(), "type mismatch"),
+        (
+            "Setpoints/Speed",
+            br#"{"value":"fast"}"#.to_vec(),
+            "type mismatch",
+        ),
+        (
+            "Setpoints/Flag",
+            br#"{"value":1}"#.to_vec(),
+            "type mismatch",
+        ),
+        (
+            "Setpoints/Speed",
+            br#"{"value":1.5}"#.to_vec(),
+            "type mismatch",
+        ),
+        (
+            "Setpoints/Speed",
+            br#"{"value":70000}"#.to_vec(),
+            "out of range",
+        ),
+        (
+            "Setpoints/Speed",
+            br#"{"value":null}"#.to_vec(),
+            "type mismatch",
+        ),
         ("Setpoints/Speed", b"not json".to_vec(), "malformed"),
         ("Setpoints/Speed", b"".to_vec(), "malformed"),
-        ("Setpoints/Speed", br#"{"id":"m"}"#.to_vec(), "missing field `value`"),
-        ("Setpoints/Speed", br#"{"value":1,"force":true}"#.to_vec(), "unknown field"),
-        ("Setpoints/Speed", br#"{"value":1} {"value":2}"#.to_vec(), "trailing characters"),
+        (
+            "Setpoints/Speed",
+            br#"{"id":"m"}"#.to_vec(),
+            "missing field `value`",
+        ),
+        (
+            "Setpoints/Speed",
+            br#"{"value":1,"force":true}"#.to_vec(),
+            "unknown field",
+        ),
+        (
+            "Setpoints/Speed",
+            br#"{"value":1} {"value":2}"#.to_vec(),
+            "trailing characters",
+        ),
         ("Setpoints/Speed", br#"[1]"#.to_vec(), "malformed"),
         (
             "Setpoints/Speed",
@@ -222,18 +288,33 @@ async fn refused_and_malformed_commands_never_reach_the_station() {
     ];
     for (tag, payload, want) in &cases {
         let v = r.command(tag, payload).await;
-        assert_eq!(v["ok"], false, "{tag} {:?}: {v}", String::from_utf8_lossy(&payload[..payload.len().min(40)]));
+        assert_eq!(
+            v["ok"],
+            false,
+            "{tag} {:?}: {v}",
+            String::from_utf8_lossy(&payload[..payload.len().min(40)])
+        );
         let e = error_of(&v);
-        assert!(e.contains(want), "{tag} {:?}: {e}", String::from_utf8_lossy(&payload[..payload.len().min(40)]));
+        assert!(
+            e.contains(want),
+            "{tag} {:?}: {e}",
+            String::from_utf8_lossy(&payload[..payload.len().min(40)])
+        );
     }
     // The id comes back even when the command is refused.
     let v = r.command("Other/Level", br#"{"value":1.5,"id":"a"}"#).await;
     assert_eq!(v["id"], "a");
     // A topic with a bad escape is answered on the same (raw) level.
-    let v = r.raw("Setpoints/%ZZ", br#"{"value":1,"id":"esc"}"#, false).await;
+    let v = r
+        .raw("Setpoints/%ZZ", br#"{"value":1,"id":"esc"}"#, false)
+        .await;
     assert!(error_of(&v).contains("percent escape"));
     assert_eq!(v["id"], "esc");
-    assert_eq!(r.writes_at_station(), written, "a refused command reached the station");
+    assert_eq!(
+        r.writes_at_station(),
+        written,
+        "a refused command reached the station"
+    );
     assert_eq!(r.sim.value("Other/Level"), Some(json!(0.0)));
     assert_eq!(r.sim.value("Setpoints/Temp"), Some(json!(0.5)));
     r.gw.stop().await;
@@ -246,13 +327,17 @@ async fn a_station_outage_is_reported_and_writes_work_again_after_it() {
         outage_s: 3.0,
         ..Faults::default()
     });
-    let v = r.command("Setpoints/Temp", br#"{"value":21.5,"id":"down"}"#).await;
+    let v = r
+        .command("Setpoints/Temp", br#"{"value":21.5,"id":"down"}"#)
+        .await;
     assert!(error_of(&v).contains("station unavailable"), "{v}");
     assert_eq!(v["id"], "down");
     r.sim.set_faults(Faults::default());
     let mut ok = false;
     for _ in 0..50 {
-        let v = r.command("Setpoints/Temp", br#"{"value":22.5,"id":"up"}"#).await;
+        let v = r
+            .command("Setpoints/Temp", br#"{"value":22.5,"id":"up"}"#)
+            .await;
         if v["ok"] == true {
             ok = true;
             break;
@@ -270,9 +355,17 @@ async fn with_writes_disabled_no_write_topic_is_subscribed() {
     let sub = TestSubscriber::connect(broker.port, "d/#").await;
     let mut gw = Gateway::start(&mqtt_settings(broker.port, "d"), None);
     gw.wait_connected().await;
-    assert!(sub.wait_msg("d/status", T, |m| m.text() == "online").await.is_some());
+    assert!(sub
+        .wait_msg("d/status", T, |m| m.text() == "online")
+        .await
+        .is_some());
     sub.client
-        .publish("d/write/A", QoS::AtLeastOnce, false, br#"{"value":1}"#.to_vec())
+        .publish(
+            "d/write/A",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"value":1}"#.to_vec(),
+        )
         .await
         .unwrap();
     // The subscriber sees its own command; the sink must not answer it. A
@@ -281,7 +374,10 @@ async fn with_writes_disabled_no_write_topic_is_subscribed() {
     gw.send(vec![common::change("marker", json!(1))]);
     assert!(sub.wait_msg("d/tags/marker", T, |_| true).await.is_some());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(sub.messages().iter().all(|m| !m.topic.starts_with("d/write-result")));
+    assert!(sub
+        .messages()
+        .iter()
+        .all(|m| !m.topic.starts_with("d/write-result")));
     gw.stop().await;
 
     // write_enabled without a station writer is a configuration error.

@@ -32,8 +32,13 @@ impl Msg {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload)
-            .unwrap_or_else(|e| panic!("payload on {} is not JSON ({e}): {}", self.topic, self.text()))
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "payload on {} is not JSON ({e}): {}",
+                self.topic,
+                self.text()
+            )
+        })
     }
 }
 
@@ -59,7 +64,12 @@ impl TestSubscriber {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let msgs = Arc::new(Mutex::new(Vec::new()));
         let subacks = Arc::new(Mutex::new(0));
-        let (m, s, c, f) = (msgs.clone(), subacks.clone(), client.clone(), filter.to_string());
+        let (m, s, c, f) = (
+            msgs.clone(),
+            subacks.clone(),
+            client.clone(),
+            filter.to_string(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -101,11 +111,23 @@ impl TestSubscriber {
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.msgs.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
     }
 
     pub fn last(&self, topic: &str) -> Option<Msg> {
-        self.msgs.lock().unwrap().iter().rev().find(|m| m.topic == topic).cloned()
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .cloned()
     }
 
     pub fn clear(&self) {
@@ -118,7 +140,12 @@ impl TestSubscriber {
     }
 
     /// Waits until a message on `topic` satisfies `pred`, and returns it.
-    pub async fn wait_msg(&self, topic: &str, timeout: Duration, pred: impl Fn(&Msg) -> bool) -> Option<Msg> {
+    pub async fn wait_msg(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> Option<Msg> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(m) = self.on(topic).into_iter().find(|m| pred(m)) {
@@ -198,7 +225,11 @@ impl Gateway {
     }
 
     pub async fn wait_connected(&mut self) {
-        let ok = tokio::time::timeout(Duration::from_secs(10), self.state.wait_for(|s| s.is_connected())).await;
+        let ok = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.state.wait_for(|s| s.is_connected()),
+        )
+        .await;
         assert!(ok.is_ok(), "the MQTT sink did not connect");
     }
 

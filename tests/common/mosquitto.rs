@@ -22,7 +22,11 @@ pub struct Mosquitto {
 }
 
 fn binary() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ] {
         if std::path::Path::new(p).exists() {
             return p.into();
         }
@@ -72,7 +76,8 @@ impl Mosquitto {
             conf.push("persistence false".into());
         }
         conf.extend(opts.extra_config.iter().cloned());
-        std::fs::write(dir.path().join("mosquitto.conf"), conf.join("\n") + "\n").expect("write mosquitto.conf");
+        std::fs::write(dir.path().join("mosquitto.conf"), conf.join("\n") + "\n")
+            .expect("write mosquitto.conf");
         let mut m = Mosquitto {
             port,
             dir,
@@ -103,10 +108,22 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("mosquitto exited ({status}) on port {}: {}", self.port, self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "mosquitto exited ({status}) on port {}: {}",
+                    self.port,
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "mosquitto did not listen on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

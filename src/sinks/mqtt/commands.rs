@@ -45,7 +45,11 @@ pub(crate) struct Parsed {
 
 /// Parses one command. Returns the correlation id (null when absent or
 /// unreadable) and the tag + value, or the reason for refusing it.
-pub(crate) fn parse(suffix: &str, payload: &[u8], retained: bool) -> (Value, Result<Parsed, String>) {
+pub(crate) fn parse(
+    suffix: &str,
+    payload: &[u8],
+    retained: bool,
+) -> (Value, Result<Parsed, String>) {
     if payload.len() > MAX_COMMAND_BYTES {
         return (
             Value::Null,
@@ -72,7 +76,12 @@ pub(crate) fn parse(suffix: &str, payload: &[u8], retained: bool) -> (Value, Res
     const EXPECTED: &str = "expected {\"value\":V,\"id\":\"optional\"}";
     let cmd = match json {
         Ok(v @ Value::Object(_)) => Command::deserialize(v),
-        Ok(_) => return (id, Err(format!("malformed command: not a JSON object; {EXPECTED}"))),
+        Ok(_) => {
+            return (
+                id,
+                Err(format!("malformed command: not a JSON object; {EXPECTED}")),
+            )
+        }
         Err(e) => Err(e),
     };
     let cmd = match cmd {
@@ -81,16 +90,27 @@ pub(crate) fn parse(suffix: &str, payload: &[u8], retained: bool) -> (Value, Res
     };
     if let Some(i) = &cmd.id {
         if !(i.is_string() || i.is_number() || i.is_null()) {
-            return (id, Err("malformed command: id must be a string or a number".into()));
+            return (
+                id,
+                Err("malformed command: id must be a string or a number".into()),
+            );
         }
     }
     let Some(tag) = crate::topic::decode(suffix) else {
         return (
             id,
-            Err(format!("malformed command: topic level {suffix:?} has a bad percent escape")),
+            Err(format!(
+                "malformed command: topic level {suffix:?} has a bad percent escape"
+            )),
         );
     };
-    (id, Ok(Parsed { tag, value: cmd.value }))
+    (
+        id,
+        Ok(Parsed {
+            tag,
+            value: cmd.value,
+        }),
+    )
 }
 
 /// The JSON of a write result.
@@ -164,7 +184,9 @@ impl Commands {
         };
         let (id, parsed) = parse(suffix, payload, retained);
         let result_topic = |tag: Option<&str>| -> Arc<str> {
-            let level = tag.map(crate::topic::encode).unwrap_or_else(|| suffix.to_string());
+            let level = tag
+                .map(crate::topic::encode)
+                .unwrap_or_else(|| suffix.to_string());
             Arc::from(format!("{}{}", self.result_prefix, level))
         };
         let p = match parsed {
@@ -192,7 +214,8 @@ impl Commands {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
             tracing::warn!(tag = %job.tag, "MQTT write command refused: too many writes in progress");
-            metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => "busy").increment(1);
+            metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => "busy")
+                .increment(1);
             publish_result(
                 &self.outbox,
                 job.topic,
@@ -223,7 +246,13 @@ mod tests {
     fn good_commands_parse_with_and_without_id() {
         let (id, r) = parse("Line1/Speed", br#"{"value":5,"id":"c1"}"#, false);
         assert_eq!(id, json!("c1"));
-        assert_eq!(r.unwrap(), Parsed { tag: "Line1/Speed".into(), value: json!(5) });
+        assert_eq!(
+            r.unwrap(),
+            Parsed {
+                tag: "Line1/Speed".into(),
+                value: json!(5)
+            }
+        );
         let (id, r) = parse("%2FA/%2B", br#"{"value":"x"}"#, false);
         assert_eq!(id, Value::Null);
         assert_eq!(r.unwrap().tag, "/A/+");
@@ -234,13 +263,19 @@ mod tests {
         let (id, e) = err("T", r#"{"id":"k","val":1}"#);
         assert_eq!(id, json!("k"));
         assert!(e.contains("unknown field"), "{e}");
-        assert!(err("T", r#"{"id":"k"}"#).1.contains("missing field `value`"));
-        assert!(err("T", r#"{"value":1} junk"#).1.contains("trailing characters"));
+        assert!(err("T", r#"{"id":"k"}"#)
+            .1
+            .contains("missing field `value`"));
+        assert!(err("T", r#"{"value":1} junk"#)
+            .1
+            .contains("trailing characters"));
         assert!(err("T", "").1.contains("malformed"));
         assert!(err("T", "not json").1.contains("malformed"));
         assert!(err("T", "[1]").1.contains("not a JSON object"));
         assert!(err("T", "5").1.contains("not a JSON object"));
-        assert!(err("T", r#"{"value":1,"id":{"a":1}}"#).1.contains("id must be"));
+        assert!(err("T", r#"{"value":1,"id":{"a":1}}"#)
+            .1
+            .contains("id must be"));
         assert!(err("bad%zz", r#"{"value":1}"#).1.contains("percent escape"));
         assert!(err("bad%", r#"{"value":1}"#).1.contains("percent escape"));
         let huge = format!(r#"{{"value":"{}"}}"#, "x".repeat(MAX_COMMAND_BYTES));
@@ -253,7 +288,8 @@ mod tests {
     fn results_follow_the_contract() {
         let v: Value = serde_json::from_slice(&result_json(&json!("a"), Ok(()))).unwrap();
         assert_eq!(v, json!({"id":"a","ok":true}));
-        let v: Value = serde_json::from_slice(&result_json(&Value::Null, Err("nope".into()))).unwrap();
+        let v: Value =
+            serde_json::from_slice(&result_json(&Value::Null, Err("nope".into()))).unwrap();
         assert_eq!(v, json!({"id":null,"ok":false,"error":"nope"}));
     }
 }

@@ -115,7 +115,9 @@ impl Driver {
                 Ok(Event::Incoming(Incoming::PubComp(ack))) => self.acked(ack.pkid),
                 Ok(Event::Incoming(Incoming::Publish(p))) => match &self.commands {
                     Some(c) => c.handle(&p.topic, &p.payload, p.retain),
-                    None => tracing::debug!(topic = %p.topic, "ignoring an unexpected MQTT message"),
+                    None => {
+                        tracing::debug!(topic = %p.topic, "ignoring an unexpected MQTT message")
+                    }
                 },
                 Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                     if ack
@@ -123,7 +125,9 @@ impl Driver {
                         .iter()
                         .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                     {
-                        tracing::error!("the MQTT broker refused the subscription to the write topics");
+                        tracing::error!(
+                            "the MQTT broker refused the subscription to the write topics"
+                        );
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if self.stopping.is_cancelled() => break,
@@ -142,7 +146,8 @@ impl Driver {
                     if connected {
                         connected = false;
                         metrics::gauge!("wincc_gateway_mqtt_connected").set(0.0);
-                        self.state.send_replace(MqttStatus::Disconnected(e.to_string()));
+                        self.state
+                            .send_replace(MqttStatus::Disconnected(e.to_string()));
                         if !self.stopping.is_cancelled() {
                             tracing::warn!(broker = %self.broker, error = %e, "lost the connection to the MQTT broker");
                         }
@@ -151,7 +156,8 @@ impl Driver {
                         break;
                     }
                     if failures == 0 {
-                        self.state.send_replace(MqttStatus::Disconnected(e.to_string()));
+                        self.state
+                            .send_replace(MqttStatus::Disconnected(e.to_string()));
                     }
                     failures += 1;
                     let delay = delays.next().unwrap_or(MAX_BACKOFF);

@@ -134,7 +134,10 @@ impl MqttSink {
         net.set_tcp_nodelay(true);
         net.set_connection_timeout(5);
         eventloop.set_network_options(net);
-        let outbox = Arc::new(Mutex::new(outbox::Outbox::new(client.clone(), settings.max_packet_size)));
+        let outbox = Arc::new(Mutex::new(outbox::Outbox::new(
+            client.clone(),
+            settings.max_packet_size,
+        )));
         let (state, _) = watch::channel(MqttStatus::Disconnected("not connected yet".into()));
         Ok(MqttSink {
             prefix,
@@ -218,17 +221,30 @@ impl MqttSink {
         let connected = {
             let mut o = lock(&outbox);
             if o.is_connected() {
-                o.set(Kind::Status, status_topic.clone(), Bytes::from_static(b"offline"), QoS::AtLeastOnce, true, None);
+                o.set(
+                    Kind::Status,
+                    status_topic.clone(),
+                    Bytes::from_static(b"offline"),
+                    QoS::AtLeastOnce,
+                    true,
+                    None,
+                );
                 o.pump();
             }
             o.is_connected()
         };
         if connected {
-            wait_until(&outbox, deadline + Duration::from_secs(1), |o| o.is_confirmed(&status_topic)).await;
+            wait_until(&outbox, deadline + Duration::from_secs(1), |o| {
+                o.is_confirmed(&status_topic)
+            })
+            .await;
         }
         stopping.cancel();
         let _ = client.try_disconnect();
-        if tokio::time::timeout(Duration::from_secs(2), &mut driver.0).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut driver.0)
+            .await
+            .is_err()
+        {
             tracing::warn!("MQTT event loop did not stop in time; cutting the connection");
         }
         let left = lock(&outbox).unconfirmed();
@@ -277,7 +293,11 @@ impl Publisher {
         if let Some(t) = self.topics.get(name) {
             return t.clone();
         }
-        let t: Arc<str> = Arc::from(format!("{}/tags/{}", self.prefix, crate::topic::encode(name)));
+        let t: Arc<str> = Arc::from(format!(
+            "{}/tags/{}",
+            self.prefix,
+            crate::topic::encode(name)
+        ));
         self.topics.insert(name.clone(), t.clone());
         t
     }
@@ -295,7 +315,14 @@ impl Publisher {
                     .collect();
                 let mut o = lock(&self.outbox);
                 for (topic, payload) in items {
-                    o.set(Kind::Tag, topic, payload, self.tag_qos, self.tag_retain, Some(batch.received_at));
+                    o.set(
+                        Kind::Tag,
+                        topic,
+                        payload,
+                        self.tag_qos,
+                        self.tag_retain,
+                        Some(batch.received_at),
+                    );
                 }
                 o.pump();
                 metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
@@ -326,7 +353,14 @@ impl Publisher {
                         AlarmEventKind::Cleared => Bytes::new(),
                         _ => Bytes::from(serde_json::to_vec(&ev.alarm).unwrap_or_default()),
                     };
-                    o.set(Kind::AlarmActive, topic, active, QoS::AtLeastOnce, true, None);
+                    o.set(
+                        Kind::AlarmActive,
+                        topic,
+                        active,
+                        QoS::AtLeastOnce,
+                        true,
+                        None,
+                    );
                     let event = serde_json::json!({"event": ev.kind.as_str(), "alarm": ev.alarm});
                     o.push_stream(
                         Kind::AlarmEvent,

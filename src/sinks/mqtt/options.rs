@@ -29,7 +29,11 @@ pub(crate) fn qos(s: &MqttSettings) -> Result<QoS, MqttError> {
         0 => Ok(QoS::AtMostOnce),
         1 => Ok(QoS::AtLeastOnce),
         2 => Ok(QoS::ExactlyOnce),
-        q => Err(MqttError::config("qos", &q.to_string(), "must be 0, 1 or 2")),
+        q => Err(MqttError::config(
+            "qos",
+            &q.to_string(),
+            "must be 0, 1 or 2",
+        )),
     }
 }
 
@@ -92,16 +96,26 @@ pub(crate) fn build(s: &MqttSettings, status_topic: &str) -> Result<MqttOptions,
     o.set_clean_session(s.clean_session);
     o.set_max_packet_size(s.max_packet_size, s.max_packet_size);
     o.set_inflight(MAX_INFLIGHT);
-    o.set_last_will(LastWill::new(status_topic, "offline", QoS::AtLeastOnce, true));
+    o.set_last_will(LastWill::new(
+        status_topic,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
 
-    let password = resolve_secret("mqtt.password", &s.password_env, &s.password_file)
-        .map_err(|p| MqttError::Config {
-            key: p.key,
-            why: p.why,
+    let password =
+        resolve_secret("mqtt.password", &s.password_env, &s.password_file).map_err(|p| {
+            MqttError::Config {
+                key: p.key,
+                why: p.why,
+            }
         })?;
     match (s.username.is_empty(), password) {
         (false, pw) => {
-            let pw = pw.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+            let pw = pw
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default();
             o.set_credentials(s.username.clone(), pw);
         }
         (true, Some(_)) => {
@@ -148,7 +162,11 @@ fn tls_transport(s: &MqttSettings) -> Result<Transport, MqttError> {
     if !s.ca_file.is_empty() {
         let ca = read("ca_file", &s.ca_file)?;
         if !String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(MqttError::config("ca_file", &s.ca_file, "holds no PEM certificate"));
+            return Err(MqttError::config(
+                "ca_file",
+                &s.ca_file,
+                "holds no PEM certificate",
+            ));
         }
         return Ok(Transport::tls(ca, client_auth, None));
     }
@@ -188,36 +206,57 @@ mod tests {
         assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1999));
         let o = build(&settings("mqtt://[::1]"), "p/status").unwrap();
         assert_eq!(o.broker_address(), ("[::1]".to_string(), 1883));
-        let e = build(&settings("http://x"), "p/status").unwrap_err().to_string();
+        let e = build(&settings("http://x"), "p/status")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mqtt.url") && e.contains("http"), "{e}");
-        let e = build(&settings("mqtt://u:secret@x"), "p/status").unwrap_err().to_string();
+        let e = build(&settings("mqtt://u:secret@x"), "p/status")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
         let mut s = settings("mqtt://x");
         s.protocol = MqttProtocol::V5;
-        assert!(build(&s, "p/status").unwrap_err().to_string().contains("MQTT 5"));
+        assert!(build(&s, "p/status")
+            .unwrap_err()
+            .to_string()
+            .contains("MQTT 5"));
         s.protocol = MqttProtocol::V311;
         s.keep_alive_s = 0;
-        assert!(build(&s, "p/status").unwrap_err().to_string().contains("keep_alive_s"));
+        assert!(build(&s, "p/status")
+            .unwrap_err()
+            .to_string()
+            .contains("keep_alive_s"));
     }
 
     #[test]
     fn tls_needs_readable_pem_and_paired_client_files() {
         let mut s = settings("mqtts://localhost");
         s.ca_file = "/nonexistent/ca.pem".into();
-        assert!(build(&s, "p/status").unwrap_err().to_string().contains("mqtt.ca_file"));
+        assert!(build(&s, "p/status")
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.ca_file"));
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ca.pem");
         std::fs::write(&f, "not a cert").unwrap();
         s.ca_file = f.display().to_string();
-        assert!(build(&s, "p/status").unwrap_err().to_string().contains("no PEM"));
+        assert!(build(&s, "p/status")
+            .unwrap_err()
+            .to_string()
+            .contains("no PEM"));
         s.client_cert_file = f.display().to_string();
-        assert!(build(&s, "p/status").unwrap_err().to_string().contains("go together"));
+        assert!(build(&s, "p/status")
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
     }
 
     #[test]
     fn prefix_is_trimmed_and_checked() {
-        let mut s = MqttSettings::default();
-        s.topic_prefix = "a/b/".into();
+        let mut s = MqttSettings {
+            topic_prefix: "a/b/".into(),
+            ..MqttSettings::default()
+        };
         assert_eq!(prefix(&s).unwrap(), "a/b");
         s.topic_prefix = "a/#".into();
         assert!(prefix(&s).is_err());

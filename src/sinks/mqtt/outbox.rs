@@ -319,7 +319,8 @@ impl<P: Publisher> Outbox<P> {
 
     fn confirm(&mut self, sent: Sent, delivered: bool) {
         if delivered {
-            metrics::counter!("wincc_gateway_mqtt_publishes_total", "kind" => sent.kind.label()).increment(1);
+            metrics::counter!("wincc_gateway_mqtt_publishes_total", "kind" => sent.kind.label())
+                .increment(1);
             if let Some(at) = sent.received_at {
                 metrics::histogram!("wincc_gateway_publish_latency_seconds", "sink" => "mqtt")
                     .record(at.elapsed().as_secs_f64());
@@ -426,7 +427,14 @@ mod tests {
     }
 
     fn set(o: &mut Outbox<Wire>, t: &str, v: &str) {
-        o.set(Kind::Tag, t.into(), Bytes::from(v.to_string()), QoS::AtLeastOnce, true, None);
+        o.set(
+            Kind::Tag,
+            t.into(),
+            Bytes::from(v.to_string()),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
     }
 
     #[test]
@@ -440,7 +448,12 @@ mod tests {
         assert_eq!(o.unconfirmed(), 2);
         o.on_connected("status");
         o.pump();
-        let sent: Vec<_> = w.sent.borrow().iter().map(|(t, p, _)| format!("{t}={p}")).collect();
+        let sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
         assert_eq!(sent.len(), 2);
         assert!(sent.contains(&"a=2".to_string()) && sent.contains(&"b=1".to_string()));
     }
@@ -465,7 +478,12 @@ mod tests {
         w.sent.borrow_mut().clear();
         o.on_connected("status");
         o.pump();
-        let mut sent: Vec<_> = w.sent.borrow().iter().map(|(t, p, _)| format!("{t}={p}")).collect();
+        let mut sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
         sent.sort();
         assert_eq!(sent, ["a=2", "b=1"]);
     }
@@ -499,7 +517,12 @@ mod tests {
         set(&mut o, "b", "3");
         *w.room.borrow_mut() = 10;
         o.pump();
-        let sent: Vec<_> = w.sent.borrow().iter().map(|(t, p, _)| format!("{t}={p}")).collect();
+        let sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
         assert_eq!(sent, ["a=1", "b=3"]);
     }
 
@@ -507,7 +530,14 @@ mod tests {
     fn qos0_counts_as_delivered_once_written() {
         let (mut o, _w) = outbox(10);
         o.on_connected("status");
-        o.set(Kind::Tag, "a".into(), Bytes::from_static(b"1"), QoS::AtMostOnce, false, None);
+        o.set(
+            Kind::Tag,
+            "a".into(),
+            Bytes::from_static(b"1"),
+            QoS::AtMostOnce,
+            false,
+            None,
+        );
         o.pump();
         assert_eq!(o.unconfirmed(), 1);
         o.on_outgoing_publish(0);
@@ -535,7 +565,12 @@ mod tests {
         let (mut o, w) = outbox(100);
         o.stream_capacity = 3;
         for i in 0..5 {
-            o.push_stream(Kind::AlarmEvent, "ev".into(), Bytes::from(i.to_string()), QoS::AtLeastOnce);
+            o.push_stream(
+                Kind::AlarmEvent,
+                "ev".into(),
+                Bytes::from(i.to_string()),
+                QoS::AtLeastOnce,
+            );
         }
         assert_eq!(o.unconfirmed(), 3);
         o.on_connected("status");
@@ -553,14 +588,28 @@ mod tests {
         *w.room.borrow_mut() = 10;
         let mut o = Outbox::new(w.clone(), 64);
         o.on_connected("status");
-        o.set(Kind::AlarmActive, "al/1".into(), Bytes::new(), QoS::AtLeastOnce, true, None);
-        o.set(Kind::Tag, "big".into(), Bytes::from(vec![b'x'; 100]), QoS::AtLeastOnce, true, None);
+        o.set(
+            Kind::AlarmActive,
+            "al/1".into(),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
+        o.set(
+            Kind::Tag,
+            "big".into(),
+            Bytes::from(vec![b'x'; 100]),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
         o.pump();
         assert_eq!(w.sent.borrow().len(), 1);
         assert_eq!(o.unconfirmed(), 1);
         o.on_outgoing_publish(1);
         o.on_ack(1);
         assert_eq!(o.unconfirmed(), 0);
-        assert!(o.topics.get("al/1").is_none());
+        assert!(!o.topics.contains_key("al/1"));
     }
 }
