@@ -42,7 +42,8 @@ fn binary() -> PathBuf {
     panic!("mosquitto is not installed: run scripts/setup.sh (Debian packages mosquitto, mosquitto-clients)");
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -66,8 +66,9 @@ pub(crate) fn build(s: &MqttSettings, status_topic: &str) -> Result<MqttOptions,
             "must not contain credentials; use username and password_env / password_file",
         ));
     }
+    // IPv6 stays in brackets: rumqttc connects to "{host}:{port}".
     let host = match url.host_str() {
-        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        Some(h) if !h.is_empty() => h.to_string(),
         _ => return Err(MqttError::config("url", &s.url, "has no host")),
     };
     let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
@@ -204,7 +205,7 @@ mod tests {
         let o = build(&settings("mqtt://127.0.0.1:1999"), "p/status").unwrap();
         assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1999));
         let o = build(&settings("mqtt://[::1]"), "p/status").unwrap();
-        assert_eq!(o.broker_address(), ("::1".to_string(), 1883));
+        assert_eq!(o.broker_address(), ("[::1]".to_string(), 1883));
         let e = build(&settings("http://x"), "p/status")
             .unwrap_err()
             .to_string();
@@ -252,8 +253,10 @@ mod tests {
 
     #[test]
     fn prefix_is_trimmed_and_checked() {
-        let mut s = MqttSettings::default();
-        s.topic_prefix = "a/b/".into();
+        let mut s = MqttSettings {
+            topic_prefix: "a/b/".into(),
+            ..MqttSettings::default()
+        };
         assert_eq!(prefix(&s).unwrap(), "a/b");
         s.topic_prefix = "a/#".into();
         assert!(prefix(&s).is_err());

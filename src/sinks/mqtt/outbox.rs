@@ -610,6 +610,6 @@ mod tests {
         o.on_outgoing_publish(1);
         o.on_ack(1);
         assert_eq!(o.unconfirmed(), 0);
-        assert!(o.topics.get("al/1").is_none());
+        assert!(!o.topics.contains_key("al/1"));
     }
 }
