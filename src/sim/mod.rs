@@ -8,6 +8,22 @@
 //! so that other dialects can be added as sibling route files next to
 //! [`generic`].
 //!
+//! `/_sim/*` (never authenticated, faulted or counted):
+//!
+//! | method, path | does |
+//! |---|---|
+//! | `GET /_sim/stats`, `POST /_sim/stats/reset` | [`SimStats`] (per-endpoint counts keyed like `"POST /tags/values"`, tags read/written, logins, `max_requests_per_second` over an exact sliding 1 s window, `max_in_flight`, 401/429/500/503 counts) |
+//! | `GET/POST /_sim/faults`, `POST /_sim/faults/reset` | [`Faults`]: a POST replaces every switch (missing ones are off) |
+//! | `POST /_sim/alarms` | [`AlarmCommand`] `{"action":"raise"\|"ack"\|"clear","id":..,"name":..,"text":..,"class":..,"priority":..}` → the alarm |
+//! | `POST /_sim/tags/set` | `{"name":N,"value":V,"quality":"Uncertain","qualityCode":72}` sets any tag (value optional) |
+//!
+//! Station behaviour worth knowing: in `session` mode only `Authorization:
+//! Bearer` is accepted, in `cookie` mode only the `session` cookie; `basic`
+//! answers 401 with `WWW-Authenticate`. The ticker changes only read-only
+//! tags, so written values stay. Single-tag errors are 404 `UnknownTag`,
+//! 403 `ReadOnly`, 400 `TypeMismatch`/`OutOfRange`; String tags take at most
+//! 255 characters, like a WinCC text tag.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use wincc_gateway::sim::{self, SimOptions};
