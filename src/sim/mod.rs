@@ -197,7 +197,6 @@ impl SimState {
 
 /// A running simulator. Dropping it stops it (like [`SimHandle::shutdown`],
 /// without waiting).
-#[derive(Debug)]
 pub struct SimHandle {
     state: Arc<SimState>,
     cancel: CancellationToken,
@@ -334,6 +333,16 @@ impl SimHandle {
     /// Ends every session now (the `expire_tokens` fault).
     pub fn expire_tokens(&self) {
         self.state.sessions().expire_all();
+    }
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.addr())
+            .field("tags", &self.state.store().len())
+            .field("auth", &self.state.opts.auth)
+            .finish()
     }
 }
 
