@@ -206,7 +206,7 @@ fn mqtt_health(mut status: watch::Receiver<MqttStatus>) -> watch::Receiver<Compo
 
 /// `browse`: lists the station's tags, optionally filtered by a glob.
 pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let station = wincc::connect(&settings).context("cannot set up the station client")?;
+    let station = wincc::connect(settings).context("cannot set up the station client")?;
     if let Some(f) = filter {
         crate::glob::validate(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
     }

@@ -540,7 +540,7 @@ fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError
         Some(i) => (
             text[..i].to_string(),
             text[i + 10..]
-                .trim_end_matches(|c| c == '`' || c == ' ')
+                .trim_end_matches(['`', ' '])
                 .to_string(),
         ),
         None => match text.find("missing field `") {
