@@ -218,12 +218,12 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn sim_options(args: &SimulateArgs) -> Result<crate::sim::SimOptions, String> {
-    if args.dialect != "generic" {
-        return Err(format!(
-            "--dialect {:?} is not served yet; this build serves \"generic\"",
-            args.dialect
-        ));
-    }
+    let dialect = match args.dialect.as_str() {
+        "generic" => crate::config::Dialect::Generic,
+        "wincc-v7" => crate::config::Dialect::WinccV7,
+        "unified" => crate::config::Dialect::Unified,
+        other => return Err(format!("--dialect {other:?}: use generic, wincc-v7 or unified")),
+    };
     if !(0.0..=1.0).contains(&args.change_rate) {
         return Err(format!(
             "--change-rate {} must be between 0 and 1",
@@ -236,6 +236,7 @@ fn sim_options(args: &SimulateArgs) -> Result<crate::sim::SimOptions, String> {
         auth: parse_auth(&args.auth)?,
         token_ttl: std::time::Duration::from_secs(args.token_ttl_s),
         seed: args.seed,
+        dialect,
         ..Default::default()
     };
     let users = parse_users(&args.users)?;

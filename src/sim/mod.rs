@@ -61,7 +61,7 @@ pub use names::HOSTILE;
 pub use stats::SimStats;
 pub use store::TagError;
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, Dialect};
 use crate::model::{Alarm, Quality, TagInfo};
 use auth::Sessions;
 use faults::FaultState;
@@ -87,6 +87,8 @@ pub struct SimOptions {
     pub max_body_bytes: usize,
     /// Whether the ticker raises, acknowledges and clears alarms by itself.
     pub alarms: bool,
+    /// Which station API is served (contract §5 and §6).
+    pub dialect: Dialect,
 }
 
 impl Default for SimOptions {
@@ -100,6 +102,7 @@ impl Default for SimOptions {
             seed: 1,
             max_body_bytes: 1024 * 1024,
             alarms: true,
+            dialect: Dialect::Generic,
         }
     }
 }
@@ -392,8 +395,17 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
         net: Arc::clone(&net),
         opts,
     });
+    let router = match state.opts.dialect {
+        Dialect::Generic => generic::router(Arc::clone(&state)),
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the simulator does not serve dialect {:?} yet", other.as_str()),
+            ))
+        }
+    };
     tokio::spawn(Arc::clone(&state).ticker(cancel.clone()));
-    let app = generic::router(Arc::clone(&state)).into_make_service_with_connect_info::<ConnId>();
+    let app = router.into_make_service_with_connect_info::<ConnId>();
     let stop = cancel.clone();
     let server = tokio::spawn(async move {
         let serve = axum::serve(SimListener { net }, app)
@@ -406,7 +418,8 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
         addr = %state.net.addr(),
         tags = state.opts.tags,
         auth = state.opts.auth.as_str(),
-        "WinCC simulator listening (dialect generic)"
+        dialect = state.opts.dialect.as_str(),
+        "WinCC simulator listening"
     );
     Ok(SimHandle {
         state,
