@@ -133,11 +133,23 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let token = poll_stop.clone();
     producers.push(tokio::spawn(async move { poller.run(token).await }));
     if settings.alarms.enabled {
-        let alarms = AlarmPoller::new(
+        let mut alarms = AlarmPoller::new(
             station.clone(),
             bus.clone(),
             Duration::from_millis(settings.alarms.interval_ms),
         );
+        if settings.mqtt.enabled {
+            // Reconcile with what was announced before a restart.
+            match crate::sinks::mqtt::announced_alarms(&settings.mqtt, Duration::from_secs(3)).await {
+                Ok(known) => {
+                    if !known.is_empty() {
+                        tracing::info!(count = known.len(), "alarms announced before the restart will be reconciled");
+                    }
+                    alarms = alarms.with_known(known);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the retained active alarms; alarms still active will be announced again"),
+            }
+        }
         let token = poll_stop.clone();
         producers.push(tokio::spawn(async move { alarms.run(token).await }));
     }

@@ -23,6 +23,9 @@ mod commands;
 mod connection;
 mod options;
 mod outbox;
+mod retained;
+
+pub use retained::announced_alarms;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,9 @@ pub enum MqttError {
     /// `key` is the full setting name (`mqtt.url`); never contains a secret.
     #[error("{key}: {why}")]
     Config { key: String, why: String },
+    /// The broker could not be reached or refused a request.
+    #[error("MQTT broker: {0}")]
+    Broker(String),
 }
 
 impl MqttError {
