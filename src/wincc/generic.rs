@@ -601,6 +601,21 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_ca_file_is_a_located_error() {
+        let dir = std::env::temp_dir().join(format!("wincc-gw-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        for (file, why) in [(dir.join("missing.pem"), "cannot read"), (garbage, "no certificate")] {
+            let mut s = settings("https://127.0.0.1:9/");
+            s.ca_file = file.to_string_lossy().into_owned();
+            let e = GenericClient::new(&s).err().unwrap().to_string();
+            assert!(e.starts_with("wincc.ca_file") && e.contains(why), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn pinning_is_refused_rather_than_ignored() {
         let mut s = settings("https://127.0.0.1:9/");
         s.pinned_cert_sha256 = "ab".repeat(32);
