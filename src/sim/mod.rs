@@ -127,7 +127,11 @@ impl SimState {
 
     /// Replaces the fault switches and carries out the one-shots. `keep` is
     /// the connection asking (spared by an outage so that it gets its answer).
-    pub(crate) fn apply_faults(self: &Arc<Self>, f: Faults, keep: Option<ConnId>) -> Result<(), String> {
+    pub(crate) fn apply_faults(
+        self: &Arc<Self>,
+        f: Faults,
+        keep: Option<ConnId>,
+    ) -> Result<(), String> {
         let expire = f.expire_tokens;
         let outage = f.outage();
         self.faults().set(f)?;
@@ -167,7 +171,8 @@ impl SimState {
             if self.opts.alarms {
                 let tags = store.tags();
                 self.alarms().tick(now, |r| {
-                    (!tags.is_empty()).then(|| tags[(r % tags.len() as u64) as usize].info.name.clone())
+                    (!tags.is_empty())
+                        .then(|| tags[(r % tags.len() as u64) as usize].info.name.clone())
                 });
             }
         }
@@ -220,12 +225,19 @@ impl SimHandle {
 
     /// [`SimHandle::set_value`] without the panic.
     pub fn try_set_value(&self, name: &str, v: serde_json::Value) -> Result<(), TagError> {
-        self.state.store_mut().force(name, Some(&v), Quality::Good, None)
+        self.state
+            .store_mut()
+            .force(name, Some(&v), Quality::Good, None)
     }
 
     /// Sets a tag's quality (and raw quality code), keeping its value; the
     /// timestamp becomes now.
-    pub fn set_quality(&self, name: &str, quality: Quality, code: Option<u32>) -> Result<(), TagError> {
+    pub fn set_quality(
+        &self,
+        name: &str,
+        quality: Quality,
+        code: Option<u32>,
+    ) -> Result<(), TagError> {
         self.state.store_mut().force(name, None, quality, code)
     }
 
@@ -236,12 +248,22 @@ impl SimHandle {
 
     /// Every tag name, in listing order.
     pub fn tag_names(&self) -> Vec<String> {
-        self.state.store().tags().iter().map(|t| t.info.name.clone()).collect()
+        self.state
+            .store()
+            .tags()
+            .iter()
+            .map(|t| t.info.name.clone())
+            .collect()
     }
 
     /// Every tag's metadata, in listing order.
     pub fn tags(&self) -> Vec<TagInfo> {
-        self.state.store().tags().iter().map(|t| t.info.clone()).collect()
+        self.state
+            .store()
+            .tags()
+            .iter()
+            .map(|t| t.info.clone())
+            .collect()
     }
 
     pub fn stats(&self) -> SimStats {
@@ -309,7 +331,10 @@ impl Drop for SimHandle {
 fn check_options(opts: &SimOptions) -> std::io::Result<()> {
     let bad = |m: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
     if !opts.change_rate.is_finite() || opts.change_rate < 0.0 {
-        return bad(format!("change_rate must be a number >= 0, got {}", opts.change_rate));
+        return bad(format!(
+            "change_rate must be a number >= 0, got {}",
+            opts.change_rate
+        ));
     }
     if opts.token_ttl.is_zero() {
         return bad("token_ttl must be longer than zero".into());
@@ -318,7 +343,10 @@ fn check_options(opts: &SimOptions) -> std::io::Result<()> {
         return bad("max_body_bytes must be at least 1".into());
     }
     if opts.auth != AuthMode::None && opts.users.is_empty() {
-        return bad(format!("auth {} needs at least one user", opts.auth.as_str()));
+        return bad(format!(
+            "auth {} needs at least one user",
+            opts.auth.as_str()
+        ));
     }
     Ok(())
 }
@@ -343,7 +371,8 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
     let app = generic::router(Arc::clone(&state)).into_make_service_with_connect_info::<ConnId>();
     let stop = cancel.clone();
     let server = tokio::spawn(async move {
-        let serve = axum::serve(SimListener { net }, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = axum::serve(SimListener { net }, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "simulator server failed");
         }
@@ -362,7 +391,11 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
 }
 
 /// Runs the simulator until `shutdown` completes (the CLI's `simulate`).
-pub async fn run(listen: SocketAddr, opts: SimOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    opts: SimOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let sim = start(listen, opts)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the simulator on {listen}: {e}"))?;
