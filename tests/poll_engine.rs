@@ -97,11 +97,19 @@ impl Rig {
 
     /// The next event, or `None` after `within`.
     async fn next(&mut self, within: Duration) -> Option<Event> {
-        tokio::time::timeout(within, self.sub.recv()).await.ok().flatten()
+        tokio::time::timeout(within, self.sub.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Skips events until `pred` holds; panics after `within`.
-    async fn until(&mut self, within: Duration, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Event {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -117,7 +125,10 @@ impl Rig {
     async fn drain(&mut self, within: Duration) -> (Vec<TagChange>, Vec<bool>) {
         let deadline = Instant::now() + within;
         let (mut changes, mut station) = (Vec::new(), Vec::new());
-        while let Some(e) = self.next(deadline.saturating_duration_since(Instant::now())).await {
+        while let Some(e) = self
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             match e {
                 Event::Changes(b) => changes.extend(b.changes.iter().cloned()),
                 Event::Station(s) => station.push(s.connected),
@@ -128,7 +139,12 @@ impl Rig {
     }
 
     /// Changes until every one of `names` has been seen once with `quality`.
-    async fn all_with(&mut self, names: &[String], quality: Quality, within: Duration) -> HashMap<String, TagChange> {
+    async fn all_with(
+        &mut self,
+        names: &[String],
+        quality: Quality,
+        within: Duration,
+    ) -> HashMap<String, TagChange> {
         let mut got: HashMap<String, TagChange> = HashMap::new();
         let deadline = Instant::now() + within;
         while got.len() < names.len() {
@@ -146,7 +162,11 @@ impl Rig {
                     }
                 }
                 Some(_) => {}
-                None => panic!("only {} of {} tags became {quality:?}", got.len(), names.len()),
+                None => panic!(
+                    "only {} of {} tags became {quality:?}",
+                    got.len(),
+                    names.len()
+                ),
             }
         }
         got
@@ -169,7 +189,13 @@ fn is_station(connected: bool) -> impl FnMut(&Event) -> bool {
 fn plain_tag(sim: &SimHandle, ty: TagType) -> String {
     sim.tags()
         .into_iter()
-        .find(|t| t.ty == ty && !t.writable && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "/._".contains(c)))
+        .find(|t| {
+            t.ty == ty
+                && !t.writable
+                && t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._".contains(c))
+        })
         .unwrap()
         .name
 }
@@ -180,20 +206,30 @@ async fn discovery_then_one_batched_cycle() {
     let mut s = settings(&sim, vec![group(&["**"], 60_000)]);
     s.wincc.max_tags_per_request = 300;
     let mut rig = Rig::start(&s);
-    rig.until(Duration::from_secs(5), "connected", is_station(true)).await;
+    rig.until(Duration::from_secs(5), "connected", is_station(true))
+        .await;
     match rig.next(Duration::from_secs(5)).await {
         Some(Event::Tags(t)) => assert_eq!(t.len(), 1030),
         other => panic!("expected the tag list first, got {other:?}"),
     }
-    assert_eq!(rig.tags.borrow().len(), 1030, "the write path's directory has every tag");
+    assert_eq!(
+        rig.tags.borrow().len(),
+        1030,
+        "the write path's directory has every tag"
+    );
     let names = sim.tag_names();
-    let first = rig.all_with(&names, Quality::Good, Duration::from_secs(5)).await;
+    let first = rig
+        .all_with(&names, Quality::Good, Duration::from_secs(5))
+        .await;
     assert_eq!(first.len(), 1030);
     for (n, c) in &first {
         assert_eq!(Some(&c.value), sim.value(n).as_ref(), "{n:?}");
     }
     let st = sim.stats();
-    assert_eq!(st.requests["POST /tags/values"], 4, "ceil(1030 / 300) requests: {st:?}");
+    assert_eq!(
+        st.requests["POST /tags/values"], 4,
+        "ceil(1030 / 300) requests: {st:?}"
+    );
     assert_eq!(st.tags_read, 1030);
     assert_eq!(st.requests["GET /tags"], 2, "two pages of 1000");
     rig.stop().await;
@@ -219,7 +255,8 @@ async fn deadband_and_quality_changes() {
         published.extend(c.into_iter().map(|c| c.value));
     }
     assert_eq!(published, vec![json!(10.0), json!(11.5), json!(10.0)]);
-    sim.set_quality(&tag, Quality::Uncertain, Some(0x48)).unwrap();
+    sim.set_quality(&tag, Quality::Uncertain, Some(0x48))
+        .unwrap();
     let (c, _) = rig.drain(Duration::from_millis(300)).await;
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].quality, Quality::Uncertain);
@@ -235,11 +272,17 @@ async fn heartbeat_republishes_an_unchanged_value() {
     g.heartbeat_s = 1;
     let mut rig = Rig::start(&settings(&sim, vec![g]));
     let is_change = |e: &Event| matches!(e, Event::Changes(_));
-    rig.until(Duration::from_secs(5), "first value", is_change).await;
+    rig.until(Duration::from_secs(5), "first value", is_change)
+        .await;
     let t0 = Instant::now();
-    let e = rig.until(Duration::from_secs(3), "heartbeat", is_change).await;
+    let e = rig
+        .until(Duration::from_secs(3), "heartbeat", is_change)
+        .await;
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(850), "heartbeat after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(850),
+        "heartbeat after {waited:?}"
+    );
     let Event::Changes(b) = e else { unreachable!() };
     assert_eq!(b.changes.len(), 1);
     assert_eq!(Some(&b.changes[0].value), sim.value(&tag).as_ref());
@@ -251,7 +294,9 @@ async fn outage_marks_every_tag_bad_once_with_its_last_value_then_recovers() {
     let sim = sim_with(30, AuthMode::None).await;
     let names = sim.tag_names();
     let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
-    let before = rig.all_with(&names, Quality::Good, Duration::from_secs(5)).await;
+    let before = rig
+        .all_with(&names, Quality::Good, Duration::from_secs(5))
+        .await;
 
     // 1. The station vanishes (connections refused).
     sim.set_faults(Faults {
@@ -259,27 +304,51 @@ async fn outage_marks_every_tag_bad_once_with_its_last_value_then_recovers() {
         ..Faults::default()
     });
     let t0 = Instant::now();
-    rig.until(Duration::from_secs(3), "disconnected", is_station(false)).await;
-    assert!(t0.elapsed() < Duration::from_secs(2), "detected after {:?}", t0.elapsed());
-    let bad = rig.all_with(&names, Quality::Bad, Duration::from_secs(2)).await;
+    rig.until(Duration::from_secs(3), "disconnected", is_station(false))
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "detected after {:?}",
+        t0.elapsed()
+    );
+    let bad = rig
+        .all_with(&names, Quality::Bad, Duration::from_secs(2))
+        .await;
     for (n, c) in &bad {
         assert_eq!(c.value, before[n].value, "{n:?} keeps its last value");
-        assert_eq!(c.timestamp, before[n].timestamp, "{n:?} keeps its source timestamp");
-        assert!(matches!(c.error, Some(BadReason::Communication(_))), "{:?}", c.error);
+        assert_eq!(
+            c.timestamp, before[n].timestamp,
+            "{n:?} keeps its source timestamp"
+        );
+        assert!(
+            matches!(c.error, Some(BadReason::Communication(_))),
+            "{:?}",
+            c.error
+        );
     }
-    rig.until(Duration::from_secs(10), "reconnected", is_station(true)).await;
-    rig.all_with(&names, Quality::Good, Duration::from_secs(3)).await;
+    rig.until(Duration::from_secs(10), "reconnected", is_station(true))
+        .await;
+    rig.all_with(&names, Quality::Good, Duration::from_secs(3))
+        .await;
 
     // 2. The station hangs (every request times out).
     sim.set_faults(Faults {
         latency_ms: 3000,
         ..Faults::default()
     });
-    rig.until(Duration::from_secs(3), "disconnected by timeouts", is_station(false)).await;
-    rig.all_with(&names, Quality::Bad, Duration::from_secs(2)).await;
+    rig.until(
+        Duration::from_secs(3),
+        "disconnected by timeouts",
+        is_station(false),
+    )
+    .await;
+    rig.all_with(&names, Quality::Bad, Duration::from_secs(2))
+        .await;
     sim.set_faults(Faults::default());
-    rig.until(Duration::from_secs(10), "reconnected", is_station(true)).await;
-    rig.all_with(&names, Quality::Good, Duration::from_secs(3)).await;
+    rig.until(Duration::from_secs(10), "reconnected", is_station(true))
+        .await;
+    rig.all_with(&names, Quality::Good, Duration::from_secs(3))
+        .await;
     rig.stop().await;
 }
 
@@ -291,7 +360,8 @@ async fn unknown_tags_are_bad_and_removed_tags_are_reported_once() {
     let mut s = settings(&sim, vec![group(&["**"], 100)]);
     s.wincc.discovery_interval_s = 1;
     let mut rig = Rig::start(&s);
-    rig.all_with(&names, Quality::Good, Duration::from_secs(5)).await;
+    rig.all_with(&names, Quality::Good, Duration::from_secs(5))
+        .await;
     assert!(sim.remove_tag(&victim));
     sim.add_tag(
         TagInfo {
@@ -302,11 +372,18 @@ async fn unknown_tags_are_bad_and_removed_tags_are_reported_once() {
         json!(7),
     );
     let (changes, station) = rig.drain(Duration::from_millis(1600)).await;
-    assert!(station.is_empty(), "a per-tag error is no outage: {station:?}");
+    assert!(
+        station.is_empty(),
+        "a per-tag error is no outage: {station:?}"
+    );
     let of = |n: &str| changes.iter().filter(|c| &*c.name == n).collect::<Vec<_>>();
     let v = of(&victim);
     assert_eq!(v.len(), 2, "{v:?}");
-    assert!(matches!(&v[0].error, Some(BadReason::TagError { .. })), "{:?}", v[0]);
+    assert!(
+        matches!(&v[0].error, Some(BadReason::TagError { .. })),
+        "{:?}",
+        v[0]
+    );
     assert_eq!(v[0].quality, Quality::Bad);
     assert_eq!(v[1].error, Some(BadReason::Removed));
     let n = of("New/Tag");
@@ -322,7 +399,8 @@ async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
     let sim = sim_with(30, AuthMode::None).await;
     let names = sim.tag_names();
     let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
-    rig.all_with(&names, Quality::Good, Duration::from_secs(5)).await;
+    rig.all_with(&names, Quality::Good, Duration::from_secs(5))
+        .await;
     for f in [
         Faults {
             malformed_body: 1,
@@ -334,9 +412,14 @@ async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
         },
     ] {
         sim.set_faults(f);
-        let bad = rig.all_with(&names, Quality::Bad, Duration::from_secs(3)).await;
-        assert!(bad.values().all(|c| matches!(c.error, Some(BadReason::Communication(_)))));
-        rig.all_with(&names, Quality::Good, Duration::from_secs(5)).await;
+        let bad = rig
+            .all_with(&names, Quality::Bad, Duration::from_secs(3))
+            .await;
+        assert!(bad
+            .values()
+            .all(|c| matches!(c.error, Some(BadReason::Communication(_)))));
+        rig.all_with(&names, Quality::Good, Duration::from_secs(5))
+            .await;
     }
     rig.stop().await;
 }
@@ -352,14 +435,18 @@ async fn an_expired_session_costs_exactly_one_login() {
     s.wincc.username = "gateway".into();
     s.wincc.password_file = pw.to_string_lossy().into_owned();
     let mut rig = Rig::start(&s);
-    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5)).await;
+    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
+        .await;
     assert_eq!(sim.stats().logins, 1);
     sim.expire_tokens();
     let (_, station) = rig.drain(Duration::from_millis(500)).await;
     assert!(station.is_empty(), "{station:?}");
     let st = sim.stats();
     assert_eq!(st.logins, 2, "{st:?}");
-    assert!(st.requests["POST /tags/values"] >= 5, "polling went on: {st:?}");
+    assert!(
+        st.requests["POST /tags/values"] >= 5,
+        "polling went on: {st:?}"
+    );
     rig.stop().await;
 }
 
@@ -369,7 +456,8 @@ async fn retry_after_pauses_all_polling() {
     let mut s = settings(&sim, vec![group(&["**"], 50)]);
     s.wincc.timeout_ms = 2000;
     let mut rig = Rig::start(&s);
-    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5)).await;
+    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
+        .await;
     let before = sim.stats().total_requests;
     sim.set_faults(Faults {
         too_many_requests: Some(TooManyRequests {
@@ -406,7 +494,10 @@ async fn the_rate_limit_holds_when_the_groups_want_more() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let st = sim.stats();
     assert!(st.max_requests_per_second <= 25, "{st:?}");
-    assert!(st.max_requests_per_second >= 15, "the limit was pressed: {st:?}");
+    assert!(
+        st.max_requests_per_second >= 15,
+        "the limit was pressed: {st:?}"
+    );
     assert!(st.max_in_flight <= 2, "{st:?}");
     assert!(st.requests["POST /tags/values"] >= 20, "{st:?}");
     rig.stop().await;
@@ -416,7 +507,8 @@ async fn the_rate_limit_holds_when_the_groups_want_more() {
 async fn an_overrunning_cycle_skips_instead_of_stacking() {
     let sim = sim_with(30, AuthMode::None).await;
     let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
-    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5)).await;
+    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
+        .await;
     // Each cycle takes 120 ms of a 100 ms interval: the tick that falls
     // inside it is skipped, so cycles start every 200 ms (8 in 1.6 s);
     // stacked or back-to-back cycles would make about 13.
@@ -429,7 +521,10 @@ async fn an_overrunning_cycle_skips_instead_of_stacking() {
     let st = sim.stats();
     let polls = st.requests.get("POST /tags/values").copied().unwrap_or(0);
     assert_eq!(st.max_in_flight, 1, "cycles never overlap: {st:?}");
-    assert!((4..=9).contains(&polls), "{polls} polls in 1.6 s at 120 ms each");
+    assert!(
+        (4..=9).contains(&polls),
+        "{polls} polls in 1.6 s at 120 ms each"
+    );
     rig.stop().await;
 }
 
@@ -445,7 +540,9 @@ async fn a_station_down_at_start_is_reported_and_picked_up_later() {
         Some(Event::Station(s)) => assert!(!s.connected && s.error.is_some(), "{s:?}"),
         other => panic!("{other:?}"),
     }
-    rig.until(Duration::from_secs(10), "connected", is_station(true)).await;
-    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5)).await;
+    rig.until(Duration::from_secs(10), "connected", is_station(true))
+        .await;
+    rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
+        .await;
     rig.stop().await;
 }

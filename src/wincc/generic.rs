@@ -37,7 +37,11 @@ use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
 use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Page size for `GET /tags`.
 pub const TAG_PAGE: usize = 1000;
@@ -107,7 +111,10 @@ impl GenericClient {
 
     /// Builds the client around an existing limiter (shared with other
     /// clients of the same station).
-    pub fn with_limiter(settings: &WinccSettings, limiter: Arc<Limiter>) -> Result<Self, ConnectError> {
+    pub fn with_limiter(
+        settings: &WinccSettings,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ConnectError> {
         let mut base = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
             key: "wincc.base_url",
             why: format!("not a URL: {e}"),
@@ -123,8 +130,12 @@ impl GenericClient {
         let password = if settings.auth == AuthMode::None {
             None
         } else {
-            resolve_secret("wincc.password", &settings.password_env, &settings.password_file)
-                .map_err(ConnectError::Secret)?
+            resolve_secret(
+                "wincc.password",
+                &settings.password_env,
+                &settings.password_file,
+            )
+            .map_err(ConnectError::Secret)?
         };
         let basic = (settings.auth == AuthMode::Basic).then(|| {
             let pw = password.as_ref().map(Secret::expose).unwrap_or_default();
@@ -229,7 +240,11 @@ impl GenericClient {
         g.last_refusal = self.scrub(why);
         tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
         metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
-        StationError::Auth(format!("{}; next login attempt in {} s", g.last_refusal, wait.as_secs()))
+        StationError::Auth(format!(
+            "{}; next login attempt in {} s",
+            g.last_refusal,
+            wait.as_secs()
+        ))
     }
 
     fn login_accepted(&self) {
@@ -269,7 +284,9 @@ impl GenericClient {
                     s.expires_at = expires_in.map(|d| Instant::now() + d.mul_f64(0.9));
                 }
                 Ok(Ticket {
-                    bearer: (self.auth == AuthMode::Session).then(|| s.token.clone()).flatten(),
+                    bearer: (self.auth == AuthMode::Session)
+                        .then(|| s.token.clone())
+                        .flatten(),
                     generation: s.generation,
                 })
             }
@@ -278,7 +295,11 @@ impl GenericClient {
 
     /// POST /auth/login. Returns the token (empty in cookie mode) and its lifetime.
     async fn login(&self) -> Result<(String, Option<Duration>), StationError> {
-        let pw = self.password.as_ref().map(Secret::expose).unwrap_or_default();
+        let pw = self
+            .password
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
         let body = json!({ "username": self.username, "password": pw });
         let url = self.url(&["auth", "login"]);
         let (status, headers, bytes) = self
@@ -288,14 +309,19 @@ impl GenericClient {
             let msg = parse::error_body(&bytes)
                 .map(|(c, m)| format!("{c} {m}").trim().to_string())
                 .unwrap_or_default();
-            return Err(self.refused(format!("login as {:?} refused (HTTP {}) {msg}", self.username, status.as_u16())));
+            return Err(self.refused(format!(
+                "login as {:?} refused (HTTP {}) {msg}",
+                self.username,
+                status.as_u16()
+            )));
         }
         if let Some(e) = busy_or_error(status, &headers, &bytes, &self.limiter) {
             return Err(self.scrub_err(e));
         }
         let v = parse::json(&bytes).map_err(|e| self.scrub_err(e))?;
         let o = v.as_object();
-        let token = o.and_then(|o| parse::get_any_str(o, &["token", "access_token", "accessToken"]));
+        let token =
+            o.and_then(|o| parse::get_any_str(o, &["token", "access_token", "accessToken"]));
         let expires_in = o
             .and_then(|o| parse::get_ci(o, "expiresIn"))
             .and_then(Value::as_f64)
@@ -304,7 +330,9 @@ impl GenericClient {
         let token = match (self.auth, token) {
             (AuthMode::Session, Some(t)) if !t.is_empty() => t,
             (AuthMode::Session, _) => {
-                return Err(StationError::Malformed("the login reply has no token".into()))
+                return Err(StationError::Malformed(
+                    "the login reply has no token".into(),
+                ))
             }
             _ => String::new(),
         };
@@ -324,10 +352,14 @@ impl GenericClient {
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
         let start = std::time::Instant::now();
-        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint).increment(1);
+        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
+            .increment(1);
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
-            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Basic {}", b.expose()));
+            rb = rb.header(
+                reqwest::header::AUTHORIZATION,
+                format!("Basic {}", b.expose()),
+            );
         }
         if let Some(t) = ticket.and_then(|t| t.bearer.as_deref()) {
             rb = rb.bearer_auth(t);
@@ -336,7 +368,10 @@ impl GenericClient {
             rb = rb.json(b);
         }
         let result = async {
-            let resp = rb.send().await.map_err(|e| transport_error(e, self.timeout))?;
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| transport_error(e, self.timeout))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let bytes = read_body(resp, self.timeout).await?;
@@ -359,9 +394,12 @@ impl GenericClient {
         body: Option<&Value>,
         client_errors: bool,
     ) -> Result<Reply, StationError> {
-        let result = self.call_inner(endpoint, method, url, body, client_errors).await;
+        let result = self
+            .call_inner(endpoint, method, url, body, client_errors)
+            .await;
         if let Err(e) = &result {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
         }
         result
     }
@@ -407,10 +445,16 @@ impl GenericClient {
                     }
                 }
             }
-            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+            {
                 let ra = retry_after(&headers);
                 if let Some(d) = ra {
-                    tracing::warn!(endpoint, status = status.as_u16(), pause_ms = d.as_millis() as u64, "station asked to retry later; pausing all requests");
+                    tracing::warn!(
+                        endpoint,
+                        status = status.as_u16(),
+                        pause_ms = d.as_millis() as u64,
+                        "station asked to retry later; pausing all requests"
+                    );
                     self.limiter.pause_for(d);
                     if !waited && d <= self.timeout {
                         waited = true;
@@ -477,7 +521,9 @@ impl Station for GenericClient {
             url.query_pairs_mut()
                 .append_pair("offset", &offset.to_string())
                 .append_pair("limit", &TAG_PAGE.to_string());
-            let reply = self.call("list_tags", Method::GET, url, None, false).await?;
+            let reply = self
+                .call("list_tags", Method::GET, url, None, false)
+                .await?;
             let page = parse::tag_page(&reply.body).map_err(|e| self.scrub_err(e))?;
             skipped += page.skipped.len();
             for name in page.skipped.iter().take(5) {
@@ -505,11 +551,18 @@ impl Station for GenericClient {
         }
         let body = json!({ "tags": names });
         let reply = self
-            .call("read_values", Method::POST, self.url(&["tags", "values"]), Some(&body), false)
+            .call(
+                "read_values",
+                Method::POST,
+                self.url(&["tags", "values"]),
+                Some(&body),
+                false,
+            )
             .await?;
         let received = chrono::Utc::now();
         let mut readings = parse::values(&reply.body, names, received).map_err(|e| {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
             self.scrub_err(e)
         })?;
         for r in &mut readings {
@@ -520,19 +573,34 @@ impl Station for GenericClient {
         Ok(readings)
     }
 
-    async fn write_value(&self, name: &str, _ty: TagType, value: &Value) -> Result<(), StationError> {
+    async fn write_value(
+        &self,
+        name: &str,
+        _ty: TagType,
+        value: &Value,
+    ) -> Result<(), StationError> {
         let body = json!({ "value": value });
         let url = self.tag_url(name)?;
-        let reply = self.call("write_value", Method::PUT, url, Some(&body), true).await?;
+        let reply = self
+            .call("write_value", Method::PUT, url, Some(&body), true)
+            .await?;
         let result = if reply.status.is_success() {
             parse::write_result(&reply.body)
         } else {
             let (code, message) = parse::error_body(&reply.body)
                 .unwrap_or_else(|| (reply.status.as_u16().to_string(), String::new()));
             Err(StationError::Refused {
-                code: if code.is_empty() { reply.status.as_u16().to_string() } else { code },
+                code: if code.is_empty() {
+                    reply.status.as_u16().to_string()
+                } else {
+                    code
+                },
                 message: if message.is_empty() {
-                    reply.status.canonical_reason().unwrap_or("refused").to_string()
+                    reply
+                        .status
+                        .canonical_reason()
+                        .unwrap_or("refused")
+                        .to_string()
                 } else {
                     message
                 },
@@ -543,7 +611,13 @@ impl Station for GenericClient {
 
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
         let reply = self
-            .call("alarms", Method::GET, self.url(&["alarms", "current"]), None, false)
+            .call(
+                "alarms",
+                Method::GET,
+                self.url(&["alarms", "current"]),
+                None,
+                false,
+            )
             .await?;
         let (alarms, bad) = parse::alarms(&reply.body).map_err(|e| self.scrub_err(e))?;
         if let Some(first) = bad.first() {
@@ -565,11 +639,21 @@ impl Station for GenericClient {
             generation: s.generation,
         };
         let r = self
-            .send("logout", Method::POST, self.url(&["auth", "logout"]), None, Some(&ticket))
+            .send(
+                "logout",
+                Method::POST,
+                self.url(&["auth", "logout"]),
+                None,
+                Some(&ticket),
+            )
             .await;
         match r {
-            Ok((status, _, _)) if status.is_success() => tracing::info!("logged out of the station"),
-            Ok((status, _, _)) => tracing::warn!(status = status.as_u16(), "station refused the logout"),
+            Ok((status, _, _)) if status.is_success() => {
+                tracing::info!("logged out of the station")
+            }
+            Ok((status, _, _)) => {
+                tracing::warn!(status = status.as_u16(), "station refused the logout")
+            }
             Err(e) => tracing::warn!(error = %e, "logout failed"),
         }
         s.token = None;
@@ -591,10 +675,19 @@ mod tests {
     #[test]
     fn urls_keep_odd_tag_names_inside_one_segment() {
         let c = GenericClient::new(&settings("http://127.0.0.1:9/api/")).unwrap();
-        assert_eq!(c.url(&["tags", "values"]).as_str(), "http://127.0.0.1:9/api/tags/values");
+        assert_eq!(
+            c.url(&["tags", "values"]).as_str(),
+            "http://127.0.0.1:9/api/tags/values"
+        );
         let u = c.tag_url("Line 1/Mixer#2?%+Ü").unwrap();
-        assert_eq!(u.path(), "/api/tags/Line%201%2FMixer%232%3F%25%2B%C3%9C/value");
-        assert_eq!(c.tag_url("A.b_c-d~").unwrap().path(), "/api/tags/A.b_c-d~/value");
+        assert_eq!(
+            u.path(),
+            "/api/tags/Line%201%2FMixer%232%3F%25%2B%C3%9C/value"
+        );
+        assert_eq!(
+            c.tag_url("A.b_c-d~").unwrap().path(),
+            "/api/tags/A.b_c-d~/value"
+        );
         assert!(matches!(c.tag_url(".."), Err(StationError::Refused { .. })));
         let root = GenericClient::new(&settings("http://127.0.0.1:9")).unwrap();
         assert_eq!(root.url(&["tags"]).as_str(), "http://127.0.0.1:9/tags");
@@ -606,7 +699,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate").unwrap();
-        for (file, why) in [(dir.join("missing.pem"), "cannot read"), (garbage, "no certificate")] {
+        for (file, why) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (garbage, "no certificate"),
+        ] {
             let mut s = settings("https://127.0.0.1:9/");
             s.ca_file = file.to_string_lossy().into_owned();
             let e = GenericClient::new(&s).err().unwrap().to_string();
