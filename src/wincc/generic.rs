@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use base64::Engine;
+use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
@@ -300,7 +301,7 @@ impl GenericClient {
             .as_ref()
             .map(Secret::expose)
             .unwrap_or_default();
-        let body = json!({ "username": self.username, "password": pw });
+        let body = to_body(&json!({ "username": self.username, "password": pw }));
         let url = self.url(&["auth", "login"]);
         let (status, headers, bytes) = self
             .send("login", Method::POST, url, Some(&body), None)
@@ -347,7 +348,7 @@ impl GenericClient {
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         ticket: Option<&Ticket>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
@@ -365,7 +366,9 @@ impl GenericClient {
             rb = rb.bearer_auth(t);
         }
         if let Some(b) = body {
-            rb = rb.json(b);
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone());
         }
         let result = async {
             let resp = rb
@@ -391,7 +394,7 @@ impl GenericClient {
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         client_errors: bool,
     ) -> Result<Reply, StationError> {
         let result = self
@@ -409,7 +412,7 @@ impl GenericClient {
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         client_errors: bool,
     ) -> Result<Reply, StationError> {
         let mut ticket = self.ticket(None).await?;
@@ -475,6 +478,18 @@ impl GenericClient {
             return Err(self.scrub_err(http_error(status, &bytes)));
         }
     }
+}
+
+/// The body of `POST /tags/values`, serialised without copying the names.
+#[derive(serde::Serialize)]
+struct ReadRequest<'a> {
+    tags: &'a [String],
+}
+
+/// A JSON request body, serialised once (and shared by a retry).
+fn to_body(v: &impl serde::Serialize) -> Bytes {
+    // Serialising strings, numbers and maps of them cannot fail.
+    Bytes::from(serde_json::to_vec(v).expect("JSON request bodies always serialise"))
 }
 
 fn http_error(status: StatusCode, bytes: &[u8]) -> StationError {
@@ -549,7 +564,7 @@ impl Station for GenericClient {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let body = json!({ "tags": names });
+        let body = to_body(&ReadRequest { tags: names });
         let reply = self
             .call(
                 "read_values",
@@ -579,7 +594,7 @@ impl Station for GenericClient {
         _ty: TagType,
         value: &Value,
     ) -> Result<(), StationError> {
-        let body = json!({ "value": value });
+        let body = to_body(&json!({ "value": value }));
         let url = self.tag_url(name)?;
         let reply = self
             .call("write_value", Method::PUT, url, Some(&body), true)
