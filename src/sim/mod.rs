@@ -8,6 +8,22 @@
 //! so that other dialects can be added as sibling route files next to
 //! [`generic`].
 //!
+//! `/_sim/*` (never authenticated, faulted or counted):
+//!
+//! | method, path | does |
+//! |---|---|
+//! | `GET /_sim/stats`, `POST /_sim/stats/reset` | [`SimStats`] (per-endpoint counts keyed like `"POST /tags/values"`, tags read/written, logins, `max_requests_per_second` over an exact sliding 1 s window, `max_in_flight`, 401/429/500/503 counts) |
+//! | `GET/POST /_sim/faults`, `POST /_sim/faults/reset` | [`Faults`]: a POST replaces every switch (missing ones are off) |
+//! | `POST /_sim/alarms` | [`AlarmCommand`] `{"action":"raise"\|"ack"\|"clear","id":..,"name":..,"text":..,"class":..,"priority":..}` → the alarm |
+//! | `POST /_sim/tags/set` | `{"name":N,"value":V,"quality":"Uncertain","qualityCode":72}` sets any tag (value optional) |
+//!
+//! Station behaviour worth knowing: in `session` mode only `Authorization:
+//! Bearer` is accepted, in `cookie` mode only the `session` cookie; `basic`
+//! answers 401 with `WWW-Authenticate`. The ticker changes only read-only
+//! tags, so written values stay. Single-tag errors are 404 `UnknownTag`,
+//! 403 `ReadOnly`, 400 `TypeMismatch`/`OutOfRange`; String tags take at most
+//! 255 characters, like a WinCC text tag.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use wincc_gateway::sim::{self, SimOptions};
@@ -181,7 +197,6 @@ impl SimState {
 
 /// A running simulator. Dropping it stops it (like [`SimHandle::shutdown`],
 /// without waiting).
-#[derive(Debug)]
 pub struct SimHandle {
     state: Arc<SimState>,
     cancel: CancellationToken,
@@ -318,6 +333,16 @@ impl SimHandle {
     /// Ends every session now (the `expire_tokens` fault).
     pub fn expire_tokens(&self) {
         self.state.sessions().expire_all();
+    }
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.addr())
+            .field("tags", &self.state.store().len())
+            .field("auth", &self.state.opts.auth)
+            .finish()
     }
 }
 
