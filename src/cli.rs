@@ -222,7 +222,11 @@ fn sim_options(args: &SimulateArgs) -> Result<crate::sim::SimOptions, String> {
         "generic" => crate::config::Dialect::Generic,
         "wincc-v7" => crate::config::Dialect::WinccV7,
         "unified" => crate::config::Dialect::Unified,
-        other => return Err(format!("--dialect {other:?}: use generic, wincc-v7 or unified")),
+        other => {
+            return Err(format!(
+                "--dialect {other:?}: use generic, wincc-v7 or unified"
+            ))
+        }
     };
     if !(0.0..=1.0).contains(&args.change_rate) {
         return Err(format!(

@@ -140,14 +140,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         );
         if settings.mqtt.enabled {
             // Reconcile with what was announced before a restart.
-            match crate::sinks::mqtt::announced_alarms(&settings.mqtt, Duration::from_secs(3)).await {
+            match crate::sinks::mqtt::announced_alarms(&settings.mqtt, Duration::from_secs(3)).await
+            {
                 Ok(known) => {
                     if !known.is_empty() {
-                        tracing::info!(count = known.len(), "alarms announced before the restart will be reconciled");
+                        tracing::info!(
+                            count = known.len(),
+                            "alarms announced before the restart will be reconciled"
+                        );
                     }
                     alarms = alarms.with_known(known);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the retained active alarms; alarms still active will be announced again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the retained active alarms; alarms still active will be announced again")
+                }
             }
         }
         let token = poll_stop.clone();

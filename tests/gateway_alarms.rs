@@ -98,7 +98,13 @@ async fn alarms_flow_reconcile_after_outage_and_restart() {
             .any(|m| m.topic.starts_with(&format!("{prefix}/tags/Line1/Mixer/"))))
             .await
     );
-    assert!(wait(Duration::from_secs(5), || sub.last(&format!("{prefix}/status")).map(|m| m.text()) == Some("online".into())).await);
+    assert!(
+        wait(Duration::from_secs(5), || sub
+            .last(&format!("{prefix}/status"))
+            .map(|m| m.text())
+            == Some("online".into()))
+        .await
+    );
     let (code, body) = http_get(http, "/healthz").await;
     assert_eq!(code, 200, "{body}");
 
@@ -106,20 +112,41 @@ async fn alarms_flow_reconcile_after_outage_and_restart() {
     sim.alarm(cmd(AlarmAction::Raise, "A1")).unwrap();
     sim.alarm(cmd(AlarmAction::Raise, "A2")).unwrap();
     let active = |id: &str| format!("{prefix}/alarms/active/{id}");
-    assert!(wait(Duration::from_secs(5), || sub.last(&active("A1")).is_some() && sub.last(&active("A2")).is_some()).await);
+    assert!(
+        wait(Duration::from_secs(5), || sub.last(&active("A1")).is_some()
+            && sub.last(&active("A2")).is_some())
+        .await
+    );
     let a1 = sub.last(&active("A1")).unwrap();
     assert!(a1.retain);
     assert_eq!(a1.json()["state"], "raised");
     assert_eq!(a1.json()["priority"], 7);
     sim.alarm(cmd(AlarmAction::Ack, "A1")).unwrap();
-    assert!(wait(Duration::from_secs(5), || events(&sub, prefix).contains(&("A1".into(), "acknowledged".into()))).await);
-    assert_eq!(sub.last(&active("A1")).unwrap().json()["state"], "acknowledged");
+    assert!(
+        wait(Duration::from_secs(5), || events(&sub, prefix)
+            .contains(&("A1".into(), "acknowledged".into())))
+        .await
+    );
+    assert_eq!(
+        sub.last(&active("A1")).unwrap().json()["state"],
+        "acknowledged"
+    );
     sim.alarm(cmd(AlarmAction::Clear, "A1")).unwrap();
-    assert!(wait(Duration::from_secs(5), || events(&sub, prefix).contains(&("A1".into(), "cleared".into()))).await);
-    assert!(sub.last(&active("A1")).unwrap().payload.is_empty(), "cleared alarm's retained topic is emptied");
+    assert!(
+        wait(Duration::from_secs(5), || events(&sub, prefix)
+            .contains(&("A1".into(), "cleared".into())))
+        .await
+    );
+    assert!(
+        sub.last(&active("A1")).unwrap().payload.is_empty(),
+        "cleared alarm's retained topic is emptied"
+    );
 
     // Station outage: A2 clears and A3 is raised while the gateway cannot see.
-    sim.set_faults(Faults { outage_s: 2.0, ..Default::default() });
+    sim.set_faults(Faults {
+        outage_s: 2.0,
+        ..Default::default()
+    });
     sim.alarm(cmd(AlarmAction::Clear, "A2")).unwrap();
     sim.alarm(cmd(AlarmAction::Raise, "A3")).unwrap();
     assert!(
@@ -135,8 +162,10 @@ async fn alarms_flow_reconcile_after_outage_and_restart() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"degraded\""), "{body}");
     assert!(
-        wait(Duration::from_secs(10), || events(&sub, prefix).contains(&("A2".into(), "cleared".into()))
-            && events(&sub, prefix).contains(&("A3".into(), "raised".into())))
+        wait(Duration::from_secs(10), || events(&sub, prefix)
+            .contains(&("A2".into(), "cleared".into()))
+            && events(&sub, prefix)
+                .contains(&("A3".into(), "raised".into())))
         .await,
         "reconciled after the outage: {:?}",
         events(&sub, prefix)
@@ -153,15 +182,29 @@ async fn alarms_flow_reconcile_after_outage_and_restart() {
     // Gateway restart: A3 stays active across it and must not be announced
     // again; A4, raised while the gateway was down, is; A3 clears afterwards.
     gw.shutdown().await;
-    assert!(wait(Duration::from_secs(5), || sub.last(&format!("{prefix}/status")).map(|m| m.text()) == Some("offline".into())).await);
+    assert!(
+        wait(Duration::from_secs(5), || sub
+            .last(&format!("{prefix}/status"))
+            .map(|m| m.text())
+            == Some("offline".into()))
+        .await
+    );
     sim.alarm(cmd(AlarmAction::Raise, "A4")).unwrap();
     let before = events(&sub, prefix);
     let gw = wincc_gateway::gateway::start(settings(&sim.base_url(), broker.port, prefix))
         .await
         .unwrap();
-    assert!(wait(Duration::from_secs(10), || events(&sub, prefix).contains(&("A4".into(), "raised".into()))).await);
+    assert!(
+        wait(Duration::from_secs(10), || events(&sub, prefix)
+            .contains(&("A4".into(), "raised".into())))
+        .await
+    );
     sim.alarm(cmd(AlarmAction::Clear, "A3")).unwrap();
-    assert!(wait(Duration::from_secs(10), || events(&sub, prefix).contains(&("A3".into(), "cleared".into()))).await);
+    assert!(
+        wait(Duration::from_secs(10), || events(&sub, prefix)
+            .contains(&("A3".into(), "cleared".into())))
+        .await
+    );
     let after: Vec<_> = events(&sub, prefix)[before.len()..].to_vec();
     assert!(
         !after.contains(&("A3".into(), "raised".into())),

@@ -546,3 +546,34 @@ async fn a_station_down_at_start_is_reported_and_picked_up_later() {
         .await;
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_login_reports_disconnected_without_a_tight_loop() {
+    let sim = sim_with(30, AuthMode::Session).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "not-the-password").unwrap();
+    let mut s = settings(&sim, vec![group(&["**"], 50)]);
+    s.wincc.auth = AuthMode::Session;
+    s.wincc.username = "gateway".into();
+    s.wincc.password_file = pw.to_string_lossy().into_owned();
+    let mut rig = Rig::start(&s);
+    match rig.next(Duration::from_secs(3)).await {
+        Some(Event::Station(st)) => {
+            assert!(!st.connected);
+            assert!(
+                st.error.as_deref().unwrap_or("").contains("refused"),
+                "{st:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = sim.stats();
+    assert_eq!(
+        st.login_failures, 1,
+        "the next login waits at least 5 s: {st:?}"
+    );
+    assert_eq!(st.total_requests, 1, "{st:?}");
+    rig.stop().await;
+}

@@ -539,9 +539,7 @@ fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError
     let (why, key) = match text.rfind(" for key `") {
         Some(i) => (
             text[..i].to_string(),
-            text[i + 10..]
-                .trim_end_matches(['`', ' '])
-                .to_string(),
+            text[i + 10..].trim_end_matches(['`', ' ']).to_string(),
         ),
         None => match text.find("missing field `") {
             Some(_) => (text.clone(), "(missing)".to_string()),

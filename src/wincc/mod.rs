@@ -90,6 +90,7 @@ pub trait Station: Send + Sync + 'static {
     async fn logout(&self);
 }
 
+mod fast;
 pub mod generic;
 mod http;
 pub mod limiter;

@@ -77,28 +77,8 @@ fn text(v: &Value) -> Option<String> {
 /// The error of one row, if it carries one. `code` 0 / "0" means success
 /// (unified style), as does `errorcode: 0`.
 fn row_error(row: &Map<String, Value>) -> Option<BadReason> {
-    if let Some(e) = get_ci(row, "error") {
-        match e {
-            Value::Null => {}
-            Value::Object(o) => {
-                let code = get_ci(o, "code")
-                    .and_then(text)
-                    .unwrap_or_else(|| "error".into());
-                if code != "0" {
-                    let message = get_ci(o, "message")
-                        .and_then(text)
-                        .unwrap_or_else(|| "the station reported an error".into());
-                    return Some(BadReason::TagError { code, message });
-                }
-            }
-            Value::String(s) if s.is_empty() || s == "0" => {}
-            other => {
-                return Some(BadReason::TagError {
-                    code: "error".into(),
-                    message: text(other).unwrap_or_else(|| other.to_string()),
-                })
-            }
-        }
+    if let Some(reason) = get_ci(row, "error").and_then(error_value) {
+        return Some(reason);
     }
     if let Some(code) = get_ci(row, "errorcode").and_then(text) {
         if code != "0" && !code.is_empty() {
@@ -111,6 +91,43 @@ fn row_error(row: &Map<String, Value>) -> Option<BadReason> {
     None
 }
 
+/// The reason in a row's `error` value, if it is an error: an object with
+/// `code` (other than 0) and `message`, or a non-empty text.
+pub fn error_value(e: &Value) -> Option<BadReason> {
+    match e {
+        Value::Null => None,
+        Value::Object(o) => {
+            let code = get_ci(o, "code")
+                .and_then(text)
+                .unwrap_or_else(|| "error".into());
+            (code != "0").then(|| BadReason::TagError {
+                code,
+                message: get_ci(o, "message")
+                    .and_then(text)
+                    .unwrap_or_else(|| "the station reported an error".into()),
+            })
+        }
+        Value::String(s) if s.is_empty() || s == "0" => None,
+        other => Some(BadReason::TagError {
+            code: "error".into(),
+            message: text(other).unwrap_or_else(|| other.to_string()),
+        }),
+    }
+}
+
+/// The normalised quality of a quality word in any case; unknown words are
+/// uncertain.
+pub fn quality_word(s: &str) -> Quality {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("good") {
+        Quality::Good
+    } else if s.eq_ignore_ascii_case("bad") {
+        Quality::Bad
+    } else {
+        Quality::Uncertain
+    }
+}
+
 /// OPC/WinCC-style quality byte to the normalised quality.
 pub fn quality_from_code(code: u32) -> Quality {
     match code & 0xFF {
@@ -120,7 +137,11 @@ pub fn quality_from_code(code: u32) -> Quality {
     }
 }
 
-fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
+pub(super) fn row_reading(
+    name: &str,
+    row: &Map<String, Value>,
+    received: DateTime<Utc>,
+) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])
         .and_then(Value::as_str)
         .and_then(parse_ts)
@@ -139,7 +160,7 @@ fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) ->
         .and_then(Value::as_u64)
         .and_then(|c| u32::try_from(c).ok());
     let quality = match get_ci(row, "quality") {
-        Some(Value::String(s)) => Quality::parse(s).unwrap_or(Quality::Uncertain),
+        Some(Value::String(s)) => quality_word(s),
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|c| u32::try_from(c).ok())
@@ -183,6 +204,9 @@ pub fn values(
     names: &[String],
     received: DateTime<Utc>,
 ) -> Result<Vec<Reading>, StationError> {
+    if let Some(r) = super::fast::values(body, names, received) {
+        return Ok(r);
+    }
     let v = json(body)?;
     let rows = rows(&v, "values")?;
     let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());

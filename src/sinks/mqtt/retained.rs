@@ -14,7 +14,10 @@ use crate::model::Alarm;
 
 /// Reads the retained active alarms from the broker with a short-lived,
 /// clean-session connection of its own. Gives up after `wait`.
-pub async fn announced_alarms(settings: &MqttSettings, wait: Duration) -> Result<Vec<Alarm>, MqttError> {
+pub async fn announced_alarms(
+    settings: &MqttSettings,
+    wait: Duration,
+) -> Result<Vec<Alarm>, MqttError> {
     let prefix = options::prefix(settings)?;
     let mut seed_settings = settings.clone();
     seed_settings.client_id = format!("{}-alarm-seed", settings.client_id);
@@ -52,7 +55,9 @@ pub async fn announced_alarms(settings: &MqttSettings, wait: Duration) -> Result
                     }
                     match serde_json::from_slice::<Alarm>(&p.payload) {
                         Ok(a) => alarms.push(a),
-                        Err(e) => tracing::warn!(topic = %p.topic, error = %e, "ignoring a retained alarm that does not parse"),
+                        Err(e) => {
+                            tracing::warn!(topic = %p.topic, error = %e, "ignoring a retained alarm that does not parse")
+                        }
                     }
                 }
                 Ok(_) => {}
