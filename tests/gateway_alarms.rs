@@ -118,8 +118,15 @@ async fn alarms_flow_reconcile_after_outage_and_restart() {
         .await
     );
     let a1 = sub.last(&active("A1")).unwrap();
-    assert!(a1.retain);
     assert_eq!(a1.json()["state"], "raised");
+    // Retained: a late subscriber gets it too.
+    let late = TestSubscriber::connect(broker.port, &format!("{prefix}/alarms/active/#")).await;
+    assert!(
+        wait(Duration::from_secs(5), || late
+            .last(&active("A1"))
+            .is_some_and(|m| m.retain))
+        .await
+    );
     assert_eq!(a1.json()["priority"], 7);
     sim.alarm(cmd(AlarmAction::Ack, "A1")).unwrap();
     assert!(
