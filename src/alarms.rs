@@ -64,7 +64,10 @@ impl AlarmTracker {
                         });
                     }
                 }
-                Some(old) if old.state == AlarmState::Raised && alarm.state == AlarmState::Acknowledged => {
+                Some(old)
+                    if old.state == AlarmState::Raised
+                        && alarm.state == AlarmState::Acknowledged =>
+                {
                     events.push(AlarmEvent {
                         kind: AlarmEventKind::Acknowledged,
                         alarm: alarm.clone(),
@@ -135,7 +138,8 @@ impl AlarmPoller {
                         failing = false;
                     }
                     let events = self.tracker.update(current);
-                    metrics::gauge!("wincc_gateway_alarms_active").set(self.tracker.active.len() as f64);
+                    metrics::gauge!("wincc_gateway_alarms_active")
+                        .set(self.tracker.active.len() as f64);
                     if !events.is_empty() {
                         for e in &events {
                             metrics::counter!("wincc_gateway_alarm_events_total", "event" => e.kind.as_str()).increment(1);
@@ -175,29 +179,55 @@ mod tests {
     }
 
     fn kinds(ev: &[AlarmEvent]) -> Vec<(String, &'static str)> {
-        ev.iter().map(|e| (e.alarm.id.clone(), e.kind.as_str())).collect()
+        ev.iter()
+            .map(|e| (e.alarm.id.clone(), e.kind.as_str()))
+            .collect()
     }
 
     #[test]
     fn raised_acknowledged_cleared() {
         let mut t = AlarmTracker::default();
-        let ev = t.update(vec![alarm("1", AlarmState::Raised), alarm("2", AlarmState::Acknowledged)]);
+        let ev = t.update(vec![
+            alarm("1", AlarmState::Raised),
+            alarm("2", AlarmState::Acknowledged),
+        ]);
         assert_eq!(
             kinds(&ev),
-            vec![("1".into(), "raised"), ("2".into(), "raised"), ("2".into(), "acknowledged")]
+            vec![
+                ("1".into(), "raised"),
+                ("2".into(), "raised"),
+                ("2".into(), "acknowledged")
+            ]
         );
-        assert!(t.update(vec![alarm("1", AlarmState::Raised), alarm("2", AlarmState::Acknowledged)]).is_empty());
+        assert!(t
+            .update(vec![
+                alarm("1", AlarmState::Raised),
+                alarm("2", AlarmState::Acknowledged)
+            ])
+            .is_empty());
         let ev = t.update(vec![alarm("1", AlarmState::Acknowledged)]);
-        assert_eq!(kinds(&ev), vec![("1".into(), "acknowledged"), ("2".into(), "cleared")]);
+        assert_eq!(
+            kinds(&ev),
+            vec![("1".into(), "acknowledged"), ("2".into(), "cleared")]
+        );
         assert_eq!(ev[1].alarm.state, AlarmState::Cleared);
         assert!(ev[1].alarm.cleared_at.is_some());
     }
 
     #[test]
     fn seeded_set_reconciles_without_duplicates() {
-        let mut t = AlarmTracker::with_known(vec![alarm("1", AlarmState::Raised), alarm("9", AlarmState::Raised)]);
-        let ev = t.update(vec![alarm("1", AlarmState::Raised), alarm("3", AlarmState::Raised)]);
-        assert_eq!(kinds(&ev), vec![("3".into(), "raised"), ("9".into(), "cleared")]);
+        let mut t = AlarmTracker::with_known(vec![
+            alarm("1", AlarmState::Raised),
+            alarm("9", AlarmState::Raised),
+        ]);
+        let ev = t.update(vec![
+            alarm("1", AlarmState::Raised),
+            alarm("3", AlarmState::Raised),
+        ]);
+        assert_eq!(
+            kinds(&ev),
+            vec![("3".into(), "raised"), ("9".into(), "cleared")]
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{AuthMode, LogFormat, Settings};
 
 #[derive(Debug, Parser)]
-#[command(name = "wincc-gateway", version, about = "Siemens WinCC station → MQTT and OPC UA gateway")]
+#[command(
+    name = "wincc-gateway",
+    version,
+    about = "Siemens WinCC station → MQTT and OPC UA gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -111,7 +115,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
@@ -132,7 +138,9 @@ fn parse_auth(s: &str) -> Result<AuthMode, String> {
         "session" => Ok(AuthMode::Session),
         "cookie" => Ok(AuthMode::Cookie),
         "basic" => Ok(AuthMode::Basic),
-        other => Err(format!("--auth {other:?}: use none, session, cookie or basic")),
+        other => Err(format!(
+            "--auth {other:?}: use none, session, cookie or basic"
+        )),
     }
 }
 
@@ -141,7 +149,10 @@ fn parse_users(users: &[String]) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|u| match u.split_once(':') {
             Some((n, p)) if !n.is_empty() => Ok((n.to_string(), p.to_string())),
-            _ => Err(format!("--user must be NAME:PASSWORD (got {:?})", u.split(':').next().unwrap_or(""))),
+            _ => Err(format!(
+                "--user must be NAME:PASSWORD (got {:?})",
+                u.split(':').next().unwrap_or("")
+            )),
         })
         .collect()
 }
@@ -173,17 +184,21 @@ pub fn main(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime(|| async move {
-                crate::sim::run(args.listen, opts, shutdown_signal()).await
-            })
+            runtime(|| async move { crate::sim::run(args.listen, opts, shutdown_signal()).await })
         }
-        Command::Browse { config, filter, json } => {
+        Command::Browse {
+            config,
+            filter,
+            json,
+        } => {
             let settings = match load(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             init_logging(settings.log.format, "warn");
-            runtime(|| async move { crate::gateway::browse(&settings, filter.as_deref(), json).await })
+            runtime(
+                || async move { crate::gateway::browse(&settings, filter.as_deref(), json).await },
+            )
         }
         Command::Run { config } => {
             let settings = match load(&config) {
@@ -194,7 +209,8 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime(|| async move { crate::gateway::run(settings, shutdown_signal()).await })
         }
         Command::Demo(args) => {
-            init_logging(LogFormat::Human, "info");
+            // rumqttd logs every probe and disconnect as an error; RUST_LOG can bring it back.
+            init_logging(LogFormat::Human, "info,rumqttd=off");
             runtime(|| async move { crate::demo::run(args, shutdown_signal()).await })
         }
         Command::Service { action, config } => crate::service::main(&action, config),
@@ -202,14 +218,21 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn sim_options(args: &SimulateArgs) -> Result<crate::sim::SimOptions, String> {
-    if args.dialect != "generic" {
-        return Err(format!(
-            "--dialect {:?} is not served yet; this build serves \"generic\"",
-            args.dialect
-        ));
-    }
+    let dialect = match args.dialect.as_str() {
+        "generic" => crate::config::Dialect::Generic,
+        "wincc-v7" => crate::config::Dialect::WinccV7,
+        "unified" => crate::config::Dialect::Unified,
+        other => {
+            return Err(format!(
+                "--dialect {other:?}: use generic, wincc-v7 or unified"
+            ))
+        }
+    };
     if !(0.0..=1.0).contains(&args.change_rate) {
-        return Err(format!("--change-rate {} must be between 0 and 1", args.change_rate));
+        return Err(format!(
+            "--change-rate {} must be between 0 and 1",
+            args.change_rate
+        ));
     }
     let mut opts = crate::sim::SimOptions {
         tags: args.tags,
@@ -217,6 +240,7 @@ fn sim_options(args: &SimulateArgs) -> Result<crate::sim::SimOptions, String> {
         auth: parse_auth(&args.auth)?,
         token_ttl: std::time::Duration::from_secs(args.token_ttl_s),
         seed: args.seed,
+        dialect,
         ..Default::default()
     };
     let users = parse_users(&args.users)?;
@@ -232,7 +256,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -42,7 +42,7 @@ max_in_flight = 2
 [[poll_group]]
 name = "fast"
 interval_ms = 500
-tags = ["Line1/**", "Line2/**"]
+tags = ["Line1/Mixer/**", "Line1/Filler/**"]
 heartbeat_s = 60
 
 [[poll_group]]
@@ -90,9 +90,12 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let password: String = {
         use rand::Rng;
         let mut rng = rand::rng();
-        (0..24).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+        (0..24)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
     };
-    let secret_dir = std::env::temp_dir().join(format!("wincc-gateway-demo-{}", std::process::id()));
+    let secret_dir =
+        std::env::temp_dir().join(format!("wincc-gateway-demo-{}", std::process::id()));
     std::fs::create_dir_all(&secret_dir).context("cannot create the demo's temp dir")?;
     let secret_file = secret_dir.join("station-password");
     write_private(&secret_file, &password)?;
@@ -127,7 +130,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     println!(
         "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
          \n  MQTT:     mosquitto_sub -h 127.0.0.1 -p {} -t '{prefix}/#' -v\
-         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
+         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
          \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\
@@ -150,9 +153,10 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 #[cfg(feature = "demo-broker")]
-fn start_broker(addr: SocketAddr) -> anyhow::Result<impl Drop> {
-    crate::sinks::broker::start_embedded_broker(addr)
-        .with_context(|| format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)"))
+fn start_broker(addr: SocketAddr) -> anyhow::Result<crate::sinks::broker::EmbeddedBroker> {
+    crate::sinks::broker::start_embedded_broker(addr).with_context(|| {
+        format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)")
+    })
 }
 
 #[cfg(not(feature = "demo-broker"))]

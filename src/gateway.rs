@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::config::Settings;
 use crate::http::{self, ComponentState, HealthSources};
 use crate::poll::Poller;
-use crate::sinks::mqtt::MqttSink;
+use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::wincc::{self, Station};
 use crate::writes::{TagMap, Writer};
@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     http::metrics_handle();
     let station: Arc<dyn Station> =
-        wincc::connect(&settings.wincc).context("cannot set up the station client")?;
+        wincc::connect(&settings).context("cannot set up the station client")?;
     tracing::info!(
         base_url = %settings.wincc.base_url,
         dialect = settings.wincc.dialect.as_str(),
@@ -75,23 +75,28 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Sinks subscribe before the poller starts, so they see the first events.
     let station_state = http::track_station(bus.subscribe("health", 64));
 
-    let (mqtt_state, _mqtt_keep) = if settings.mqtt.enabled {
-        let sink = MqttSink::new(&settings.mqtt, settings.mqtt.write_enabled.then(|| writer.clone()))
-            .context("cannot set up MQTT")?;
-        let state = sink.state();
+    let mqtt_state = if settings.mqtt.enabled {
+        let sink = MqttSink::new(
+            &settings.mqtt,
+            settings.mqtt.write_enabled.then(|| writer.clone()),
+        )
+        .context("cannot set up MQTT")?;
+        let state = mqtt_health(sink.state());
         let sub = bus.subscribe("mqtt", SINK_QUEUE);
         let token = sink_stop.clone();
         sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
-        (state, None)
+        state
     } else {
-        let (tx, rx) = watch::channel(ComponentState::Disabled);
-        (rx, Some(tx))
+        watch::channel(ComponentState::Disabled).1
     };
 
-    let (opcua_state, _opcua_keep) = if settings.opcua.enabled {
-        let sink = OpcuaSink::new(&settings.opcua, settings.opcua.write_enabled.then(|| writer.clone()))
-            .await
-            .context("cannot set up the OPC UA server")?;
+    let opcua_state = if settings.opcua.enabled {
+        let sink = OpcuaSink::new(
+            &settings.opcua,
+            settings.opcua.write_enabled.then(|| writer.clone()),
+        )
+        .await
+        .context("cannot set up the OPC UA server")?;
         let state = sink.state();
         let sub = bus.subscribe("opcua", SINK_QUEUE);
         let token = sink_stop.clone();
@@ -100,10 +105,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 tracing::error!(error = %e, "OPC UA server stopped");
             }
         }));
-        (state, None)
+        state
     } else {
-        let (tx, rx) = watch::channel(ComponentState::Disabled);
-        (rx, Some(tx))
+        watch::channel(ComponentState::Disabled).1
     };
 
     let http_addr = if settings.http.enabled {
@@ -129,11 +133,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let token = poll_stop.clone();
     producers.push(tokio::spawn(async move { poller.run(token).await }));
     if settings.alarms.enabled {
-        let alarms = AlarmPoller::new(
+        let mut alarms = AlarmPoller::new(
             station.clone(),
             bus.clone(),
             Duration::from_millis(settings.alarms.interval_ms),
         );
+        if settings.mqtt.enabled {
+            // Reconcile with what was announced before a restart.
+            match crate::sinks::mqtt::announced_alarms(&settings.mqtt, Duration::from_secs(3)).await
+            {
+                Ok(known) => {
+                    if !known.is_empty() {
+                        tracing::info!(
+                            count = known.len(),
+                            "alarms announced before the restart will be reconciled"
+                        );
+                    }
+                    alarms = alarms.with_known(known);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the retained active alarms; alarms still active will be announced again")
+                }
+            }
+        }
         let token = poll_stop.clone();
         producers.push(tokio::spawn(async move { alarms.run(token).await }));
     }
@@ -148,24 +170,61 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         // Closing the bus lets every sink drain what is queued, then finish.
         bus.close();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(sinks.iter_mut())).await;
-        if drained.is_err() {
-            tracing::warn!("sinks did not finish within {SHUTDOWN_GRACE:?}; stopping them");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut unfinished = Vec::new();
+        for mut s in sinks {
+            if tokio::time::timeout_at(deadline, &mut s).await.is_err() {
+                unfinished.push(s);
+            }
+        }
+        if !unfinished.is_empty() {
+            tracing::warn!(
+                "{} sink(s) did not finish within {SHUTDOWN_GRACE:?}; stopping them",
+                unfinished.len()
+            );
+            sink_stop.cancel();
+            for mut s in unfinished {
+                if tokio::time::timeout(Duration::from_secs(1), &mut s)
+                    .await
+                    .is_err()
+                {
+                    s.abort();
+                }
+            }
         }
         sink_stop.cancel();
-        for s in sinks {
-            let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
-        }
         let _ = tokio::time::timeout(Duration::from_secs(2), station.logout()).await;
         tracing::info!("stopped");
     });
 
-    Ok(Running { http_addr, stop, done })
+    Ok(Running {
+        http_addr,
+        stop,
+        done,
+    })
+}
+
+/// Follows the MQTT sink's connection state as a health component.
+fn mqtt_health(mut status: watch::Receiver<MqttStatus>) -> watch::Receiver<ComponentState> {
+    let map = |s: &MqttStatus| match s {
+        MqttStatus::Connected => ComponentState::Up,
+        MqttStatus::Disconnected(why) => ComponentState::Down(why.clone()),
+    };
+    let (tx, rx) = watch::channel(map(&status.borrow()));
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let state = map(&status.borrow_and_update());
+            if tx.send(state).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// `browse`: lists the station's tags, optionally filtered by a glob.
 pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let station = wincc::connect(&settings.wincc).context("cannot set up the station client")?;
+    let station = wincc::connect(settings).context("cannot set up the station client")?;
     if let Some(f) = filter {
         crate::glob::validate(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
     }
@@ -179,7 +238,13 @@ pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> an
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         for t in &tags {
-            writeln!(out, "{}\t{}\t{}", t.name, t.ty, if t.writable { "rw" } else { "ro" })?;
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                t.name,
+                t.ty,
+                if t.writable { "rw" } else { "ro" }
+            )?;
         }
     }
     Ok(())

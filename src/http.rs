@@ -30,7 +30,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     RECORDER
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
@@ -80,7 +81,11 @@ pub fn track_station(mut events: Subscriber) -> watch::Receiver<Option<StationSt
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
             if let Event::Station(s) = e {
-                metrics::gauge!("wincc_gateway_station_connected").set(if s.connected { 1.0 } else { 0.0 });
+                metrics::gauge!("wincc_gateway_station_connected").set(if s.connected {
+                    1.0
+                } else {
+                    0.0
+                });
                 tx.send_replace(Some(s));
             }
         }
@@ -98,7 +103,10 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
             let ok = src.started.elapsed() < src.unhealthy_after;
             (ok, json!({"state": "connecting"}))
         }
-        Some(s) if s.connected => (true, json!({"state": "connected", "since": format_ts(&s.since)})),
+        Some(s) if s.connected => (
+            true,
+            json!({"state": "connected", "since": format_ts(&s.since)}),
+        ),
         Some(s) => {
             let down_for = (now - s.since).to_std().unwrap_or_default();
             (
@@ -109,7 +117,9 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
     };
     let mqtt = src.mqtt.borrow().clone();
     let opcua = src.opcua.borrow().clone();
-    let ok = station_ok && !matches!(mqtt, ComponentState::Down(_)) && !matches!(opcua, ComponentState::Down(_));
+    let ok = station_ok
+        && !matches!(mqtt, ComponentState::Down(_))
+        && !matches!(opcua, ComponentState::Down(_));
     (
         ok,
         json!({
@@ -129,14 +139,21 @@ struct AppState {
 
 async fn healthz(State(st): State<AppState>) -> Response {
     let (ok, body) = health(&st.health);
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {
     st.metrics.run_upkeep();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()

@@ -5,15 +5,19 @@
 //! ([`poll`]) → [`bus`] → sinks ([`sinks`]); writes go the other way through
 //! [`writes`].
 
+pub mod alarms;
 pub mod bus;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod gateway;
 pub mod glob;
+pub mod http;
 pub mod model;
 pub mod poll;
+pub mod service;
 pub mod sim;
 pub mod sinks;
 pub mod topic;
 pub mod wincc;
 pub mod writes;
-pub mod alarms;
-pub mod http;

@@ -61,8 +61,11 @@ mod windows {
     static CONFIG: OnceLock<PathBuf> = OnceLock::new();
 
     pub fn default_config() -> PathBuf {
-        let base = std::env::var_os("ProgramData").unwrap_or_else(|| OsString::from(r"C:\ProgramData"));
-        PathBuf::from(base).join("wincc-gateway").join("gateway.toml")
+        let base =
+            std::env::var_os("ProgramData").unwrap_or_else(|| OsString::from(r"C:\ProgramData"));
+        PathBuf::from(base)
+            .join("wincc-gateway")
+            .join("gateway.toml")
     }
 
     pub fn install(config: &Path) -> anyhow::Result<()> {
@@ -95,7 +98,10 @@ mod windows {
         service
             .set_description("Polls a Siemens WinCC station and publishes to MQTT and OPC UA")
             .ok();
-        println!("installed service {SERVICE_NAME} (config {})", config.display());
+        println!(
+            "installed service {SERVICE_NAME} (config {})",
+            config.display()
+        );
         Ok(())
     }
 
@@ -103,7 +109,10 @@ mod windows {
         let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
             .context("cannot open the service manager (run as Administrator)")?;
         let service = manager
-            .open_service(SERVICE_NAME, ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE)
+            .open_service(
+                SERVICE_NAME,
+                ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
+            )
             .context("cannot open the service")?;
         if let Ok(status) = service.query_status() {
             if status.current_state != ServiceState::Stopped {
@@ -120,8 +129,9 @@ mod windows {
 
     pub fn run(config: PathBuf) -> anyhow::Result<()> {
         let _ = CONFIG.set(config);
-        service_dispatcher::start(SERVICE_NAME, ffi_service_main)
-            .context("not started by the service manager (use `wincc-gateway run -c FILE` in a console)")
+        service_dispatcher::start(SERVICE_NAME, ffi_service_main).context(
+            "not started by the service manager (use `wincc-gateway run -c FILE` in a console)",
+        )
     }
 
     fn service_main(_args: Vec<OsString>) {
@@ -132,10 +142,15 @@ mod windows {
 
     fn run_service() -> anyhow::Result<()> {
         let config = CONFIG.get().cloned().unwrap_or_else(default_config);
-        let settings = crate::config::Settings::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let settings =
+            crate::config::Settings::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(dir) = config.parent() {
             let log = dir.join("gateway.log");
-            if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+            if let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+            {
                 let _ = tracing_subscriber::fmt()
                     .with_writer(std::sync::Mutex::new(file))
                     .with_ansi(false)
@@ -167,8 +182,13 @@ mod windows {
                 process_id: None,
             })
         };
-        report(ServiceState::Running, ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        report(
+            ServiceState::Running,
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+        )?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         let result = rt.block_on(crate::gateway::run(settings, async move {
             let _ = stop_rx.await;
         }));

@@ -67,9 +67,7 @@ pub fn decode(topic: &str) -> Option<String> {
 /// True if `topic` is a valid MQTT topic name for publishing: non-empty, at
 /// most 65535 bytes, no wildcard, no NUL.
 pub fn is_valid_publish_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 65_535
-        && !topic.contains(['+', '#', '\0'])
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
 }
 
 #[cfg(test)]
@@ -91,7 +89,19 @@ mod tests {
     #[test]
     fn round_trips_and_never_makes_wildcards() {
         let names = [
-            "A//B", "/", "//", "///x", "a/", "+", "#", "%", "%2F", "a/+/#", "\u{1}/\u{2}", "ünï/cødé", "A/ /B",
+            "A//B",
+            "/",
+            "//",
+            "///x",
+            "a/",
+            "+",
+            "#",
+            "%",
+            "%2F",
+            "a/+/#",
+            "\u{1}/\u{2}",
+            "ünï/cødé",
+            "A/ /B",
         ];
         for n in names {
             let t = encode(n);

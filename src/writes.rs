@@ -73,7 +73,11 @@ pub struct WritePolicy {
 }
 
 impl WritePolicy {
-    pub fn new(sink: &'static str, enabled: bool, writable_tags: &[String]) -> Result<Self, crate::glob::GlobError> {
+    pub fn new(
+        sink: &'static str,
+        enabled: bool,
+        writable_tags: &[String],
+    ) -> Result<Self, crate::glob::GlobError> {
         Ok(WritePolicy {
             sink,
             enabled,
@@ -106,14 +110,21 @@ impl Writer {
 
     /// Checks everything that can be checked without the station. Returns the
     /// tag's metadata and the value converted to the tag's canonical JSON form.
-    pub fn check(&self, policy: &WritePolicy, tag: &str, value: &Value) -> Result<(TagInfo, Value), WriteError> {
+    pub fn check(
+        &self,
+        policy: &WritePolicy,
+        tag: &str,
+        value: &Value,
+    ) -> Result<(TagInfo, Value), WriteError> {
         if !policy.enabled {
             return Err(WriteError::Disabled(policy.sink));
         }
         if !policy.allowed.is_match(tag) {
             return Err(WriteError::NotAllowed(tag.to_string()));
         }
-        let info = self.tag(tag).ok_or_else(|| WriteError::UnknownTag(tag.to_string()))?;
+        let info = self
+            .tag(tag)
+            .ok_or_else(|| WriteError::UnknownTag(tag.to_string()))?;
         if !info.writable {
             return Err(WriteError::ReadOnly(tag.to_string()));
         }
@@ -122,7 +133,12 @@ impl Writer {
     }
 
     /// Checks, then writes to the station. `Ok` only once the station accepted it.
-    pub async fn write(&self, policy: &WritePolicy, tag: &str, value: &Value) -> Result<(), WriteError> {
+    pub async fn write(
+        &self,
+        policy: &WritePolicy,
+        tag: &str,
+        value: &Value,
+    ) -> Result<(), WriteError> {
         let result = match self.check(policy, tag, value) {
             Ok((info, value)) => self
                 .station
@@ -140,7 +156,8 @@ impl Writer {
             Ok(()) => "ok",
             Err(e) => e.kind(),
         };
-        metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label).increment(1);
+        metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label)
+            .increment(1);
         match &result {
             Ok(()) => tracing::info!(sink = policy.sink, tag, "write accepted by the station"),
             Err(e) => tracing::warn!(sink = policy.sink, tag, error = %e, "write refused"),
@@ -178,12 +195,16 @@ pub fn convert(ty: TagType, v: &Value) -> Result<Value, WriteError> {
                     return mismatch("a JSON number with no fractional part");
                 }
                 if f < lo as f64 || f > hi as f64 {
-                    return Err(WriteError::OutOfRange(format!("{f} is outside {ty} ({lo}..={hi})")));
+                    return Err(WriteError::OutOfRange(format!(
+                        "{f} is outside {ty} ({lo}..={hi})"
+                    )));
                 }
                 f as i128
             };
             if i < lo || i > hi {
-                return Err(WriteError::OutOfRange(format!("{i} is outside {ty} ({lo}..={hi})")));
+                return Err(WriteError::OutOfRange(format!(
+                    "{i} is outside {ty} ({lo}..={hi})"
+                )));
             }
             Ok(if i < 0 {
                 Value::from(i as i64)
@@ -197,7 +218,9 @@ pub fn convert(ty: TagType, v: &Value) -> Result<Value, WriteError> {
             };
             let f = n.as_f64().unwrap_or(f64::NAN);
             if !f.is_finite() || f.abs() > f32::MAX as f64 {
-                return Err(WriteError::OutOfRange(format!("{f} is outside the Float (f32) range")));
+                return Err(WriteError::OutOfRange(format!(
+                    "{f} is outside the Float (f32) range"
+                )));
             }
             Ok(v.clone())
         }
@@ -239,20 +262,50 @@ mod tests {
     #[test]
     fn conversions_follow_the_contract() {
         assert!(convert(TagType::Bool, &json!(true)).is_ok());
-        assert!(matches!(convert(TagType::Bool, &json!(1)), Err(WriteError::TypeMismatch(_))));
+        assert!(matches!(
+            convert(TagType::Bool, &json!(1)),
+            Err(WriteError::TypeMismatch(_))
+        ));
         assert_eq!(convert(TagType::Int16, &json!(5.0)).unwrap(), json!(5));
-        assert!(matches!(convert(TagType::Int16, &json!(5.5)), Err(WriteError::TypeMismatch(_))));
-        assert!(matches!(convert(TagType::Int16, &json!(40000)), Err(WriteError::OutOfRange(_))));
-        assert!(matches!(convert(TagType::UInt16, &json!(-1)), Err(WriteError::OutOfRange(_))));
-        assert_eq!(convert(TagType::UInt32, &json!(4294967295u64)).unwrap(), json!(4294967295u64));
-        assert!(matches!(convert(TagType::Int64, &json!("5")), Err(WriteError::TypeMismatch(_))));
-        assert!(matches!(convert(TagType::Int64, &json!(1e20)), Err(WriteError::OutOfRange(_))));
+        assert!(matches!(
+            convert(TagType::Int16, &json!(5.5)),
+            Err(WriteError::TypeMismatch(_))
+        ));
+        assert!(matches!(
+            convert(TagType::Int16, &json!(40000)),
+            Err(WriteError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            convert(TagType::UInt16, &json!(-1)),
+            Err(WriteError::OutOfRange(_))
+        ));
+        assert_eq!(
+            convert(TagType::UInt32, &json!(4294967295u64)).unwrap(),
+            json!(4294967295u64)
+        );
+        assert!(matches!(
+            convert(TagType::Int64, &json!("5")),
+            Err(WriteError::TypeMismatch(_))
+        ));
+        assert!(matches!(
+            convert(TagType::Int64, &json!(1e20)),
+            Err(WriteError::OutOfRange(_))
+        ));
         assert!(convert(TagType::Float, &json!(1.5)).is_ok());
-        assert!(matches!(convert(TagType::Float, &json!(1e39)), Err(WriteError::OutOfRange(_))));
+        assert!(matches!(
+            convert(TagType::Float, &json!(1e39)),
+            Err(WriteError::OutOfRange(_))
+        ));
         assert!(convert(TagType::Double, &json!(1e39)).is_ok());
         assert!(convert(TagType::String, &json!("x")).is_ok());
-        assert!(matches!(convert(TagType::String, &json!(1)), Err(WriteError::TypeMismatch(_))));
+        assert!(matches!(
+            convert(TagType::String, &json!(1)),
+            Err(WriteError::TypeMismatch(_))
+        ));
         assert!(convert(TagType::DateTime, &json!("2026-01-01T00:00:00Z")).is_ok());
-        assert!(matches!(convert(TagType::DateTime, &json!("yesterday")), Err(WriteError::TypeMismatch(_))));
+        assert!(matches!(
+            convert(TagType::DateTime, &json!("yesterday")),
+            Err(WriteError::TypeMismatch(_))
+        ));
     }
 }

@@ -108,7 +108,10 @@ fn wrong_type_and_syntax_errors_are_located() {
     let out = check_config(&path, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("wincc.timeout_ms") && err.contains("soon"), "{err}");
+    assert!(
+        err.contains("wincc.timeout_ms") && err.contains("soon"),
+        "{err}"
+    );
 
     let path = write(dir.path(), "s.toml", "[wincc\nbase_url = 1\n");
     let out = check_config(&path, &[]);

@@ -34,7 +34,11 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let code = text
@@ -42,7 +46,10 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -99,9 +106,20 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
             _ => {}
         }
     };
-    assert!(banner.contains(&format!("mosquitto_sub -h 127.0.0.1 -p {mqtt} -t 'wincc/demo/#' -v")), "{banner}");
-    assert!(banner.contains(&format!("opc.tcp://127.0.0.1:{opcua}/")), "{banner}");
-    assert!(banner.contains(&format!("http://127.0.0.1:{http}/metrics")), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "mosquitto_sub -h 127.0.0.1 -p {mqtt} -t 'wincc/demo/#' -v"
+        )),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("opc.tcp://127.0.0.1:{opcua}/")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{http}/metrics")),
+        "{banner}"
+    );
 
     // Watch it like a user would.
     let mut opts = MqttOptions::new("demo-test-watcher", "127.0.0.1", mqtt);
@@ -113,24 +131,57 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
     let deadline = Instant::now() + Duration::from_secs(60);
     for ev in conn.iter() {
         if let Ok(Event::Incoming(Packet::Publish(p))) = ev {
-            seen.insert(p.topic.clone(), String::from_utf8_lossy(&p.payload).to_string());
+            seen.insert(
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).to_string(),
+            );
         }
-        let tags = seen.keys().filter(|t| t.starts_with("wincc/demo/tags/")).count();
+        let tags = seen
+            .keys()
+            .filter(|t| t.starts_with("wincc/demo/tags/"))
+            .count();
         let alarms = seen.keys().any(|t| t.starts_with("wincc/demo/alarms/"));
-        if tags >= 50 && alarms && seen.contains_key("wincc/demo/status") && seen.contains_key("wincc/demo/station") {
+        if tags >= 50
+            && alarms
+            && seen.contains_key("wincc/demo/status")
+            && seen.contains_key("wincc/demo/station")
+        {
             break;
         }
         if Instant::now() > deadline {
             break;
         }
     }
-    assert_eq!(seen.get("wincc/demo/status").map(String::as_str), Some("online"), "{:?}", seen.keys());
-    assert!(seen["wincc/demo/station"].contains("\"connected\""), "{}", seen["wincc/demo/station"]);
-    let tag_topics: Vec<_> = seen.keys().filter(|t| t.starts_with("wincc/demo/tags/")).collect();
-    assert!(tag_topics.len() >= 50, "only {} tag topics", tag_topics.len());
+    assert_eq!(
+        seen.get("wincc/demo/status").map(String::as_str),
+        Some("online"),
+        "{:?}",
+        seen.keys()
+    );
+    assert!(
+        seen["wincc/demo/station"].contains("\"connected\""),
+        "{}",
+        seen["wincc/demo/station"]
+    );
+    let tag_topics: Vec<_> = seen
+        .keys()
+        .filter(|t| t.starts_with("wincc/demo/tags/"))
+        .collect();
+    assert!(
+        tag_topics.len() >= 50,
+        "only {} tag topics",
+        tag_topics.len()
+    );
     let payload: serde_json::Value = serde_json::from_str(&seen[tag_topics[0]]).unwrap();
-    assert!(payload.get("value").is_some() && payload.get("timestamp").is_some(), "{payload}");
-    assert!(seen.keys().any(|t| t.starts_with("wincc/demo/alarms/")), "no alarm topic in {:?}", seen.keys());
+    assert!(
+        payload.get("value").is_some() && payload.get("timestamp").is_some(),
+        "{payload}"
+    );
+    assert!(
+        seen.keys().any(|t| t.starts_with("wincc/demo/alarms/")),
+        "no alarm topic in {:?}",
+        seen.keys()
+    );
 
     // Health and metrics.
     let (code, body) = http_get(http, "/healthz");
@@ -138,7 +189,10 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
     assert!(body.contains("\"status\":\"ok\""), "{body}");
     let (code, body) = http_get(http, "/metrics");
     assert_eq!(code, 200);
-    assert!(body.contains("wincc_gateway_station_requests_total"), "{body}");
+    assert!(
+        body.contains("wincc_gateway_station_requests_total"),
+        "{body}"
+    );
 
     // The station password never reaches the log.
     let secret_file = std::env::temp_dir()
@@ -150,7 +204,11 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
     // SIGTERM: clean stop within a few seconds, exit 0 (the embedded broker
     // goes with the process, so `offline` is checked in the MQTT tests).
     let pid = demo.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = demo.child.try_wait().unwrap() {
@@ -161,6 +219,12 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
     };
     let log = std::fs::read_to_string(&demo.log).unwrap();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
-    assert!(!log.contains(password.trim()), "the station password appears in the log");
-    assert!(!secret_file.exists(), "the demo left its secret file behind");
+    assert!(
+        !log.contains(password.trim()),
+        "the station password appears in the log"
+    );
+    assert!(
+        !secret_file.exists(),
+        "the demo left its secret file behind"
+    );
 }

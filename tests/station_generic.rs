@@ -31,7 +31,12 @@ async fn sim_with(tags: usize, auth: AuthMode) -> SimHandle {
 }
 
 /// Client settings; the password goes through a file, as in production.
-fn settings(sim: &SimHandle, auth: AuthMode, password: &str, dir: &tempfile::TempDir) -> WinccSettings {
+fn settings(
+    sim: &SimHandle,
+    auth: AuthMode,
+    password: &str,
+    dir: &tempfile::TempDir,
+) -> WinccSettings {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{password}\n")).unwrap();
     WinccSettings {
@@ -57,7 +62,13 @@ fn client(s: &WinccSettings) -> Arc<GenericClient> {
 fn a_tag_of(sim: &SimHandle, ty: TagType) -> String {
     sim.tags()
         .into_iter()
-        .find(|t| t.ty == ty && !t.writable && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "/._".contains(c)))
+        .find(|t| {
+            t.ty == ty
+                && !t.writable
+                && t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._".contains(c))
+        })
         .unwrap()
         .name
 }
@@ -91,7 +102,9 @@ async fn browse_pages_and_hostile_names_read_and_write() {
             TagType::UInt16 => json!(7),
             _ => json!(12.5),
         };
-        c.write_value(name, *ty, &v).await.unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        c.write_value(name, *ty, &v)
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
         assert_eq!(sim.value(name), Some(v), "{name:?}");
     }
 }
@@ -111,11 +124,21 @@ async fn rows_are_matched_by_name_and_unknown_tags_are_bad() {
     assert_eq!(r[0].quality, Quality::Good);
     assert_eq!(r[1].name, "No/Such Tag");
     assert_eq!(r[1].quality, Quality::Bad);
-    assert!(matches!(r[1].error, Some(BadReason::TagError { .. })), "{:?}", r[1].error);
+    assert!(
+        matches!(r[1].error, Some(BadReason::TagError { .. })),
+        "{:?}",
+        r[1].error
+    );
     assert_eq!(r[2].value, json!(3.25));
     // A refused write is Refused, with the station's reason.
-    let e = c.write_value(&a, TagType::Double, &json!(1.0)).await.unwrap_err();
-    assert!(matches!(e, StationError::Refused { .. }), "read-only tag: {e:?}");
+    let e = c
+        .write_value(&a, TagType::Double, &json!(1.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StationError::Refused { .. }),
+        "read-only tag: {e:?}"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +240,9 @@ async fn rate_limit_and_in_flight_hold_under_a_load_that_would_exceed_them() {
     let mut tasks = Vec::new();
     for _ in 0..36 {
         let (c, names) = (c.clone(), names.clone());
-        tasks.push(tokio::spawn(async move { c.read_values(&names).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { c.read_values(&names).await.unwrap() },
+        ));
     }
     for t in tasks {
         t.await.unwrap();
@@ -226,7 +251,10 @@ async fn rate_limit_and_in_flight_hold_under_a_load_that_would_exceed_them() {
     assert_eq!(st.requests["POST /tags/values"], 36);
     assert!(st.max_in_flight <= 2, "{st:?}");
     assert!(st.max_requests_per_second <= 20 + 3, "{st:?}");
-    assert!(st.max_requests_per_second >= 15, "the load really pressed on the limit: {st:?}");
+    assert!(
+        st.max_requests_per_second >= 15,
+        "the load really pressed on the limit: {st:?}"
+    );
 }
 
 #[tokio::test]
@@ -302,14 +330,23 @@ async fn the_password_is_in_no_error() {
             errors.push(c.read_values(&names).await.unwrap_err());
         }
         sim.set_faults(Faults::default());
-        errors.push(c.write_value(&names[0], TagType::Double, &json!(PASSWORD)).await.unwrap_err());
+        errors.push(
+            c.write_value(&names[0], TagType::Double, &json!(PASSWORD))
+                .await
+                .unwrap_err(),
+        );
         // The station echoes the unknown name, which holds the secret here.
-        let echo = c.write_value(&format!("Echo {PASSWORD}"), TagType::Double, &json!(1)).await.unwrap_err();
+        let echo = c
+            .write_value(&format!("Echo {PASSWORD}"), TagType::Double, &json!(1))
+            .await
+            .unwrap_err();
         assert!(echo.to_string().contains("Echo ***"), "{echo}");
         errors.push(echo);
         let r = c.read_values(&[format!("Echo {PASSWORD}")]).await.unwrap();
         match &r[0].error {
-            Some(BadReason::TagError { message, .. }) => assert!(!message.contains(PASSWORD), "{message}"),
+            Some(BadReason::TagError { message, .. }) => {
+                assert!(!message.contains(PASSWORD), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         sim.set_faults(Faults {
@@ -321,7 +358,15 @@ async fn the_password_is_in_no_error() {
         sim.set_faults(Faults::default());
     }
     let kinds: std::collections::BTreeSet<&str> = errors.iter().map(|e| e.kind()).collect();
-    for k in ["auth", "http", "busy", "malformed", "timeout", "refused", "unreachable"] {
+    for k in [
+        "auth",
+        "http",
+        "busy",
+        "malformed",
+        "timeout",
+        "refused",
+        "unreachable",
+    ] {
         assert!(kinds.contains(k), "no {k} error among {errors:?}");
     }
     for e in &errors {

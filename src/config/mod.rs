@@ -460,7 +460,12 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::one(&source_name, "(file)", &source_name, format!("cannot read: {e}"))
+            ConfigError::one(
+                &source_name,
+                "(file)",
+                &source_name,
+                format!("cannot read: {e}"),
+            )
         })?;
         Self::from_toml_with_env(&text, &source_name, std::env::vars())
     }
@@ -534,7 +539,7 @@ fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError
     let (why, key) = match text.rfind(" for key `") {
         Some(i) => (
             text[..i].to_string(),
-            text[i + 10..].trim_end_matches(|c| c == '`' || c == ' ').to_string(),
+            text[i + 10..].trim_end_matches(['`', ' ']).to_string(),
         ),
         None => match text.find("missing field `") {
             Some(_) => (text.clone(), "(missing)".to_string()),
@@ -542,7 +547,11 @@ fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError
         },
     };
     let key = key.split('`').next().unwrap_or_default().to_string();
-    let key = if key.is_empty() { "(value)".into() } else { key };
+    let key = if key.is_empty() {
+        "(value)".into()
+    } else {
+        key
+    };
     let value = why
         .split_once(": ")
         .and_then(|(_, rest)| rest.split_once(", expected").map(|(v, _)| v.to_string()))
@@ -639,7 +648,14 @@ enabled = false
 
     #[test]
     fn wrong_type_names_key_and_value() {
-        let e = load(&MIN.replace("[opcua]", "[opcua]\nmax_tags = 1\n[wincc.rate_limit]\nburst = \"lots\""), &[]).unwrap_err();
+        let e = load(
+            &MIN.replace(
+                "[opcua]",
+                "[opcua]\nmax_tags = 1\n[wincc.rate_limit]\nburst = \"lots\"",
+            ),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(e.problems[0].key, "wincc.rate_limit.burst", "{e}");
         assert!(e.to_string().contains("lots"), "{e}");
     }
@@ -655,7 +671,11 @@ enabled = false
 
     #[test]
     fn subscribe_mode_needs_unified() {
-        let e = load(&MIN.replace("tags = [\"**\"]", "tags = [\"**\"]\nmode = \"subscribe\""), &[]).unwrap_err();
+        let e = load(
+            &MIN.replace("tags = [\"**\"]", "tags = [\"**\"]\nmode = \"subscribe\""),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(e.problems[0].key, "poll_group[0].mode");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{resolve_secret, AuthMode, Dialect, PollMode, Problem, Settings};
+use super::{resolve_secret, AuthMode, Dialect, MqttProtocol, PollMode, Problem, Settings};
 use crate::glob;
 
 impl Settings {
@@ -20,7 +20,11 @@ impl Settings {
         };
         let w = &self.wincc;
         if w.base_url.is_empty() {
-            bad("wincc.base_url", String::new(), "is required (e.g. \"https://scada01:34569/api\")");
+            bad(
+                "wincc.base_url",
+                String::new(),
+                "is required (e.g. \"https://scada01:34569/api\")",
+            );
         } else {
             match reqwest::Url::parse(&w.base_url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
@@ -47,16 +51,28 @@ impl Settings {
             bad("wincc.timeout_ms", "0".into(), "must be at least 1");
         }
         if w.max_tags_per_request == 0 {
-            bad("wincc.max_tags_per_request", "0".into(), "must be at least 1");
+            bad(
+                "wincc.max_tags_per_request",
+                "0".into(),
+                "must be at least 1",
+            );
         }
         if w.rate_limit.requests_per_second == 0 {
-            bad("wincc.rate_limit.requests_per_second", "0".into(), "must be at least 1 (a rate of 0 would never poll)");
+            bad(
+                "wincc.rate_limit.requests_per_second",
+                "0".into(),
+                "must be at least 1 (a rate of 0 would never poll)",
+            );
         }
         if w.rate_limit.burst == 0 {
             bad("wincc.rate_limit.burst", "0".into(), "must be at least 1");
         }
         if w.rate_limit.max_in_flight == 0 {
-            bad("wincc.rate_limit.max_in_flight", "0".into(), "must be at least 1");
+            bad(
+                "wincc.rate_limit.max_in_flight",
+                "0".into(),
+                "must be at least 1",
+            );
         }
         if !w.pinned_cert_sha256.is_empty() && parse_fingerprint(&w.pinned_cert_sha256).is_none() {
             bad(
@@ -86,29 +102,52 @@ impl Settings {
                 p.push(prob(k("interval_ms"), "0".into(), "must be at least 1"));
             }
             if g.tags.is_empty() {
-                p.push(prob(k("tags"), "[]".into(), "an empty poll group polls nothing; list tag globs"));
+                p.push(prob(
+                    k("tags"),
+                    "[]".into(),
+                    "an empty poll group polls nothing; list tag globs",
+                ));
             }
             for (j, t) in g.tags.iter().enumerate() {
                 if let Err(e) = glob::validate(t) {
-                    p.push(prob(format!("poll_group[{i}].tags[{j}]"), q(t), &format!("glob does not parse: {}", e.reason)));
+                    p.push(prob(
+                        format!("poll_group[{i}].tags[{j}]"),
+                        q(t),
+                        &format!("glob does not parse: {}", e.reason),
+                    ));
                 }
             }
             if !(g.deadband_abs >= 0.0 && g.deadband_abs.is_finite()) {
-                p.push(prob(k("deadband_abs"), g.deadband_abs.to_string(), "must be a finite number >= 0"));
+                p.push(prob(
+                    k("deadband_abs"),
+                    g.deadband_abs.to_string(),
+                    "must be a finite number >= 0",
+                ));
             }
             if !(g.deadband_pct >= 0.0 && g.deadband_pct.is_finite()) {
-                p.push(prob(k("deadband_pct"), g.deadband_pct.to_string(), "must be a finite number >= 0"));
+                p.push(prob(
+                    k("deadband_pct"),
+                    g.deadband_pct.to_string(),
+                    "must be a finite number >= 0",
+                ));
             }
             if g.mode == PollMode::Subscribe && w.dialect != Dialect::Unified {
                 p.push(prob(
                     k("mode"),
                     "\"subscribe\"".into(),
-                    &format!("needs wincc.dialect = \"unified\" (it is \"{}\")", w.dialect.as_str()),
+                    &format!(
+                        "needs wincc.dialect = \"unified\" (it is \"{}\")",
+                        w.dialect.as_str()
+                    ),
                 ));
             }
         }
         if self.alarms.enabled && self.alarms.interval_ms == 0 {
-            p.push(prob("alarms.interval_ms".into(), "0".into(), "must be at least 1"));
+            p.push(prob(
+                "alarms.interval_ms".into(),
+                "0".into(),
+                "must be at least 1",
+            ));
         }
 
         let m = &self.mqtt;
@@ -124,30 +163,65 @@ impl Settings {
                     q(&m.url),
                     &format!("scheme {:?} is not mqtt or mqtts", u.scheme()),
                 )),
-                Err(e) => p.push(prob("mqtt.url".into(), q(&m.url), &format!("not a URL: {e}"))),
+                Err(e) => p.push(prob(
+                    "mqtt.url".into(),
+                    q(&m.url),
+                    &format!("not a URL: {e}"),
+                )),
             }
             if m.qos > 2 {
-                p.push(prob("mqtt.qos".into(), m.qos.to_string(), "must be 0, 1 or 2"));
+                p.push(prob(
+                    "mqtt.qos".into(),
+                    m.qos.to_string(),
+                    "must be 0, 1 or 2",
+                ));
             }
             if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#', '\0']) {
-                p.push(prob("mqtt.topic_prefix".into(), q(&m.topic_prefix), "must be non-empty and contain no + # or NUL"));
+                p.push(prob(
+                    "mqtt.topic_prefix".into(),
+                    q(&m.topic_prefix),
+                    "must be non-empty and contain no + # or NUL",
+                ));
             }
             if m.client_id.is_empty() {
-                p.push(prob("mqtt.client_id".into(), String::new(), "must not be empty"));
+                p.push(prob(
+                    "mqtt.client_id".into(),
+                    String::new(),
+                    "must not be empty",
+                ));
             }
             if let Err(e) = resolve_secret("mqtt.password", &m.password_env, &m.password_file) {
                 p.push(e);
             }
-            for (key, f) in [("mqtt.ca_file", &m.ca_file), ("mqtt.client_cert_file", &m.client_cert_file), ("mqtt.client_key_file", &m.client_key_file)] {
+            for (key, f) in [
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.client_cert_file", &m.client_cert_file),
+                ("mqtt.client_key_file", &m.client_key_file),
+            ] {
                 if !f.is_empty() && !Path::new(f).is_file() {
                     p.push(prob(key.into(), q(f), "file does not exist"));
                 }
             }
             if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
-                p.push(prob("mqtt.client_key_file".into(), q(&m.client_key_file), "client_cert_file and client_key_file go together"));
+                p.push(prob(
+                    "mqtt.client_key_file".into(),
+                    q(&m.client_key_file),
+                    "client_cert_file and client_key_file go together",
+                ));
+            }
+            if m.protocol == MqttProtocol::V5 {
+                p.push(prob(
+                    "mqtt.protocol".into(),
+                    "\"5\"".into(),
+                    "MQTT 5 is not supported yet; use \"3.1.1\"",
+                ));
             }
             if m.keep_alive_s == 0 {
-                p.push(prob("mqtt.keep_alive_s".into(), "0".into(), "must be at least 1"));
+                p.push(prob(
+                    "mqtt.keep_alive_s".into(),
+                    "0".into(),
+                    "must be at least 1",
+                ));
             }
             check_globs(&mut p, "mqtt.writable_tags", &m.writable_tags);
         }
@@ -155,15 +229,32 @@ impl Settings {
         let o = &self.opcua;
         if o.enabled {
             match reqwest::Url::parse(&o.endpoint) {
-                Ok(u) if u.scheme() == "opc.tcp" && u.host_str().is_some() && u.port().is_some() => {}
-                Ok(_) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), "must look like opc.tcp://HOST:PORT/")),
-                Err(e) => p.push(prob("opcua.endpoint".into(), q(&o.endpoint), &format!("not a URL: {e}"))),
+                Ok(u)
+                    if u.scheme() == "opc.tcp" && u.host_str().is_some() && u.port().is_some() => {}
+                Ok(_) => p.push(prob(
+                    "opcua.endpoint".into(),
+                    q(&o.endpoint),
+                    "must look like opc.tcp://HOST:PORT/",
+                )),
+                Err(e) => p.push(prob(
+                    "opcua.endpoint".into(),
+                    q(&o.endpoint),
+                    &format!("not a URL: {e}"),
+                )),
             }
             if o.namespace_uri.is_empty() {
-                p.push(prob("opcua.namespace_uri".into(), String::new(), "must not be empty"));
+                p.push(prob(
+                    "opcua.namespace_uri".into(),
+                    String::new(),
+                    "must not be empty",
+                ));
             }
             if o.security_policies.is_empty() {
-                p.push(prob("opcua.security_policies".into(), "[]".into(), "list at least one policy"));
+                p.push(prob(
+                    "opcua.security_policies".into(),
+                    "[]".into(),
+                    "list at least one policy",
+                ));
             }
             for (i, pol) in o.security_policies.iter().enumerate() {
                 if !OPCUA_POLICIES.contains(&pol.as_str()) {
@@ -175,28 +266,56 @@ impl Settings {
                 }
             }
             if !o.allow_anonymous && o.users.is_empty() {
-                p.push(prob("opcua.allow_anonymous".into(), "false".into(), "with no users nobody could connect; add [[opcua.users]]"));
+                p.push(prob(
+                    "opcua.allow_anonymous".into(),
+                    "false".into(),
+                    "with no users nobody could connect; add [[opcua.users]]",
+                ));
             }
             for (i, u) in o.users.iter().enumerate() {
                 if u.username.is_empty() {
-                    p.push(prob(format!("opcua.users[{i}].username"), String::new(), "must not be empty"));
+                    p.push(prob(
+                        format!("opcua.users[{i}].username"),
+                        String::new(),
+                        "must not be empty",
+                    ));
                 }
-                match resolve_secret(&format!("opcua.users[{i}].password"), &u.password_env, &u.password_file) {
+                match resolve_secret(
+                    &format!("opcua.users[{i}].password"),
+                    &u.password_env,
+                    &u.password_file,
+                ) {
                     Ok(Some(_)) => {}
-                    Ok(None) => p.push(prob(format!("opcua.users[{i}].password_env"), String::new(), "a user needs password_env or password_file")),
+                    Ok(None) => p.push(prob(
+                        format!("opcua.users[{i}].password_env"),
+                        String::new(),
+                        "a user needs password_env or password_file",
+                    )),
                     Err(e) => p.push(e),
                 }
             }
             if o.pki_dir.is_empty() {
-                p.push(prob("opcua.pki_dir".into(), String::new(), "must not be empty"));
+                p.push(prob(
+                    "opcua.pki_dir".into(),
+                    String::new(),
+                    "must not be empty",
+                ));
             }
             check_globs(&mut p, "opcua.writable_tags", &o.writable_tags);
         }
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(prob("http.listen".into(), q(&self.http.listen), "must be IP:PORT, e.g. 127.0.0.1:9100"));
+            p.push(prob(
+                "http.listen".into(),
+                q(&self.http.listen),
+                "must be IP:PORT, e.g. 127.0.0.1:9100",
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            p.push(prob("log.level".into(), q(&self.log.level), &format!("not a log filter: {e}")));
+            p.push(prob(
+                "log.level".into(),
+                q(&self.log.level),
+                &format!("not a log filter: {e}"),
+            ));
         }
         p
     }
@@ -214,7 +333,11 @@ pub const OPCUA_POLICIES: [&str; 5] = [
 fn check_globs(p: &mut Vec<Problem>, key: &str, globs: &[String]) {
     for (i, g) in globs.iter().enumerate() {
         if let Err(e) = glob::validate(g) {
-            p.push(prob(format!("{key}[{i}]"), q(g), &format!("glob does not parse: {}", e.reason)));
+            p.push(prob(
+                format!("{key}[{i}]"),
+                q(g),
+                &format!("glob does not parse: {}", e.reason),
+            ));
         }
     }
 }

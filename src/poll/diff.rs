@@ -222,7 +222,12 @@ mod tests {
         }
     }
 
-    fn published(slot: &mut TagSlot, rules: &ChangeRules, now: Instant, vals: &[Value]) -> Vec<Value> {
+    fn published(
+        slot: &mut TagSlot,
+        rules: &ChangeRules,
+        now: Instant,
+        vals: &[Value],
+    ) -> Vec<Value> {
         vals.iter()
             .filter_map(|v| slot.apply(good(v.clone()), rules, now).map(|c| c.value))
             .collect()
@@ -233,7 +238,10 @@ mod tests {
         let now = Instant::now();
         let mut s = TagSlot::new("T".into(), TagType::Double);
         let r = rules(0.0, 0.0, None);
-        assert_eq!(published(&mut s, &r, now, &[json!(1.0), json!(1.0), json!(1.0)]), vec![json!(1.0)]);
+        assert_eq!(
+            published(&mut s, &r, now, &[json!(1.0), json!(1.0), json!(1.0)]),
+            vec![json!(1.0)]
+        );
         // A new source timestamp alone is no change.
         let mut later = good(json!(1.0));
         later.timestamp = parse_ts("2030-01-01T00:00:00Z").unwrap();
@@ -245,7 +253,12 @@ mod tests {
         let now = Instant::now();
         let mut s = TagSlot::new("T".into(), TagType::Int32);
         let r = rules(0.0, 0.0, None);
-        let got = published(&mut s, &r, now, &[json!(1), json!(2), json!(2), json!(3), json!(2)]);
+        let got = published(
+            &mut s,
+            &r,
+            now,
+            &[json!(1), json!(2), json!(2), json!(3), json!(2)],
+        );
         assert_eq!(got, vec![json!(1), json!(2), json!(3), json!(2)]);
     }
 
@@ -260,7 +273,15 @@ mod tests {
             &mut s,
             &r,
             now,
-            &[json!(10.0), json!(10.5), json!(10.4), json!(10.6), json!(10.9), json!(11.0), json!(11.2)],
+            &[
+                json!(10.0),
+                json!(10.5),
+                json!(10.4),
+                json!(10.6),
+                json!(10.9),
+                json!(11.0),
+                json!(11.2),
+            ],
         );
         assert_eq!(got, vec![json!(10.0), json!(10.6), json!(11.2)]);
     }
@@ -271,11 +292,26 @@ mod tests {
         let mut s = TagSlot::new("T".into(), TagType::Float);
         let r = rules(0.0, 10.0, None);
         // From 100: ±10 is inside; 111 is outside. From 111: 121 (Δ10 < 11.1) inside, 123 outside.
-        let got = published(&mut s, &r, now, &[json!(100), json!(110), json!(90), json!(111), json!(121), json!(123)]);
+        let got = published(
+            &mut s,
+            &r,
+            now,
+            &[
+                json!(100),
+                json!(110),
+                json!(90),
+                json!(111),
+                json!(121),
+                json!(123),
+            ],
+        );
         assert_eq!(got, vec![json!(100), json!(111), json!(123)]);
         // From 0, a relative band means any move.
         let mut z = TagSlot::new("Z".into(), TagType::Float);
-        assert_eq!(published(&mut z, &r, now, &[json!(0), json!(0.001)]).len(), 2);
+        assert_eq!(
+            published(&mut z, &r, now, &[json!(0), json!(0.001)]).len(),
+            2
+        );
     }
 
     #[test]
@@ -294,12 +330,21 @@ mod tests {
         let now = Instant::now();
         let r = rules(100.0, 100.0, None);
         let mut s = TagSlot::new("S".into(), TagType::String);
-        assert_eq!(published(&mut s, &r, now, &[json!("a"), json!("a"), json!("b")]).len(), 2);
+        assert_eq!(
+            published(&mut s, &r, now, &[json!("a"), json!("a"), json!("b")]).len(),
+            2
+        );
         let mut b = TagSlot::new("B".into(), TagType::Bool);
-        assert_eq!(published(&mut b, &r, now, &[json!(true), json!(false), json!(false)]).len(), 2);
+        assert_eq!(
+            published(&mut b, &r, now, &[json!(true), json!(false), json!(false)]).len(),
+            2
+        );
         // A numeric tag whose value arrives as a string: compared as text.
         let mut n = TagSlot::new("N".into(), TagType::Double);
-        assert_eq!(published(&mut n, &r, now, &[json!("1"), json!("1"), json!("2")]).len(), 2);
+        assert_eq!(
+            published(&mut n, &r, now, &[json!("1"), json!("1"), json!("2")]).len(),
+            2
+        );
     }
 
     #[test]
@@ -322,14 +367,22 @@ mod tests {
         let r = rules(0.0, 0.0, Some(60));
         let mut s = TagSlot::new("T".into(), TagType::Int16);
         assert!(s.apply(good(json!(5)), &r, t0).is_some());
-        assert!(s.apply(good(json!(5)), &r, t0 + Duration::from_secs(59)).is_none());
-        assert!(s.apply(good(json!(5)), &r, t0 + Duration::from_secs(60)).is_some());
-        assert!(s.apply(good(json!(5)), &r, t0 + Duration::from_secs(61)).is_none());
+        assert!(s
+            .apply(good(json!(5)), &r, t0 + Duration::from_secs(59))
+            .is_none());
+        assert!(s
+            .apply(good(json!(5)), &r, t0 + Duration::from_secs(60))
+            .is_some());
+        assert!(s
+            .apply(good(json!(5)), &r, t0 + Duration::from_secs(61))
+            .is_none());
         // Without a heartbeat, never.
         let mut q = TagSlot::new("Q".into(), TagType::Int16);
         let none = rules(0.0, 0.0, None);
         assert!(q.apply(good(json!(5)), &none, t0).is_some());
-        assert!(q.apply(good(json!(5)), &none, t0 + Duration::from_secs(86_400)).is_none());
+        assert!(q
+            .apply(good(json!(5)), &none, t0 + Duration::from_secs(86_400))
+            .is_none());
     }
 
     #[test]
@@ -340,20 +393,29 @@ mod tests {
         let mut first = good(json!(42.5));
         first.timestamp = parse_ts("2026-03-04T05:06:07.089Z").unwrap();
         s.apply(first.clone(), &r, now).unwrap();
-        let bad = s.mark_bad(BadReason::Communication("down".into()), now).unwrap();
+        let bad = s
+            .mark_bad(BadReason::Communication("down".into()), now)
+            .unwrap();
         assert_eq!(bad.value, json!(42.5));
         assert_eq!(bad.timestamp, first.timestamp);
         assert_eq!(bad.quality, Quality::Bad);
-        assert!(s.mark_bad(BadReason::Communication("still down".into()), now).is_none());
+        assert!(s
+            .mark_bad(BadReason::Communication("still down".into()), now)
+            .is_none());
         // Recovery: the same value with good quality is a change.
         assert!(s.apply(first, &r, now).is_some());
         // A tag already bad by its own error is not republished by an outage.
         let mut e = TagSlot::new("E".into(), TagType::Double);
         let mut err = good(Value::Null);
         err.quality = Quality::Bad;
-        err.error = Some(BadReason::TagError { code: "404".into(), message: "unknown".into() });
+        err.error = Some(BadReason::TagError {
+            code: "404".into(),
+            message: "unknown".into(),
+        });
         e.apply(err, &r, now).unwrap();
-        assert!(e.mark_bad(BadReason::Communication("down".into()), now).is_none());
+        assert!(e
+            .mark_bad(BadReason::Communication("down".into()), now)
+            .is_none());
     }
 
     #[test]

@@ -225,7 +225,8 @@ impl GroupTask {
     /// was read (the station answered).
     async fn cycle(&mut self) -> bool {
         let started = Instant::now();
-        metrics::counter!("wincc_gateway_polls_total", "group" => self.name.to_string()).increment(1);
+        metrics::counter!("wincc_gateway_polls_total", "group" => self.name.to_string())
+            .increment(1);
         let batch = self.batch;
         // The request futures are built up front as owned, boxed futures:
         // a stream combinator closure here trips rustc's higher-ranked
@@ -315,7 +316,10 @@ fn part_names(part: &[TagSlot]) -> impl Iterator<Item = &str> + Clone + '_ {
 /// returns them in request order, which is checked; otherwise (or when
 /// rows are missing) they are matched through a map, and a name with no
 /// reading gets a bad "missing" reading.
-fn match_by_name<'a>(names: impl Iterator<Item = &'a str> + Clone, readings: Vec<Reading>) -> Vec<Reading> {
+fn match_by_name<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+    readings: Vec<Reading>,
+) -> Vec<Reading> {
     let in_order = names.clone().count() == readings.len()
         && names.clone().zip(&readings).all(|(n, r)| n == r.name);
     if in_order {
@@ -362,7 +366,10 @@ mod tests {
     #[test]
     fn readings_are_matched_by_name_whatever_their_order() {
         let names = ["A", "B", "C"];
-        let r = match_by_name(names.iter().copied(), vec![reading("C", 3), reading("A", 1)]);
+        let r = match_by_name(
+            names.iter().copied(),
+            vec![reading("C", 3), reading("A", 1)],
+        );
         assert_eq!(r.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), names);
         assert_eq!(r[0].value, 1);
         assert_eq!(r[1].quality, Quality::Bad);

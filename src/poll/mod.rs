@@ -200,7 +200,9 @@ impl Poller {
             }
             match self.station.list_tags().await {
                 Ok(tags) => d.apply(tags),
-                Err(e) => tracing::warn!(error = %e, "re-discovery failed; keeping the current tag list"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-discovery failed; keeping the current tag list")
+                }
             }
         }
         drop(d);
@@ -227,7 +229,10 @@ impl Discovery<'_> {
         }
         self.warned_unmatched.retain(|u| res.unmatched.contains(u));
         if res.overlaps > 0 {
-            tracing::info!(tags = res.overlaps, "tags matched by several poll groups are polled by the first only");
+            tracing::info!(
+                tags = res.overlaps,
+                "tags matched by several poll groups are polled by the first only"
+            );
         }
 
         let load: Vec<(usize, Duration)> = p
@@ -248,14 +253,19 @@ impl Discovery<'_> {
 
         let mut polled: Vec<TagInfo> = res.per_group.iter().flatten().cloned().collect();
         polled.sort_by(|a, b| a.name.cmp(&b.name));
-        tracing::info!(station_tags = tags.len(), polled = polled.len(), "tags discovered");
+        tracing::info!(
+            station_tags = tags.len(),
+            polled = polled.len(),
+            "tags discovered"
+        );
         metrics::gauge!("wincc_gateway_tags").set(polled.len() as f64);
         // Sinks learn the tags (and build their nodes) before values arrive.
         p.bus.publish(Event::Tags(Arc::new(polled)));
         p.tags_tx.send_replace(Arc::new(map));
 
         for ((g, tags), tx) in p.groups.iter().zip(res.per_group).zip(&self.plan_txs) {
-            metrics::gauge!("wincc_gateway_poll_group_slowdown", "group" => g.name.to_string()).set(factor);
+            metrics::gauge!("wincc_gateway_poll_group_slowdown", "group" => g.name.to_string())
+                .set(factor);
             let plan = Arc::new(GroupPlan {
                 tags: Arc::new(tags),
                 period: g.interval.mul_f64(factor),
@@ -276,7 +286,10 @@ impl Discovery<'_> {
 /// `filter`, sorted by name (for `wincc-gateway browse`). A filter that is
 /// not a valid glob is refused with `StationError::Refused { code: "filter" }`
 /// before any station request.
-pub async fn browse(station: &dyn Station, filter: Option<&str>) -> Result<Vec<TagInfo>, StationError> {
+pub async fn browse(
+    station: &dyn Station,
+    filter: Option<&str>,
+) -> Result<Vec<TagInfo>, StationError> {
     let patterns = match filter {
         Some(f) => Some(TagPatterns::new(&[f]).map_err(|e| StationError::Refused {
             code: "filter".into(),

@@ -162,13 +162,21 @@ mod tests {
     #[test]
     fn first_group_wins_and_unmatched_globs_are_reported() {
         let groups = [spec("fast", &["Line1/*", "Nope/**"]), spec("slow", &["**"])];
-        let tags = [tag("Line1/B"), tag("Line1/A"), tag("Line1/Sub/C"), tag("Mixer.Speed")];
+        let tags = [
+            tag("Line1/B"),
+            tag("Line1/A"),
+            tag("Line1/Sub/C"),
+            tag("Mixer.Speed"),
+        ];
         let r = resolve(&groups, &tags);
         let names = |v: &Vec<TagInfo>| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&r.per_group[0]), ["Line1/A", "Line1/B"]);
         assert_eq!(names(&r.per_group[1]), ["Line1/Sub/C", "Mixer.Speed"]);
         assert_eq!(r.overlaps, 2);
-        assert_eq!(r.unmatched, vec![(Arc::from("fast"), "Nope/**".to_string())]);
+        assert_eq!(
+            r.unmatched,
+            vec![(Arc::from("fast"), "Nope/**".to_string())]
+        );
     }
 
     #[test]
@@ -179,7 +187,10 @@ mod tests {
         let load = [(5, Duration::from_secs(1)), (5, Duration::from_secs(1))];
         assert_eq!(slowdown(&load, 20.0, 0.0), 1.0);
         // 40 req/s wanted from 18: stretch by 40/18.
-        let load = [(20, Duration::from_secs(1)), (10, Duration::from_millis(500))];
+        let load = [
+            (20, Duration::from_secs(1)),
+            (10, Duration::from_millis(500)),
+        ];
         let f = slowdown(&load, 20.0, 0.0);
         assert!((f - 40.0 / 18.0).abs() < 1e-9, "{f}");
         // The alarm poll's share is taken off first.

@@ -104,7 +104,12 @@ impl Alarms {
     }
 
     /// Alarms raised within `[from, to]`, oldest first, at most `limit`.
-    pub fn archive(&self, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, limit: usize) -> Vec<Alarm> {
+    pub fn archive(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Vec<Alarm> {
         self.all
             .iter()
             .filter(|r| from.is_none_or(|f| r.raised >= f) && to.is_none_or(|t| r.raised <= t))
@@ -130,12 +135,19 @@ impl Alarms {
             None => None,
             Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            Some(other) => return Err(AlarmError::Invalid(format!("id must be a string or a number, got {other}"))),
+            Some(other) => {
+                return Err(AlarmError::Invalid(format!(
+                    "id must be a string or a number, got {other}"
+                )))
+            }
         };
         match cmd.action {
             AlarmAction::Raise => {
                 let id = id.unwrap_or_else(|| self.fresh_id());
-                if self.find_mut(&id).is_some_and(|r| r.alarm.state != AlarmState::Cleared) {
+                if self
+                    .find_mut(&id)
+                    .is_some_and(|r| r.alarm.state != AlarmState::Cleared)
+                {
                     return Err(AlarmError::Active(id));
                 }
                 let alarm = Alarm {
@@ -157,7 +169,8 @@ impl Alarms {
                 Ok(alarm)
             }
             AlarmAction::Ack | AlarmAction::Clear => {
-                let id = id.ok_or_else(|| AlarmError::Invalid("id is required to ack or clear".into()))?;
+                let id =
+                    id.ok_or_else(|| AlarmError::Invalid("id is required to ack or clear".into()))?;
                 let rec = self.find_mut(&id).ok_or(AlarmError::NotFound(id))?;
                 if cmd.action == AlarmAction::Ack {
                     ack(&mut rec.alarm, now);
@@ -262,16 +275,25 @@ mod tests {
             a.command(cmd(r#"{"action":"raise","id":"X1"}"#), now),
             Err(AlarmError::Active("X1".into()))
         );
-        let x = a.command(cmd(r#"{"action":"ack","id":"X1"}"#), now).unwrap();
+        let x = a
+            .command(cmd(r#"{"action":"ack","id":"X1"}"#), now)
+            .unwrap();
         assert_eq!(x.state, AlarmState::Acknowledged);
         assert!(x.acknowledged_at.is_some());
         assert_eq!(a.current().len(), 1);
-        let x = a.command(cmd(r#"{"action":"clear","id":"X1"}"#), now).unwrap();
+        let x = a
+            .command(cmd(r#"{"action":"clear","id":"X1"}"#), now)
+            .unwrap();
         assert_eq!(x.state, AlarmState::Cleared);
         assert!(a.current().is_empty());
         assert_eq!(a.archive(None, None, 10).len(), 1);
-        assert!(matches!(a.command(cmd(r#"{"action":"ack","id":"nope"}"#), now), Err(AlarmError::NotFound(_))));
-        let y = a.command(cmd(r#"{"action":"raise","id":42}"#), now).unwrap();
+        assert!(matches!(
+            a.command(cmd(r#"{"action":"ack","id":"nope"}"#), now),
+            Err(AlarmError::NotFound(_))
+        ));
+        let y = a
+            .command(cmd(r#"{"action":"raise","id":42}"#), now)
+            .unwrap();
         assert_eq!(y.id, "42");
         assert!(serde_json::from_str::<AlarmCommand>(r#"{"action":"explode"}"#).is_err());
     }
@@ -282,7 +304,9 @@ mod tests {
             let mut a = Alarms::new(seed);
             let start = Utc::now();
             for i in 0..3000 {
-                a.tick(start + chrono::Duration::milliseconds(i * 100), |r| Some(format!("Tag{}", r % 10)));
+                a.tick(start + chrono::Duration::milliseconds(i * 100), |r| {
+                    Some(format!("Tag{}", r % 10))
+                });
             }
             a.archive(None, None, usize::MAX)
                 .into_iter()

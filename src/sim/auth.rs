@@ -156,7 +156,13 @@ mod tests {
     use super::*;
 
     fn sessions(ttl: Duration) -> Sessions {
-        Sessions::new(vec![("gateway".into(), "pw".into()), ("admin".into(), "root".into())], ttl)
+        Sessions::new(
+            vec![
+                ("gateway".into(), "pw".into()),
+                ("admin".into(), "root".into()),
+            ],
+            ttl,
+        )
     }
 
     #[test]
@@ -180,11 +186,20 @@ mod tests {
     #[test]
     fn basic_and_cookie_parsing() {
         let s = sessions(Duration::from_secs(1));
-        let ok = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gateway:pw"));
+        let ok = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("gateway:pw")
+        );
         assert_eq!(s.check_basic(Some(&ok)), Ok("gateway".into()));
-        let bad = format!("basic {}", base64::engine::general_purpose::STANDARD.encode("gateway:x"));
+        let bad = format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode("gateway:x")
+        );
         assert_eq!(s.check_basic(Some(&bad)), Err(AuthFailure::BadCredentials));
-        assert_eq!(s.check_basic(Some("Basic !!!")), Err(AuthFailure::BadCredentials));
+        assert_eq!(
+            s.check_basic(Some("Basic !!!")),
+            Err(AuthFailure::BadCredentials)
+        );
         assert_eq!(s.check_basic(Some("Bearer x")), Err(AuthFailure::Missing));
         assert_eq!(s.check_basic(None), Err(AuthFailure::Missing));
         assert_eq!(cookie("a=1; session=tok; b=2", "session"), Some("tok"));

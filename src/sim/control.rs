@@ -76,8 +76,16 @@ async fn alarm_command(State(st): St, req: Request) -> Result<Response, ApiError
     let result = st.alarms().command(cmd, Utc::now());
     match result {
         Ok(alarm) => Ok(json_ok(&alarm)),
-        Err(e @ AlarmError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, "UnknownAlarm", e.to_string())),
-        Err(e @ AlarmError::Active(_)) => Err(ApiError::new(StatusCode::CONFLICT, "AlarmActive", e.to_string())),
+        Err(e @ AlarmError::NotFound(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownAlarm",
+            e.to_string(),
+        )),
+        Err(e @ AlarmError::Active(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "AlarmActive",
+            e.to_string(),
+        )),
         Err(e @ AlarmError::Invalid(_)) => Err(ApiError::bad_request(e.to_string())),
     }
 }
@@ -101,7 +109,8 @@ async fn set_tag(State(st): St, req: Request<Body>) -> Result<Response, ApiError
     let cmd: SetTag = parse_json(&bytes)?;
     let quality = match cmd.quality.as_deref() {
         None => Quality::Good,
-        Some(q) => Quality::parse(q).ok_or_else(|| ApiError::bad_request(format!("unknown quality {q:?}")))?,
+        Some(q) => Quality::parse(q)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown quality {q:?}")))?,
     };
     st.store_mut()
         .force(&cmd.name, cmd.value.as_ref(), quality, cmd.quality_code)

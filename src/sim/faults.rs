@@ -63,13 +63,22 @@ impl Faults {
     /// Checks the switches; the error says which one is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(format!("error_rate must be within 0..=1, got {}", self.error_rate));
+            return Err(format!(
+                "error_rate must be within 0..=1, got {}",
+                self.error_rate
+            ));
         }
         if !(0.0..=3600.0).contains(&self.outage_s) {
-            return Err(format!("outage_s must be within 0..=3600, got {}", self.outage_s));
+            return Err(format!(
+                "outage_s must be within 0..=3600, got {}",
+                self.outage_s
+            ));
         }
         if self.latency_ms > 600_000 {
-            return Err(format!("latency_ms must be at most 600000, got {}", self.latency_ms));
+            return Err(format!(
+                "latency_ms must be at most 600000, got {}",
+                self.latency_ms
+            ));
         }
         Ok(())
     }
@@ -178,7 +187,8 @@ mod tests {
 
     #[test]
     fn parses_counts_and_bools_and_rejects_unknown_switches() {
-        let f: Faults = serde_json::from_str(r#"{"malformed_body":true,"truncated_body":2}"#).unwrap();
+        let f: Faults =
+            serde_json::from_str(r#"{"malformed_body":true,"truncated_body":2}"#).unwrap();
         assert_eq!(f.malformed_body, u32::MAX);
         assert_eq!(f.truncated_body, 2);
         assert!(serde_json::from_str::<Faults>(r#"{"latency":5}"#).is_err());
@@ -190,15 +200,24 @@ mod tests {
     fn one_shot_and_counted_faults_run_out() {
         let mut s = FaultState::new(1);
         s.set(Faults {
-            too_many_requests: Some(TooManyRequests { count: 2, retry_after_s: 3 }),
+            too_many_requests: Some(TooManyRequests {
+                count: 2,
+                retry_after_s: 3,
+            }),
             truncated_body: 1,
             expire_tokens: true,
             ..Faults::default()
         })
         .unwrap();
         assert!(!s.get().expire_tokens);
-        assert_eq!(s.before_request().1, Some(Refusal::TooMany { retry_after_s: 3 }));
-        assert_eq!(s.before_request().1, Some(Refusal::TooMany { retry_after_s: 3 }));
+        assert_eq!(
+            s.before_request().1,
+            Some(Refusal::TooMany { retry_after_s: 3 })
+        );
+        assert_eq!(
+            s.before_request().1,
+            Some(Refusal::TooMany { retry_after_s: 3 })
+        );
         assert_eq!(s.before_request().1, None);
         assert_eq!(s.get().too_many_requests, None);
         assert_eq!(s.body_fault(), Some(BodyFault::Truncated));

@@ -44,7 +44,10 @@ pub fn router(state: Arc<SimState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     control::router()
         .merge(station)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), station_layer))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            station_layer,
+        ))
         .with_state(state)
 }
 
@@ -78,7 +81,8 @@ fn raw_tag_name(path: &str) -> Option<&str> {
 /// contain `/`, so it is everything between the prefix and the suffix,
 /// percent-decoded exactly once.
 pub fn tag_name(path: &str) -> Result<String, ApiError> {
-    let raw = raw_tag_name(path).ok_or_else(|| ApiError::not_found(format!("no route for {path}")))?;
+    let raw =
+        raw_tag_name(path).ok_or_else(|| ApiError::not_found(format!("no route for {path}")))?;
     percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
@@ -94,7 +98,11 @@ fn refusal(r: Refusal) -> ApiError {
         ),
         Refusal::TooMany { retry_after_s } => ApiError {
             retry_after_s: Some(retry_after_s),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "too many requests")
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many requests",
+            )
         },
         Refusal::ServerError => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -228,8 +236,10 @@ async fn logout(State(st): St, headers: HeaderMap) -> Response {
         st.sessions().logout(t);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(SET_COOKIE, HeaderValue::from_static("session=; Path=/; HttpOnly; Max-Age=0"));
+    resp.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_static("session=; Path=/; HttpOnly; Max-Age=0"),
+    );
     resp
 }
 
@@ -239,12 +249,18 @@ struct Page {
     limit: Option<usize>,
 }
 
-async fn list_tags(State(st): St, page: Result<Query<Page>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+async fn list_tags(
+    State(st): St,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(page) =
+        page.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let store = st.store();
     let tags = store.tags();
     let start = page.offset.unwrap_or(0).min(tags.len());
-    let end = page.limit.map_or(tags.len(), |l| start.saturating_add(l).min(tags.len()));
+    let end = page
+        .limit
+        .map_or(tags.len(), |l| start.saturating_add(l).min(tags.len()));
     let mut out = Vec::with_capacity(32 + (end - start) * 64);
     out.extend_from_slice(b"{\"tags\":[");
     for (i, t) in tags[start..end].iter().enumerate() {
@@ -263,7 +279,9 @@ async fn get_value(State(st): St, uri: Uri) -> Result<Response, ApiError> {
     let name = tag_name(uri.path())?;
     st.stats.tags_read(1);
     let store = st.store();
-    let tag = store.get(&name).ok_or_else(|| tag_error(TagError::unknown(&name)))?;
+    let tag = store
+        .get(&name)
+        .ok_or_else(|| tag_error(TagError::unknown(&name)))?;
     let mut out = Vec::with_capacity(128);
     tag.write_reading(&mut out);
     Ok(json_response(StatusCode::OK, out))
@@ -278,7 +296,12 @@ fn tag_error(e: TagError) -> ApiError {
     ApiError::new(status, e.code, e.message)
 }
 
-async fn put_value(State(st): St, uri: Uri, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn put_value(
+    State(st): St,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let name = tag_name(uri.path())?;
     let bytes = read_body(body, &headers, st.opts.max_body_bytes).await?;
     let req: serde_json::Value = parse_json(&bytes)?;
@@ -390,9 +413,9 @@ async fn alarms_archive(
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let ts = |s: &Option<String>, key: &str| match s {
         None => Ok(None),
-        Some(s) => parse_ts(s)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("{key}={s:?} is not an RFC 3339 timestamp"))),
+        Some(s) => parse_ts(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{key}={s:?} is not an RFC 3339 timestamp"))
+        }),
     };
     let (from, to) = (ts(&q.from, "from")?, ts(&q.to, "to")?);
     let limit = q.limit.unwrap_or(ARCHIVE_LIMIT).min(ARCHIVE_LIMIT);
@@ -407,7 +430,8 @@ async fn current_user(user: Option<Extension<User>>) -> Response {
 
 /// `Connection: close` on an answer (the connection that started an outage).
 pub(crate) fn closing(mut resp: Response) -> Response {
-    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -417,13 +441,25 @@ mod tests {
 
     #[test]
     fn tag_names_are_decoded_once_from_the_raw_path() {
-        assert_eq!(tag_name("/tags/Line1%2FMixer%2FSpeed/value").unwrap(), "Line1/Mixer/Speed");
-        assert_eq!(tag_name("/tags/Line1/Mixer/Speed/value").unwrap(), "Line1/Mixer/Speed");
+        assert_eq!(
+            tag_name("/tags/Line1%2FMixer%2FSpeed/value").unwrap(),
+            "Line1/Mixer/Speed"
+        );
+        assert_eq!(
+            tag_name("/tags/Line1/Mixer/Speed/value").unwrap(),
+            "Line1/Mixer/Speed"
+        );
         assert_eq!(tag_name("/tags/%2FLead/value").unwrap(), "/Lead");
         assert_eq!(tag_name("/tags/Trail%2F/value").unwrap(), "Trail/");
         assert_eq!(tag_name("/tags/A%2F%2FB/value").unwrap(), "A//B");
-        assert_eq!(tag_name("/tags/Percent%252FLiteral/value").unwrap(), "Percent%2FLiteral");
-        assert_eq!(tag_name("/tags/Ctrl%01Char/value").unwrap(), "Ctrl\u{1}Char");
+        assert_eq!(
+            tag_name("/tags/Percent%252FLiteral/value").unwrap(),
+            "Percent%2FLiteral"
+        );
+        assert_eq!(
+            tag_name("/tags/Ctrl%01Char/value").unwrap(),
+            "Ctrl\u{1}Char"
+        );
         assert_eq!(tag_name("/tags/K%C3%BChlung/value").unwrap(), "Kühlung");
         assert!(tag_name("/tags/%FF/value").is_err());
         assert!(tag_name("/tags//value").is_err());
@@ -432,9 +468,18 @@ mod tests {
 
     #[test]
     fn requests_are_labelled_by_endpoint() {
-        assert_eq!(classify(&Method::POST, "/tags/values"), ("POST /tags/values", true));
-        assert_eq!(classify(&Method::GET, "/tags/a%2Fb/value"), ("GET /tags/{name}/value", true));
-        assert_eq!(classify(&Method::PUT, "/tags/a/value"), ("PUT /tags/{name}/value", false));
+        assert_eq!(
+            classify(&Method::POST, "/tags/values"),
+            ("POST /tags/values", true)
+        );
+        assert_eq!(
+            classify(&Method::GET, "/tags/a%2Fb/value"),
+            ("GET /tags/{name}/value", true)
+        );
+        assert_eq!(
+            classify(&Method::PUT, "/tags/a/value"),
+            ("PUT /tags/{name}/value", false)
+        );
         assert_eq!(classify(&Method::DELETE, "/tags"), ("other", false));
     }
 
@@ -448,7 +493,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["values"][0]["name"], name.as_str());
         assert_eq!(v["values"][1]["error"]["code"], "UnknownTag");
-        assert_eq!(read_values_json(&store, b"{\"tags\":").unwrap_err().code, "MalformedJson");
-        assert_eq!(read_values_json(&store, b"{\"tags\":[1]}").unwrap_err().code, "BadRequest");
+        assert_eq!(
+            read_values_json(&store, b"{\"tags\":").unwrap_err().code,
+            "MalformedJson"
+        );
+        assert_eq!(
+            read_values_json(&store, b"{\"tags\":[1]}")
+                .unwrap_err()
+                .code,
+            "BadRequest"
+        );
     }
 }

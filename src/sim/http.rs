@@ -60,8 +60,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
         if self.basic_challenge {
-            resp.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"WinCC\""));
+            resp.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"WinCC\""),
+            );
         }
         resp
     }
@@ -80,7 +82,12 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 pub fn json_ok<T: serde::Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => json_response(StatusCode::OK, body),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 
@@ -105,7 +112,8 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<
     let mut total = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         total += chunk.len() as u64;
         if total > limit as u64 {
             buf = Vec::new();
@@ -128,7 +136,11 @@ pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError
         if e.is_data() {
             ApiError::bad_request(format!("unexpected JSON shape: {e}"))
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "MalformedJson", format!("malformed JSON: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MalformedJson",
+                format!("malformed JSON: {e}"),
+            )
         }
     })
 }
@@ -151,11 +163,16 @@ pub async fn spoil(resp: Response, fault: BodyFault) -> Response {
             // Announce the full length, send half, then fail the stream:
             // hyper closes the connection mid-body. The pause lets hyper
             // flush the half before it aborts.
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             let first = futures::stream::iter([Ok::<_, std::io::Error>(half)]);
             let fail = futures::stream::once(async {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated truncation"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "simulated truncation",
+                ))
             });
             Response::from_parts(parts, Body::from_stream(first.chain(fail)))
         }

@@ -181,7 +181,11 @@ impl Listener for SimListener {
                     };
                     return (io, peer);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "simulator accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -215,7 +219,11 @@ fn killed() -> io::Error {
 }
 
 impl AsyncRead for SimIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         // Polling the token also registers the waker, so that an idle
         // keep-alive connection is woken up and dropped by an outage.
         if self.cancelled.as_mut().poll(cx).is_ready() {
@@ -226,7 +234,11 @@ impl AsyncRead for SimIo {
 }
 
 impl AsyncWrite for SimIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.token.is_cancelled() {
             return Poll::Ready(Err(killed()));
         }

@@ -8,6 +8,22 @@
 //! so that other dialects can be added as sibling route files next to
 //! [`generic`].
 //!
+//! `/_sim/*` (never authenticated, faulted or counted):
+//!
+//! | method, path | does |
+//! |---|---|
+//! | `GET /_sim/stats`, `POST /_sim/stats/reset` | [`SimStats`] (per-endpoint counts keyed like `"POST /tags/values"`, tags read/written, logins, `max_requests_per_second` over an exact sliding 1 s window, `max_in_flight`, 401/429/500/503 counts) |
+//! | `GET/POST /_sim/faults`, `POST /_sim/faults/reset` | [`Faults`]: a POST replaces every switch (missing ones are off) |
+//! | `POST /_sim/alarms` | [`AlarmCommand`] `{"action":"raise"\|"ack"\|"clear","id":..,"name":..,"text":..,"class":..,"priority":..}` → the alarm |
+//! | `POST /_sim/tags/set` | `{"name":N,"value":V,"quality":"Uncertain","qualityCode":72}` sets any tag (value optional) |
+//!
+//! Station behaviour worth knowing: in `session` mode only `Authorization:
+//! Bearer` is accepted, in `cookie` mode only the `session` cookie; `basic`
+//! answers 401 with `WWW-Authenticate`. The ticker changes only read-only
+//! tags, so written values stay. Single-tag errors are 404 `UnknownTag`,
+//! 403 `ReadOnly`, 400 `TypeMismatch`/`OutOfRange`; String tags take at most
+//! 255 characters, like a WinCC text tag.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use wincc_gateway::sim::{self, SimOptions};
@@ -45,7 +61,7 @@ pub use names::HOSTILE;
 pub use stats::SimStats;
 pub use store::TagError;
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, Dialect};
 use crate::model::{Alarm, Quality, TagInfo};
 use auth::Sessions;
 use faults::FaultState;
@@ -71,6 +87,8 @@ pub struct SimOptions {
     pub max_body_bytes: usize,
     /// Whether the ticker raises, acknowledges and clears alarms by itself.
     pub alarms: bool,
+    /// Which station API is served (contract §5 and §6).
+    pub dialect: Dialect,
 }
 
 impl Default for SimOptions {
@@ -84,6 +102,7 @@ impl Default for SimOptions {
             seed: 1,
             max_body_bytes: 1024 * 1024,
             alarms: true,
+            dialect: Dialect::Generic,
         }
     }
 }
@@ -127,7 +146,11 @@ impl SimState {
 
     /// Replaces the fault switches and carries out the one-shots. `keep` is
     /// the connection asking (spared by an outage so that it gets its answer).
-    pub(crate) fn apply_faults(self: &Arc<Self>, f: Faults, keep: Option<ConnId>) -> Result<(), String> {
+    pub(crate) fn apply_faults(
+        self: &Arc<Self>,
+        f: Faults,
+        keep: Option<ConnId>,
+    ) -> Result<(), String> {
         let expire = f.expire_tokens;
         let outage = f.outage();
         self.faults().set(f)?;
@@ -167,7 +190,8 @@ impl SimState {
             if self.opts.alarms {
                 let tags = store.tags();
                 self.alarms().tick(now, |r| {
-                    (!tags.is_empty()).then(|| tags[(r % tags.len() as u64) as usize].info.name.clone())
+                    (!tags.is_empty())
+                        .then(|| tags[(r % tags.len() as u64) as usize].info.name.clone())
                 });
             }
         }
@@ -176,7 +200,6 @@ impl SimState {
 
 /// A running simulator. Dropping it stops it (like [`SimHandle::shutdown`],
 /// without waiting).
-#[derive(Debug)]
 pub struct SimHandle {
     state: Arc<SimState>,
     cancel: CancellationToken,
@@ -220,12 +243,19 @@ impl SimHandle {
 
     /// [`SimHandle::set_value`] without the panic.
     pub fn try_set_value(&self, name: &str, v: serde_json::Value) -> Result<(), TagError> {
-        self.state.store_mut().force(name, Some(&v), Quality::Good, None)
+        self.state
+            .store_mut()
+            .force(name, Some(&v), Quality::Good, None)
     }
 
     /// Sets a tag's quality (and raw quality code), keeping its value; the
     /// timestamp becomes now.
-    pub fn set_quality(&self, name: &str, quality: Quality, code: Option<u32>) -> Result<(), TagError> {
+    pub fn set_quality(
+        &self,
+        name: &str,
+        quality: Quality,
+        code: Option<u32>,
+    ) -> Result<(), TagError> {
         self.state.store_mut().force(name, None, quality, code)
     }
 
@@ -236,12 +266,22 @@ impl SimHandle {
 
     /// Every tag name, in listing order.
     pub fn tag_names(&self) -> Vec<String> {
-        self.state.store().tags().iter().map(|t| t.info.name.clone()).collect()
+        self.state
+            .store()
+            .tags()
+            .iter()
+            .map(|t| t.info.name.clone())
+            .collect()
     }
 
     /// Every tag's metadata, in listing order.
     pub fn tags(&self) -> Vec<TagInfo> {
-        self.state.store().tags().iter().map(|t| t.info.clone()).collect()
+        self.state
+            .store()
+            .tags()
+            .iter()
+            .map(|t| t.info.clone())
+            .collect()
     }
 
     pub fn stats(&self) -> SimStats {
@@ -299,6 +339,16 @@ impl SimHandle {
     }
 }
 
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.addr())
+            .field("tags", &self.state.store().len())
+            .field("auth", &self.state.opts.auth)
+            .finish()
+    }
+}
+
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -309,7 +359,10 @@ impl Drop for SimHandle {
 fn check_options(opts: &SimOptions) -> std::io::Result<()> {
     let bad = |m: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
     if !opts.change_rate.is_finite() || opts.change_rate < 0.0 {
-        return bad(format!("change_rate must be a number >= 0, got {}", opts.change_rate));
+        return bad(format!(
+            "change_rate must be a number >= 0, got {}",
+            opts.change_rate
+        ));
     }
     if opts.token_ttl.is_zero() {
         return bad("token_ttl must be longer than zero".into());
@@ -318,7 +371,10 @@ fn check_options(opts: &SimOptions) -> std::io::Result<()> {
         return bad("max_body_bytes must be at least 1".into());
     }
     if opts.auth != AuthMode::None && opts.users.is_empty() {
-        return bad(format!("auth {} needs at least one user", opts.auth.as_str()));
+        return bad(format!(
+            "auth {} needs at least one user",
+            opts.auth.as_str()
+        ));
     }
     Ok(())
 }
@@ -339,11 +395,24 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
         net: Arc::clone(&net),
         opts,
     });
+    let router = match state.opts.dialect {
+        Dialect::Generic => generic::router(Arc::clone(&state)),
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the simulator does not serve dialect {:?} yet",
+                    other.as_str()
+                ),
+            ))
+        }
+    };
     tokio::spawn(Arc::clone(&state).ticker(cancel.clone()));
-    let app = generic::router(Arc::clone(&state)).into_make_service_with_connect_info::<ConnId>();
+    let app = router.into_make_service_with_connect_info::<ConnId>();
     let stop = cancel.clone();
     let server = tokio::spawn(async move {
-        let serve = axum::serve(SimListener { net }, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = axum::serve(SimListener { net }, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "simulator server failed");
         }
@@ -352,7 +421,8 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
         addr = %state.net.addr(),
         tags = state.opts.tags,
         auth = state.opts.auth.as_str(),
-        "WinCC simulator listening (dialect generic)"
+        dialect = state.opts.dialect.as_str(),
+        "WinCC simulator listening"
     );
     Ok(SimHandle {
         state,
@@ -362,7 +432,11 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
 }
 
 /// Runs the simulator until `shutdown` completes (the CLI's `simulate`).
-pub async fn run(listen: SocketAddr, opts: SimOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    opts: SimOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let sim = start(listen, opts)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the simulator on {listen}: {e}"))?;

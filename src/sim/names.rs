@@ -31,7 +31,9 @@ pub struct TagSpec {
     pub behaviour: Behaviour,
 }
 
-const STATES: &[&str] = &["Running", "Stopped", "Idle", "Fault", "Cleaning", "Starting"];
+const STATES: &[&str] = &[
+    "Running", "Stopped", "Idle", "Fault", "Cleaning", "Starting",
+];
 const RECIPES: &[&str] = &["Recipe A", "Recipe B", "Vanilla 2%", "Dark #3", "Süß/Sauer"];
 const ODD_TEXTS: &[&str] = &["Ünïcödé ✓", "a+b#c%d", "tab\there", "quote \" and \\"];
 
@@ -49,10 +51,25 @@ const MACHINE: &[Signal] = &[
     ("Motor Current", TagType::Float, false, walk(0.0, 50.0)),
     ("Running", TagType::Bool, false, Behaviour::Toggle),
     ("Mode", TagType::Int16, true, walk(0.0, 5.0)),
-    ("Position", TagType::Int32, false, walk(-100_000.0, 100_000.0)),
-    ("Energy Total", TagType::Int64, false, Behaviour::Counter { step: 500 }),
+    (
+        "Position",
+        TagType::Int32,
+        false,
+        walk(-100_000.0, 100_000.0),
+    ),
+    (
+        "Energy Total",
+        TagType::Int64,
+        false,
+        Behaviour::Counter { step: 500 },
+    ),
     ("Command", TagType::UInt16, true, walk(0.0, 10.0)),
-    ("Batch Count", TagType::UInt32, false, Behaviour::Counter { step: 3 }),
+    (
+        "Batch Count",
+        TagType::UInt32,
+        false,
+        Behaviour::Counter { step: 3 },
+    ),
     ("State", TagType::String, false, Behaviour::Choice(STATES)),
     ("Last Maintenance", TagType::DateTime, false, Behaviour::Now),
     ("Speed Setpoint", TagType::Double, true, walk(0.0, 3000.0)),
@@ -60,7 +77,12 @@ const MACHINE: &[Signal] = &[
     ("Fault", TagType::Bool, false, Behaviour::Toggle),
     ("Vibration", TagType::Float, false, walk(0.0, 25.0)),
     ("ErrorCode", TagType::Int16, false, walk(0.0, 999.0)),
-    ("Operating Hours", TagType::UInt32, false, Behaviour::Counter { step: 1 }),
+    (
+        "Operating Hours",
+        TagType::UInt32,
+        false,
+        Behaviour::Counter { step: 1 },
+    ),
     ("Recipe", TagType::String, true, Behaviour::Choice(RECIPES)),
 ];
 
@@ -75,15 +97,34 @@ const TANK: &[Signal] = &[
     ("Agitator.Speed", TagType::Double, false, walk(0.0, 600.0)),
     ("HighAlarm", TagType::Bool, false, Behaviour::Toggle),
     ("Volume", TagType::Int32, false, walk(0.0, 50_000.0)),
-    ("Fill Count", TagType::UInt32, false, Behaviour::Counter { step: 1 }),
+    (
+        "Fill Count",
+        TagType::UInt32,
+        false,
+        Behaviour::Counter { step: 1 },
+    ),
     ("Mode", TagType::Int16, true, walk(0.0, 3.0)),
     ("Last Cleaning", TagType::DateTime, false, Behaviour::Now),
-    ("Product", TagType::String, false, Behaviour::Choice(RECIPES)),
+    (
+        "Product",
+        TagType::String,
+        false,
+        Behaviour::Choice(RECIPES),
+    ),
 ];
 
 const LINE_MACHINES: &[&str] = &[
-    "Mixer", "Conveyor", "Filler", "Oven", "Press", "Labeler", "Palletizer", "Pump1", "Pump2",
-    "Valve3", "Cooler",
+    "Mixer",
+    "Conveyor",
+    "Filler",
+    "Oven",
+    "Press",
+    "Labeler",
+    "Palletizer",
+    "Pump1",
+    "Pump2",
+    "Valve3",
+    "Cooler",
 ];
 const BOILER_SECTIONS: &[&str] = &["Burner", "Feedwater", "Steam Drum", "Economizer"];
 const UTILITIES: &[&str] = &["Compressor", "Chiller", "Transformer"];
@@ -120,13 +161,21 @@ pub fn generate(n: usize, seed: u64) -> Vec<TagSpec> {
     let hostile = if n >= 20 { HOSTILE.len() } else { 0 };
     let regular = n - hostile;
     let mut out = Vec::with_capacity(n);
-    let mut seen: HashSet<String> = HOSTILE.iter().take(hostile).map(|h| h.0.to_string()).collect();
+    let mut seen: HashSet<String> = HOSTILE
+        .iter()
+        .take(hostile)
+        .map(|h| h.0.to_string())
+        .collect();
     let (mut lines, mut tanks, mut boilers, mut utils) = (0u32, 0u32, 0u32, 0u32);
     let mut unit = 0usize;
     while out.len() < regular {
         // The first unit is always a production line, so that the first
         // ten tags cover every type.
-        let kind = if unit == 0 { 0 } else { rng.random_range(0..20u32) };
+        let kind = if unit == 0 {
+            0
+        } else {
+            rng.random_range(0..20u32)
+        };
         let mut batch: Vec<(String, Signal)> = Vec::new();
         match kind {
             0..=9 => {

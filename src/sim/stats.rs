@@ -93,7 +93,11 @@ impl Stats {
             *g.per_endpoint.entry(endpoint).or_default() += 1;
             // Every window of one second that holds the most arrivals can be
             // slid to end at an arrival, so checking at each arrival is exact.
-            while g.window.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+            while g
+                .window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+            {
                 g.window.pop_front();
             }
             g.window.push_back(now);
@@ -139,7 +143,11 @@ impl Stats {
         let status = |s: u16| g.statuses.get(&s).copied().unwrap_or(0);
         SimStats {
             total_requests: g.total,
-            requests: g.per_endpoint.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            requests: g
+                .per_endpoint
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             tags_read: g.tags_read,
             tags_written: g.tags_written,
             logins: g.logins,
@@ -151,7 +159,11 @@ impl Stats {
             too_many_requests: status(429),
             server_errors: status(500),
             unavailable: status(503),
-            statuses: g.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            statuses: g
+                .statuses
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 }

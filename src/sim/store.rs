@@ -43,20 +43,19 @@ impl SimValue {
 
     fn write_json(&self, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail, and no non-finite number is ever stored.
-        let _ = match self {
-            SimValue::Bool(true) => Ok(out.extend_from_slice(b"true")),
-            SimValue::Bool(false) => Ok(out.extend_from_slice(b"false")),
-            SimValue::Int(i) => serde_json::to_writer(&mut *out, i),
-            SimValue::Float(f) => serde_json::to_writer(&mut *out, f),
-            SimValue::Double(d) => serde_json::to_writer(&mut *out, d),
-            SimValue::Text(s) => serde_json::to_writer(&mut *out, s),
+        match self {
+            SimValue::Bool(true) => out.extend_from_slice(b"true"),
+            SimValue::Bool(false) => out.extend_from_slice(b"false"),
+            SimValue::Int(i) => drop(serde_json::to_writer(&mut *out, i)),
+            SimValue::Float(f) => drop(serde_json::to_writer(&mut *out, f)),
+            SimValue::Double(d) => drop(serde_json::to_writer(&mut *out, d)),
+            SimValue::Text(s) => drop(serde_json::to_writer(&mut *out, s)),
             SimValue::Time(t) => {
                 out.push(b'"');
                 out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
                 out.push(b'"');
-                Ok(())
             }
-        };
+        }
     }
 }
 
@@ -101,12 +100,17 @@ pub fn check_value(ty: TagType, v: &Value) -> Result<SimValue, TagError> {
         message: what,
     };
     match ty {
-        TagType::Bool => v.as_bool().map(SimValue::Bool).ok_or_else(|| mismatch("a bool")),
+        TagType::Bool => v
+            .as_bool()
+            .map(SimValue::Bool)
+            .ok_or_else(|| mismatch("a bool")),
         TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32 => {
             let Value::Number(n) = v else {
                 return Err(mismatch("an integer"));
             };
-            let (lo, hi) = ty.integer_range().unwrap_or((i64::MIN as i128, i64::MAX as i128));
+            let (lo, hi) = ty
+                .integer_range()
+                .unwrap_or((i64::MIN as i128, i64::MAX as i128));
             let i = if let Some(i) = n.as_i64() {
                 i as i128
             } else if let Some(u) = n.as_u64() {
@@ -133,7 +137,10 @@ pub fn check_value(ty: TagType, v: &Value) -> Result<SimValue, TagError> {
             }
             Ok(SimValue::Float(f as f32))
         }
-        TagType::Double => v.as_f64().map(SimValue::Double).ok_or_else(|| mismatch("a number")),
+        TagType::Double => v
+            .as_f64()
+            .map(SimValue::Double)
+            .ok_or_else(|| mismatch("a number")),
         TagType::String => match v {
             Value::String(s) if s.chars().count() > MAX_TEXT_LEN => Err(range(format!(
                 "text of {} characters is longer than {MAX_TEXT_LEN}",
@@ -180,7 +187,9 @@ pub struct SimTag {
 
 impl SimTag {
     fn new(info: TagInfo, value: SimValue, behaviour: Behaviour, now: DateTime<Utc>) -> Self {
-        let json_name = serde_json::to_string(&info.name).unwrap_or_default().into_boxed_str();
+        let json_name = serde_json::to_string(&info.name)
+            .unwrap_or_default()
+            .into_boxed_str();
         let mut t = SimTag {
             info,
             json_name,
@@ -202,7 +211,9 @@ impl SimTag {
 
     /// The source timestamp.
     pub fn timestamp(&self) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(self.ts_ms).single().unwrap_or_default()
+        Utc.timestamp_millis_opt(self.ts_ms)
+            .single()
+            .unwrap_or_default()
     }
 
     /// Appends `{"name":N,"value":V,"quality":Q[,"qualityCode":C],"timestamp":TS}`.
@@ -277,7 +288,9 @@ fn walk_value(ty: TagType, x: f64) -> SimValue {
         TagType::Double => SimValue::Double((x * 1000.0).round() / 1000.0),
         TagType::Bool => SimValue::Bool(x >= 0.5),
         _ => {
-            let (lo, hi) = ty.integer_range().unwrap_or((i64::MIN as i128, i64::MAX as i128));
+            let (lo, hi) = ty
+                .integer_range()
+                .unwrap_or((i64::MIN as i128, i64::MAX as i128));
             SimValue::Int((x.round() as i128).clamp(lo, hi) as i64)
         }
     }
@@ -288,9 +301,13 @@ fn initial_value(spec: &TagSpec, rng: &mut impl Rng, now: DateTime<Utc>) -> SimV
     match spec.behaviour {
         Behaviour::Toggle => SimValue::Bool(rng.random_bool(0.5)),
         Behaviour::Counter { .. } => SimValue::Int(rng.random_range(0..60_000)),
-        Behaviour::Choice(set) if !set.is_empty() => SimValue::Text(set[rng.random_range(0..set.len())].to_string()),
+        Behaviour::Choice(set) if !set.is_empty() => {
+            SimValue::Text(set[rng.random_range(0..set.len())].to_string())
+        }
         Behaviour::Choice(_) => SimValue::Text(String::new()),
-        Behaviour::Now => SimValue::Time(now - chrono::Duration::seconds(rng.random_range(0..86_400 * 30))),
+        Behaviour::Now => {
+            SimValue::Time(now - chrono::Duration::seconds(rng.random_range(0..86_400 * 30)))
+        }
         Behaviour::Walk { lo, hi } => walk_value(ty, rng.random_range(lo..=hi)),
     }
 }
@@ -314,7 +331,8 @@ pub struct TagStore {
 impl TagStore {
     /// `n` generated tags with initial values, deterministic for the seed.
     pub fn generate(n: usize, seed: u64) -> Self {
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x7661_6c75_6573);
+        let mut rng =
+            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x7661_6c75_6573);
         let now = Utc::now();
         let mut store = TagStore::default();
         store.tags.reserve(n);
@@ -326,7 +344,8 @@ impl TagStore {
     }
 
     fn push(&mut self, tag: SimTag) {
-        self.index.insert(tag.info.name.clone().into_boxed_str(), self.tags.len());
+        self.index
+            .insert(tag.info.name.clone().into_boxed_str(), self.tags.len());
         self.tags.push(tag);
     }
 
@@ -385,7 +404,13 @@ impl TagStore {
 
     /// Sets a value (if given) and quality regardless of writability (test
     /// helper path); the timestamp becomes now.
-    pub fn force(&mut self, name: &str, v: Option<&Value>, quality: Quality, code: Option<u32>) -> Result<(), TagError> {
+    pub fn force(
+        &mut self,
+        name: &str,
+        v: Option<&Value>,
+        quality: Quality,
+        code: Option<u32>,
+    ) -> Result<(), TagError> {
         let tag = self.get_mut(name).ok_or_else(|| TagError::unknown(name))?;
         if let Some(v) = v {
             tag.value = check_value(tag.info.ty, v)?;
@@ -439,7 +464,10 @@ impl TagStore {
             // From a random start, the next read-only tag; all-writable
             // stores change nothing.
             let start = rng.random_range(0..len);
-            let Some(i) = (0..len).map(|k| (start + k) % len).find(|&i| !self.tags[i].info.writable) else {
+            let Some(i) = (0..len)
+                .map(|k| (start + k) % len)
+                .find(|&i| !self.tags[i].info.writable)
+            else {
                 break;
             };
             let tag = &mut self.tags[i];
@@ -469,7 +497,11 @@ mod tests {
         let now = Utc::now();
         let add = |s: &mut TagStore, n: &str, ty, w| {
             s.push(SimTag::new(
-                TagInfo { name: n.into(), ty, writable: w },
+                TagInfo {
+                    name: n.into(),
+                    ty,
+                    writable: w,
+                },
                 SimValue::Int(0),
                 names::default_behaviour(ty),
                 now,
@@ -482,15 +514,30 @@ mod tests {
         add(&mut s, "s", TagType::String, true);
         assert_eq!(s.write("i16", &json!(5.0)), Ok(()));
         assert_eq!(s.get("i16").unwrap().value, SimValue::Int(5));
-        assert_eq!(s.write("i16", &json!(40000)).unwrap_err().code, "OutOfRange");
-        assert_eq!(s.write("i16", &json!(1.5)).unwrap_err().code, "TypeMismatch");
-        assert_eq!(s.write("i16", &json!("5")).unwrap_err().code, "TypeMismatch");
+        assert_eq!(
+            s.write("i16", &json!(40000)).unwrap_err().code,
+            "OutOfRange"
+        );
+        assert_eq!(
+            s.write("i16", &json!(1.5)).unwrap_err().code,
+            "TypeMismatch"
+        );
+        assert_eq!(
+            s.write("i16", &json!("5")).unwrap_err().code,
+            "TypeMismatch"
+        );
         assert_eq!(s.write("ro", &json!(1)).unwrap_err().code, "ReadOnly");
         assert_eq!(s.write("nope", &json!(1)).unwrap_err().code, "UnknownTag");
         assert_eq!(s.write("f", &json!(1e39)).unwrap_err().code, "OutOfRange");
         assert_eq!(s.write("dt", &json!("2026-01-01T01:00:00+01:00")), Ok(()));
-        assert_eq!(s.get("dt").unwrap().value.to_json(), json!("2026-01-01T00:00:00.000Z"));
-        assert_eq!(s.write("s", &json!("x".repeat(256))).unwrap_err().code, "OutOfRange");
+        assert_eq!(
+            s.get("dt").unwrap().value.to_json(),
+            json!("2026-01-01T00:00:00.000Z")
+        );
+        assert_eq!(
+            s.write("s", &json!("x".repeat(256))).unwrap_err().code,
+            "OutOfRange"
+        );
         let mut out = Vec::new();
         s.get("f").unwrap().write_reading(&mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();

@@ -22,22 +22,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use base64::Engine;
+use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
+
+mod auth;
 
 use super::http::{self, read_body, retry_after, transport_error};
 use super::limiter::Limiter;
 use super::{parse, ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
 use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
+use auth::{login_backoff, LoginGate, Session, Ticket};
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Page size for `GET /tags`.
 pub const TAG_PAGE: usize = 1000;
@@ -62,40 +68,10 @@ pub struct GenericClient {
     gate: std::sync::Mutex<LoginGate>,
 }
 
-#[derive(Default)]
-struct Session {
-    /// The bearer token (session mode) or an empty marker (cookie mode).
-    token: Option<String>,
-    /// Bumped on every login, so a 401 only discards the session it was sent with.
-    generation: u64,
-    expires_at: Option<Instant>,
-}
-
-struct LoginGate {
-    closed_until: Option<Instant>,
-    backoff: ExponentialBackoff,
-    last_refusal: String,
-}
-
-/// What a request carries for auth, and which session it belongs to.
-struct Ticket {
-    bearer: Option<String>,
-    generation: u64,
-}
-
 /// A reply that passed the status checks.
 struct Reply {
     status: StatusCode,
     body: Vec<u8>,
-}
-
-fn login_backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(LOGIN_BACKOFF_MIN)
-        .with_max_delay(LOGIN_BACKOFF_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
 }
 
 impl GenericClient {
@@ -107,7 +83,10 @@ impl GenericClient {
 
     /// Builds the client around an existing limiter (shared with other
     /// clients of the same station).
-    pub fn with_limiter(settings: &WinccSettings, limiter: Arc<Limiter>) -> Result<Self, ConnectError> {
+    pub fn with_limiter(
+        settings: &WinccSettings,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ConnectError> {
         let mut base = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
             key: "wincc.base_url",
             why: format!("not a URL: {e}"),
@@ -123,8 +102,12 @@ impl GenericClient {
         let password = if settings.auth == AuthMode::None {
             None
         } else {
-            resolve_secret("wincc.password", &settings.password_env, &settings.password_file)
-                .map_err(ConnectError::Secret)?
+            resolve_secret(
+                "wincc.password",
+                &settings.password_env,
+                &settings.password_file,
+            )
+            .map_err(ConnectError::Secret)?
         };
         let basic = (settings.auth == AuthMode::Basic).then(|| {
             let pw = password.as_ref().map(Secret::expose).unwrap_or_default();
@@ -209,134 +192,39 @@ impl GenericClient {
         }
     }
 
-    /// Fails fast while a refused login's backoff is running.
-    fn check_gate(&self) -> Result<(), StationError> {
-        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        match g.closed_until {
-            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
-                "{}; next login attempt in {:.0} s",
-                g.last_refusal,
-                (until - Instant::now()).as_secs_f64().ceil()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    fn refused(&self, why: String) -> StationError {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
-        g.closed_until = Some(Instant::now() + wait);
-        g.last_refusal = self.scrub(why);
-        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
-        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
-        StationError::Auth(format!("{}; next login attempt in {} s", g.last_refusal, wait.as_secs()))
-    }
-
-    fn login_accepted(&self) {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        g.closed_until = None;
-        g.backoff = login_backoff();
-    }
-
-    /// The auth for the next request. In session/cookie mode this logs in
-    /// when there is no session, when it is about to expire, or when
-    /// `discard` names the generation a 401 was received with.
-    async fn ticket(&self, discard: Option<u64>) -> Result<Ticket, StationError> {
-        match self.auth {
-            AuthMode::None => Ok(Ticket {
-                bearer: None,
-                generation: 0,
-            }),
-            AuthMode::Basic => {
-                self.check_gate()?;
-                Ok(Ticket {
-                    bearer: None,
-                    generation: 0,
-                })
-            }
-            AuthMode::Session | AuthMode::Cookie => {
-                let mut s = self.session.lock().await;
-                if discard == Some(s.generation) {
-                    s.token = None;
-                }
-                let expired = s.expires_at.is_some_and(|t| Instant::now() >= t);
-                if s.token.is_none() || expired {
-                    self.check_gate()?;
-                    let (token, expires_in) = self.login().await?;
-                    s.generation += 1;
-                    s.token = Some(token);
-                    // Renew a little before the station's expiry.
-                    s.expires_at = expires_in.map(|d| Instant::now() + d.mul_f64(0.9));
-                }
-                Ok(Ticket {
-                    bearer: (self.auth == AuthMode::Session).then(|| s.token.clone()).flatten(),
-                    generation: s.generation,
-                })
-            }
-        }
-    }
-
-    /// POST /auth/login. Returns the token (empty in cookie mode) and its lifetime.
-    async fn login(&self) -> Result<(String, Option<Duration>), StationError> {
-        let pw = self.password.as_ref().map(Secret::expose).unwrap_or_default();
-        let body = json!({ "username": self.username, "password": pw });
-        let url = self.url(&["auth", "login"]);
-        let (status, headers, bytes) = self
-            .send("login", Method::POST, url, Some(&body), None)
-            .await?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let msg = parse::error_body(&bytes)
-                .map(|(c, m)| format!("{c} {m}").trim().to_string())
-                .unwrap_or_default();
-            return Err(self.refused(format!("login as {:?} refused (HTTP {}) {msg}", self.username, status.as_u16())));
-        }
-        if let Some(e) = busy_or_error(status, &headers, &bytes, &self.limiter) {
-            return Err(self.scrub_err(e));
-        }
-        let v = parse::json(&bytes).map_err(|e| self.scrub_err(e))?;
-        let o = v.as_object();
-        let token = o.and_then(|o| parse::get_any_str(o, &["token", "access_token", "accessToken"]));
-        let expires_in = o
-            .and_then(|o| parse::get_ci(o, "expiresIn"))
-            .and_then(Value::as_f64)
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(1e9)));
-        let token = match (self.auth, token) {
-            (AuthMode::Session, Some(t)) if !t.is_empty() => t,
-            (AuthMode::Session, _) => {
-                return Err(StationError::Malformed("the login reply has no token".into()))
-            }
-            _ => String::new(),
-        };
-        self.login_accepted();
-        tracing::info!(user = %self.username, "logged in to the station");
-        Ok((token, expires_in))
-    }
-
     /// One HTTP exchange under a limiter permit: status, headers, body.
     async fn send(
         &self,
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         ticket: Option<&Ticket>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
         let start = std::time::Instant::now();
-        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint).increment(1);
+        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
+            .increment(1);
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
-            rb = rb.header(reqwest::header::AUTHORIZATION, format!("Basic {}", b.expose()));
+            rb = rb.header(
+                reqwest::header::AUTHORIZATION,
+                format!("Basic {}", b.expose()),
+            );
         }
         if let Some(t) = ticket.and_then(|t| t.bearer.as_deref()) {
             rb = rb.bearer_auth(t);
         }
         if let Some(b) = body {
-            rb = rb.json(b);
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone());
         }
         let result = async {
-            let resp = rb.send().await.map_err(|e| transport_error(e, self.timeout))?;
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| transport_error(e, self.timeout))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let bytes = read_body(resp, self.timeout).await?;
@@ -356,12 +244,15 @@ impl GenericClient {
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         client_errors: bool,
     ) -> Result<Reply, StationError> {
-        let result = self.call_inner(endpoint, method, url, body, client_errors).await;
+        let result = self
+            .call_inner(endpoint, method, url, body, client_errors)
+            .await;
         if let Err(e) = &result {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
         }
         result
     }
@@ -371,7 +262,7 @@ impl GenericClient {
         endpoint: &'static str,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&Bytes>,
         client_errors: bool,
     ) -> Result<Reply, StationError> {
         let mut ticket = self.ticket(None).await?;
@@ -407,10 +298,16 @@ impl GenericClient {
                     }
                 }
             }
-            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+            {
                 let ra = retry_after(&headers);
                 if let Some(d) = ra {
-                    tracing::warn!(endpoint, status = status.as_u16(), pause_ms = d.as_millis() as u64, "station asked to retry later; pausing all requests");
+                    tracing::warn!(
+                        endpoint,
+                        status = status.as_u16(),
+                        pause_ms = d.as_millis() as u64,
+                        "station asked to retry later; pausing all requests"
+                    );
                     self.limiter.pause_for(d);
                     if !waited && d <= self.timeout {
                         waited = true;
@@ -431,6 +328,18 @@ impl GenericClient {
             return Err(self.scrub_err(http_error(status, &bytes)));
         }
     }
+}
+
+/// The body of `POST /tags/values`, serialised without copying the names.
+#[derive(serde::Serialize)]
+struct ReadRequest<'a> {
+    tags: &'a [String],
+}
+
+/// A JSON request body, serialised once (and shared by a retry).
+fn to_body(v: &impl serde::Serialize) -> Bytes {
+    // Serialising strings, numbers and maps of them cannot fail.
+    Bytes::from(serde_json::to_vec(v).expect("JSON request bodies always serialise"))
 }
 
 fn http_error(status: StatusCode, bytes: &[u8]) -> StationError {
@@ -477,7 +386,9 @@ impl Station for GenericClient {
             url.query_pairs_mut()
                 .append_pair("offset", &offset.to_string())
                 .append_pair("limit", &TAG_PAGE.to_string());
-            let reply = self.call("list_tags", Method::GET, url, None, false).await?;
+            let reply = self
+                .call("list_tags", Method::GET, url, None, false)
+                .await?;
             let page = parse::tag_page(&reply.body).map_err(|e| self.scrub_err(e))?;
             skipped += page.skipped.len();
             for name in page.skipped.iter().take(5) {
@@ -503,13 +414,20 @@ impl Station for GenericClient {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let body = json!({ "tags": names });
+        let body = to_body(&ReadRequest { tags: names });
         let reply = self
-            .call("read_values", Method::POST, self.url(&["tags", "values"]), Some(&body), false)
+            .call(
+                "read_values",
+                Method::POST,
+                self.url(&["tags", "values"]),
+                Some(&body),
+                false,
+            )
             .await?;
         let received = chrono::Utc::now();
         let mut readings = parse::values(&reply.body, names, received).map_err(|e| {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind()).increment(1);
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
             self.scrub_err(e)
         })?;
         for r in &mut readings {
@@ -520,19 +438,34 @@ impl Station for GenericClient {
         Ok(readings)
     }
 
-    async fn write_value(&self, name: &str, _ty: TagType, value: &Value) -> Result<(), StationError> {
-        let body = json!({ "value": value });
+    async fn write_value(
+        &self,
+        name: &str,
+        _ty: TagType,
+        value: &Value,
+    ) -> Result<(), StationError> {
+        let body = to_body(&json!({ "value": value }));
         let url = self.tag_url(name)?;
-        let reply = self.call("write_value", Method::PUT, url, Some(&body), true).await?;
+        let reply = self
+            .call("write_value", Method::PUT, url, Some(&body), true)
+            .await?;
         let result = if reply.status.is_success() {
             parse::write_result(&reply.body)
         } else {
             let (code, message) = parse::error_body(&reply.body)
                 .unwrap_or_else(|| (reply.status.as_u16().to_string(), String::new()));
             Err(StationError::Refused {
-                code: if code.is_empty() { reply.status.as_u16().to_string() } else { code },
+                code: if code.is_empty() {
+                    reply.status.as_u16().to_string()
+                } else {
+                    code
+                },
                 message: if message.is_empty() {
-                    reply.status.canonical_reason().unwrap_or("refused").to_string()
+                    reply
+                        .status
+                        .canonical_reason()
+                        .unwrap_or("refused")
+                        .to_string()
                 } else {
                     message
                 },
@@ -543,7 +476,13 @@ impl Station for GenericClient {
 
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
         let reply = self
-            .call("alarms", Method::GET, self.url(&["alarms", "current"]), None, false)
+            .call(
+                "alarms",
+                Method::GET,
+                self.url(&["alarms", "current"]),
+                None,
+                false,
+            )
             .await?;
         let (alarms, bad) = parse::alarms(&reply.body).map_err(|e| self.scrub_err(e))?;
         if let Some(first) = bad.first() {
@@ -565,11 +504,21 @@ impl Station for GenericClient {
             generation: s.generation,
         };
         let r = self
-            .send("logout", Method::POST, self.url(&["auth", "logout"]), None, Some(&ticket))
+            .send(
+                "logout",
+                Method::POST,
+                self.url(&["auth", "logout"]),
+                None,
+                Some(&ticket),
+            )
             .await;
         match r {
-            Ok((status, _, _)) if status.is_success() => tracing::info!("logged out of the station"),
-            Ok((status, _, _)) => tracing::warn!(status = status.as_u16(), "station refused the logout"),
+            Ok((status, _, _)) if status.is_success() => {
+                tracing::info!("logged out of the station")
+            }
+            Ok((status, _, _)) => {
+                tracing::warn!(status = status.as_u16(), "station refused the logout")
+            }
             Err(e) => tracing::warn!(error = %e, "logout failed"),
         }
         s.token = None;
@@ -591,13 +540,40 @@ mod tests {
     #[test]
     fn urls_keep_odd_tag_names_inside_one_segment() {
         let c = GenericClient::new(&settings("http://127.0.0.1:9/api/")).unwrap();
-        assert_eq!(c.url(&["tags", "values"]).as_str(), "http://127.0.0.1:9/api/tags/values");
+        assert_eq!(
+            c.url(&["tags", "values"]).as_str(),
+            "http://127.0.0.1:9/api/tags/values"
+        );
         let u = c.tag_url("Line 1/Mixer#2?%+Ü").unwrap();
-        assert_eq!(u.path(), "/api/tags/Line%201%2FMixer%232%3F%25%2B%C3%9C/value");
-        assert_eq!(c.tag_url("A.b_c-d~").unwrap().path(), "/api/tags/A.b_c-d~/value");
+        assert_eq!(
+            u.path(),
+            "/api/tags/Line%201%2FMixer%232%3F%25%2B%C3%9C/value"
+        );
+        assert_eq!(
+            c.tag_url("A.b_c-d~").unwrap().path(),
+            "/api/tags/A.b_c-d~/value"
+        );
         assert!(matches!(c.tag_url(".."), Err(StationError::Refused { .. })));
         let root = GenericClient::new(&settings("http://127.0.0.1:9")).unwrap();
         assert_eq!(root.url(&["tags"]).as_str(), "http://127.0.0.1:9/tags");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_located_error() {
+        let dir = std::env::temp_dir().join(format!("wincc-gw-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        for (file, why) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (garbage, "no certificate"),
+        ] {
+            let mut s = settings("https://127.0.0.1:9/");
+            s.ca_file = file.to_string_lossy().into_owned();
+            let e = GenericClient::new(&s).err().unwrap().to_string();
+            assert!(e.starts_with("wincc.ca_file") && e.contains(why), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

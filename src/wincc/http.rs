@@ -47,7 +47,8 @@ pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> 
         // refusing is safer than silently not pinning.
         return Err(ConnectError::Setting {
             key: "wincc.pinned_cert_sha256",
-            why: "certificate pinning is not implemented yet; use ca_file with the station's CA".into(),
+            why: "certificate pinning is not implemented yet; use ca_file with the station's CA"
+                .into(),
         });
     }
     if w.accept_invalid_certs {
@@ -167,7 +168,10 @@ mod tests {
         let date = later.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }

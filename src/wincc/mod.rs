@@ -90,6 +90,7 @@ pub trait Station: Send + Sync + 'static {
     async fn logout(&self);
 }
 
+mod fast;
 pub mod generic;
 mod http;
 pub mod limiter;
@@ -118,7 +119,10 @@ pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
         Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
         other => Err(ConnectError::Setting {
             key: "wincc.dialect",
-            why: format!("dialect \"{}\" is not implemented yet; use \"generic\"", other.as_str()),
+            why: format!(
+                "dialect \"{}\" is not implemented yet; use \"generic\"",
+                other.as_str()
+            ),
         }),
     }
 }

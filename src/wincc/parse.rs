@@ -22,7 +22,9 @@ pub fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 
 /// The first string found under any of `keys` (any case).
 pub fn get_any_str(obj: &Map<String, Value>, keys: &[&str]) -> Option<String> {
-    get_any(obj, keys).and_then(Value::as_str).map(str::to_string)
+    get_any(obj, keys)
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn get_any<'a>(obj: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
@@ -36,7 +38,10 @@ pub fn json(body: &[u8]) -> Result<Value, StationError> {
     }
     serde_json::from_slice(body).map_err(|e| {
         // serde's message locates the problem without quoting the body at length.
-        StationError::Malformed(format!("reply is not valid JSON ({} bytes): {e}", body.len()))
+        StationError::Malformed(format!(
+            "reply is not valid JSON ({} bytes): {e}",
+            body.len()
+        ))
     })
 }
 
@@ -47,8 +52,12 @@ fn rows<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>, StationError> {
         Value::Array(a) => Ok(a),
         Value::Object(o) => match get_ci(o, key) {
             Some(Value::Array(a)) => Ok(a),
-            Some(_) => Err(StationError::Malformed(format!("\"{key}\" is not an array"))),
-            None => Err(StationError::Malformed(format!("reply has no \"{key}\" array"))),
+            Some(_) => Err(StationError::Malformed(format!(
+                "\"{key}\" is not an array"
+            ))),
+            None => Err(StationError::Malformed(format!(
+                "reply has no \"{key}\" array"
+            ))),
         },
         _ => Err(StationError::Malformed(format!(
             "reply is not an object with \"{key}\""
@@ -68,26 +77,8 @@ fn text(v: &Value) -> Option<String> {
 /// The error of one row, if it carries one. `code` 0 / "0" means success
 /// (unified style), as does `errorcode: 0`.
 fn row_error(row: &Map<String, Value>) -> Option<BadReason> {
-    if let Some(e) = get_ci(row, "error") {
-        match e {
-            Value::Null => {}
-            Value::Object(o) => {
-                let code = get_ci(o, "code").and_then(text).unwrap_or_else(|| "error".into());
-                if code != "0" {
-                    let message = get_ci(o, "message")
-                        .and_then(text)
-                        .unwrap_or_else(|| "the station reported an error".into());
-                    return Some(BadReason::TagError { code, message });
-                }
-            }
-            Value::String(s) if s.is_empty() || s == "0" => {}
-            other => {
-                return Some(BadReason::TagError {
-                    code: "error".into(),
-                    message: text(other).unwrap_or_else(|| other.to_string()),
-                })
-            }
-        }
+    if let Some(reason) = get_ci(row, "error").and_then(error_value) {
+        return Some(reason);
     }
     if let Some(code) = get_ci(row, "errorcode").and_then(text) {
         if code != "0" && !code.is_empty() {
@@ -100,6 +91,43 @@ fn row_error(row: &Map<String, Value>) -> Option<BadReason> {
     None
 }
 
+/// The reason in a row's `error` value, if it is an error: an object with
+/// `code` (other than 0) and `message`, or a non-empty text.
+pub fn error_value(e: &Value) -> Option<BadReason> {
+    match e {
+        Value::Null => None,
+        Value::Object(o) => {
+            let code = get_ci(o, "code")
+                .and_then(text)
+                .unwrap_or_else(|| "error".into());
+            (code != "0").then(|| BadReason::TagError {
+                code,
+                message: get_ci(o, "message")
+                    .and_then(text)
+                    .unwrap_or_else(|| "the station reported an error".into()),
+            })
+        }
+        Value::String(s) if s.is_empty() || s == "0" => None,
+        other => Some(BadReason::TagError {
+            code: "error".into(),
+            message: text(other).unwrap_or_else(|| other.to_string()),
+        }),
+    }
+}
+
+/// The normalised quality of a quality word in any case; unknown words are
+/// uncertain.
+pub fn quality_word(s: &str) -> Quality {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("good") {
+        Quality::Good
+    } else if s.eq_ignore_ascii_case("bad") {
+        Quality::Bad
+    } else {
+        Quality::Uncertain
+    }
+}
+
 /// OPC/WinCC-style quality byte to the normalised quality.
 pub fn quality_from_code(code: u32) -> Quality {
     match code & 0xFF {
@@ -109,7 +137,11 @@ pub fn quality_from_code(code: u32) -> Quality {
     }
 }
 
-fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
+pub(super) fn row_reading(
+    name: &str,
+    row: &Map<String, Value>,
+    received: DateTime<Utc>,
+) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])
         .and_then(Value::as_str)
         .and_then(parse_ts)
@@ -128,7 +160,7 @@ fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) ->
         .and_then(Value::as_u64)
         .and_then(|c| u32::try_from(c).ok());
     let quality = match get_ci(row, "quality") {
-        Some(Value::String(s)) => Quality::parse(s).unwrap_or(Quality::Uncertain),
+        Some(Value::String(s)) => quality_word(s),
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|c| u32::try_from(c).ok())
@@ -167,7 +199,14 @@ pub fn missing(name: &str, received: DateTime<Utc>) -> Reading {
 
 /// Parses a batch-read reply into one reading per requested name, in the
 /// order of `names`, matching rows by name.
-pub fn values(body: &[u8], names: &[String], received: DateTime<Utc>) -> Result<Vec<Reading>, StationError> {
+pub fn values(
+    body: &[u8],
+    names: &[String],
+    received: DateTime<Utc>,
+) -> Result<Vec<Reading>, StationError> {
+    if let Some(r) = super::fast::values(body, names, received) {
+        return Ok(r);
+    }
     let v = json(body)?;
     let rows = rows(&v, "values")?;
     let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());
@@ -289,7 +328,9 @@ pub fn write_result(body: &[u8]) -> Result<(), StationError> {
     }
     let v = json(body)?;
     let Value::Object(o) = &v else {
-        return Err(StationError::Malformed("write reply is not an object".into()));
+        return Err(StationError::Malformed(
+            "write reply is not an object".into(),
+        ));
     };
     if let Some(BadReason::TagError { code, message }) = row_error(o) {
         return Err(StationError::Refused { code, message });
@@ -328,7 +369,9 @@ mod tests {
         assert_eq!(r[1].timestamp, parse_ts("2026-01-01T00:00:00Z").unwrap());
         assert_eq!(r[2].quality, Quality::Bad);
         assert!(matches!(&r[2].error, Some(BadReason::TagError { code, .. }) if code == "missing"));
-        assert!(matches!(&r[3].error, Some(BadReason::TagError { code, message }) if code == "404" && message == "unknown tag"));
+        assert!(
+            matches!(&r[3].error, Some(BadReason::TagError { code, message }) if code == "404" && message == "unknown tag")
+        );
     }
 
     #[test]
@@ -357,7 +400,11 @@ mod tests {
             b"\xff\xfe",
         ] {
             let r = values(body, &names(&["A"]), Utc::now());
-            assert!(matches!(r, Err(StationError::Malformed(_))), "{:?} → {r:?}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(r, Err(StationError::Malformed(_))),
+                "{:?} → {r:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -375,8 +422,16 @@ mod tests {
     fn write_results() {
         assert!(write_result(br#"{"name":"A","ok":true}"#).is_ok());
         assert!(write_result(b"").is_ok());
-        assert!(matches!(write_result(br#"{"name":"A","ok":false,"error":{"code":"7","message":"no"}}"#), Err(StationError::Refused { code, .. }) if code == "7"));
-        assert!(matches!(write_result(br#"{"ok":false}"#), Err(StationError::Refused { .. })));
-        assert!(matches!(write_result(b"[garbage"), Err(StationError::Malformed(_))));
+        assert!(
+            matches!(write_result(br#"{"name":"A","ok":false,"error":{"code":"7","message":"no"}}"#), Err(StationError::Refused { code, .. }) if code == "7")
+        );
+        assert!(matches!(
+            write_result(br#"{"ok":false}"#),
+            Err(StationError::Refused { .. })
+        ));
+        assert!(matches!(
+            write_result(b"[garbage"),
+            Err(StationError::Malformed(_))
+        ));
     }
 }

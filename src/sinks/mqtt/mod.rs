@@ -1,0 +1,383 @@
+//! The MQTT sink (contract §3): tag values, station state, alarms and the
+//! gateway's own status to a broker, and write commands back.
+//!
+//! Topics under `{prefix}`:
+//! - `status`: retained `online` after every CONNACK; `offline` as last
+//!   will and on clean shutdown.
+//! - `station`: retained station state JSON.
+//! - `tags/{tag}`: value JSON with the configured QoS and retain flag.
+//! - `alarms/active/{id}`: retained alarm JSON while raised/acknowledged,
+//!   an empty retained message once cleared; `alarms/events`: each transition.
+//! - `write/{tag}` (subscribed only with `write_enabled`) and
+//!   `write-result/{tag}`.
+//!
+//! Status, station, alarm and write-result messages use QoS 1 (at least
+//! once) whatever `qos` says; `qos`/`retain` apply to tag values.
+//!
+//! Delivery is tracked by the gateway itself ([`outbox`]), not trusted to
+//! rumqttc: while the broker is away only the newest value of each tag is
+//! kept, and after each reconnect everything not confirmed is published again.
+//! MQTT 3.1.1 only; `protocol = "5"` is refused with a configuration error.
+
+mod commands;
+mod connection;
+mod options;
+mod outbox;
+mod retained;
+
+pub use retained::announced_alarms;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{AlarmEventKind, Event, Subscriber};
+use crate::config::MqttSettings;
+use crate::writes::{WritePolicy, Writer};
+use outbox::Kind;
+
+pub use commands::MAX_COMMAND_BYTES;
+
+type Outbox = outbox::Outbox<AsyncClient>;
+type SharedOutbox = Arc<Mutex<Outbox>>;
+
+/// rumqttc request channel size; the outbox holds everything beyond it.
+const REQUEST_CHANNEL: usize = 256;
+/// How long a clean shutdown waits for unconfirmed messages.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bad `[mqtt]` setting, or a sink built without what it needs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MqttError {
+    /// `key` is the full setting name (`mqtt.url`); never contains a secret.
+    #[error("{key}: {why}")]
+    Config { key: String, why: String },
+    /// The broker could not be reached or refused a request.
+    #[error("MQTT broker: {0}")]
+    Broker(String),
+}
+
+impl MqttError {
+    fn config(key: &str, value: &str, why: &str) -> Self {
+        let why = if value.is_empty() {
+            why.to_string()
+        } else {
+            format!("{value:?} {why}")
+        };
+        MqttError::Config {
+            key: format!("mqtt.{key}"),
+            why,
+        }
+    }
+}
+
+/// The sink's connection to the broker, for `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttStatus {
+    Connected,
+    /// Not (yet, or no longer) connected, with the reason.
+    Disconnected(String),
+}
+
+impl MqttStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MqttStatus::Connected => "connected",
+            MqttStatus::Disconnected(_) => "disconnected",
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self, MqttStatus::Connected)
+    }
+}
+
+/// The MQTT sink. Build it with [`MqttSink::new`], take [`MqttSink::state`]
+/// for health reporting, then [`MqttSink::run`] it.
+pub struct MqttSink {
+    prefix: String,
+    tag_qos: QoS,
+    tag_retain: bool,
+    broker: String,
+    client: AsyncClient,
+    eventloop: rumqttc::EventLoop,
+    outbox: SharedOutbox,
+    writes: Option<(Writer, WritePolicy)>,
+    state: watch::Sender<MqttStatus>,
+}
+
+impl MqttSink {
+    /// Validates the settings and prepares the client; connects only in [`run`](Self::run).
+    /// `writer` is required when `write_enabled` is set.
+    pub fn new(settings: &MqttSettings, writer: Option<Writer>) -> Result<Self, MqttError> {
+        let prefix = options::prefix(settings)?;
+        let tag_qos = options::qos(settings)?;
+        let status_topic = format!("{prefix}/status");
+        let opts = options::build(settings, &status_topic)?;
+        let (host, port) = opts.broker_address();
+        let broker = format!("{host}:{port}");
+        let writes = if settings.write_enabled {
+            let Some(w) = writer else {
+                return Err(MqttError::config(
+                    "write_enabled",
+                    "",
+                    "is true but the sink was built without a station writer",
+                ));
+            };
+            let policy = WritePolicy::new("mqtt", true, &settings.writable_tags)
+                .map_err(|e| MqttError::config("writable_tags", "", &e.to_string()))?;
+            Some((w, policy))
+        } else {
+            None
+        };
+        let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        eventloop.set_network_options(net);
+        let outbox = Arc::new(Mutex::new(outbox::Outbox::new(
+            client.clone(),
+            settings.max_packet_size,
+        )));
+        let (state, _) = watch::channel(MqttStatus::Disconnected("not connected yet".into()));
+        Ok(MqttSink {
+            prefix,
+            tag_qos,
+            tag_retain: settings.retain,
+            broker,
+            client,
+            eventloop,
+            outbox,
+            writes,
+            state,
+        })
+    }
+
+    /// Connected / disconnected, updated as it changes. Cheap to clone and read.
+    pub fn state(&self) -> watch::Receiver<MqttStatus> {
+        self.state.subscribe()
+    }
+
+    /// Publishes bus events until `shutdown` is cancelled or the bus closes,
+    /// then flushes (bounded by a timeout), publishes `offline` and
+    /// disconnects. If this future is dropped instead, the connection is cut
+    /// without DISCONNECT and the broker publishes the `offline` last will.
+    pub async fn run(self, mut events: Subscriber, shutdown: CancellationToken) {
+        let MqttSink {
+            prefix,
+            tag_qos,
+            tag_retain,
+            broker,
+            client,
+            eventloop,
+            outbox,
+            writes,
+            state,
+        } = self;
+        let status_topic: Arc<str> = Arc::from(format!("{prefix}/status"));
+        let mut guards = Vec::new();
+        let commands = writes.map(|(writer, policy)| {
+            let (c, handles) = commands::Commands::start(&prefix, writer, policy, outbox.clone());
+            guards.extend(handles.into_iter().map(AbortOnDrop));
+            Arc::new(c)
+        });
+        let stopping = CancellationToken::new();
+        let driver = connection::Driver {
+            eventloop,
+            client: client.clone(),
+            outbox: outbox.clone(),
+            commands,
+            status_topic: status_topic.clone(),
+            state,
+            stopping: stopping.clone(),
+            broker: broker.clone(),
+        };
+        let mut driver = AbortOnDrop(tokio::spawn(driver.run()));
+        tracing::info!(%broker, %prefix, "MQTT sink started");
+
+        let mut sink = Publisher {
+            prefix,
+            tag_qos,
+            tag_retain,
+            outbox: outbox.clone(),
+            topics: HashMap::new(),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => sink.handle(ev),
+                    None => break,
+                },
+            }
+        }
+        while let Some(ev) = events.try_recv() {
+            sink.handle(ev);
+        }
+
+        // Clean shutdown: flush, `offline`, DISCONNECT.
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        wait_until(&outbox, deadline, |o| o.unconfirmed() == 0).await;
+        let connected = {
+            let mut o = lock(&outbox);
+            if o.is_connected() {
+                o.set(
+                    Kind::Status,
+                    status_topic.clone(),
+                    Bytes::from_static(b"offline"),
+                    QoS::AtLeastOnce,
+                    true,
+                    None,
+                );
+                o.pump();
+            }
+            o.is_connected()
+        };
+        if connected {
+            wait_until(&outbox, deadline + Duration::from_secs(1), |o| {
+                o.is_confirmed(&status_topic)
+            })
+            .await;
+        }
+        stopping.cancel();
+        let _ = client.try_disconnect();
+        if tokio::time::timeout(Duration::from_secs(2), &mut driver.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!("MQTT event loop did not stop in time; cutting the connection");
+        }
+        let left = lock(&outbox).unconfirmed();
+        tracing::info!(unconfirmed = left, "MQTT sink stopped");
+    }
+}
+
+fn lock(o: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until `done` holds, the connection is down, or `deadline` passes.
+async fn wait_until(o: &SharedOutbox, deadline: Instant, done: impl Fn(&Outbox) -> bool) {
+    loop {
+        {
+            let o = lock(o);
+            if done(&o) || !o.is_connected() || Instant::now() >= deadline {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Aborts the task when dropped, so dropping the sink stops everything.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Turns bus events into outbox entries.
+struct Publisher {
+    prefix: String,
+    tag_qos: QoS,
+    tag_retain: bool,
+    outbox: SharedOutbox,
+    /// Tag name → topic, so each name is escaped once.
+    topics: HashMap<Arc<str>, Arc<str>>,
+}
+
+impl Publisher {
+    fn tag_topic(&mut self, name: &Arc<str>) -> Arc<str> {
+        if let Some(t) = self.topics.get(name) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(format!(
+            "{}/tags/{}",
+            self.prefix,
+            crate::topic::encode(name)
+        ));
+        self.topics.insert(name.clone(), t.clone());
+        t
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Changes(batch) => {
+                let items: Vec<(Arc<str>, Bytes)> = batch
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        let payload = serde_json::to_vec(&c.to_json()).unwrap_or_default();
+                        (self.tag_topic(&c.name), Bytes::from(payload))
+                    })
+                    .collect();
+                let mut o = lock(&self.outbox);
+                for (topic, payload) in items {
+                    o.set(
+                        Kind::Tag,
+                        topic,
+                        payload,
+                        self.tag_qos,
+                        self.tag_retain,
+                        Some(batch.received_at),
+                    );
+                }
+                o.pump();
+                metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+            }
+            Event::Station(s) => {
+                let payload = Bytes::from(s.to_json().to_string());
+                let topic = Arc::from(format!("{}/station", self.prefix));
+                let mut o = lock(&self.outbox);
+                o.set(Kind::Station, topic, payload, QoS::AtLeastOnce, true, None);
+                o.pump();
+            }
+            Event::Tags(tags) => {
+                let names: HashSet<&str> = tags.iter().map(|t| t.name.as_str()).collect();
+                self.topics.retain(|n, _| names.contains(&**n));
+                let keep: HashSet<Arc<str>> = self.topics.values().cloned().collect();
+                lock(&self.outbox).prune_tags(|t| keep.contains(t));
+            }
+            Event::Alarms(evs) => {
+                let events_topic: Arc<str> = Arc::from(format!("{}/alarms/events", self.prefix));
+                let mut o = lock(&self.outbox);
+                for ev in evs.iter() {
+                    let topic = Arc::from(format!(
+                        "{}/alarms/active/{}",
+                        self.prefix,
+                        crate::topic::encode(&ev.alarm.id)
+                    ));
+                    let active = match ev.kind {
+                        AlarmEventKind::Cleared => Bytes::new(),
+                        _ => Bytes::from(serde_json::to_vec(&ev.alarm).unwrap_or_default()),
+                    };
+                    o.set(
+                        Kind::AlarmActive,
+                        topic,
+                        active,
+                        QoS::AtLeastOnce,
+                        true,
+                        None,
+                    );
+                    let event = serde_json::json!({"event": ev.kind.as_str(), "alarm": ev.alarm});
+                    o.push_stream(
+                        Kind::AlarmEvent,
+                        events_topic.clone(),
+                        Bytes::from(event.to_string()),
+                        QoS::AtLeastOnce,
+                    );
+                }
+                o.pump();
+                metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+            }
+        }
+    }
+}

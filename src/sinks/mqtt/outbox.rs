@@ -1,0 +1,615 @@
+//! The MQTT outbox: the gateway's own record of what the broker must end up
+//! with, and of what it has confirmed.
+//!
+//! rumqttc drops in-flight and queued publishes when the broker comes back
+//! without a session (DEPENDENCIES.md §3), so it is not trusted with state.
+//! Every state topic (tags, status, station, active alarms) keeps only its
+//! newest payload here, so memory is bounded by the number of topics. A
+//! message counts as delivered only once the broker acknowledged it (QoS 1:
+//! PUBACK, QoS 2: PUBCOMP) or, for QoS 0, once it was written to a
+//! connection that was still up. After every CONNACK everything not
+//! confirmed is handed to rumqttc again, newest payload only, so no topic
+//! ever goes back to an older value.
+//!
+//! Non-state messages (alarm events, write results) are kept in a bounded
+//! FIFO until confirmed and resent in order after a reconnect.
+//!
+//! Delivery is matched by packet id: rumqttc reports
+//! `Outgoing::Publish(pkid)` for each publish it takes from its request
+//! channel, in channel order, so the outbox keeps the messages it handed
+//! over in the same order and pairs them up.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rumqttc::QoS;
+
+/// Non-state messages kept while the broker is away; older ones are dropped.
+pub(crate) const STREAM_CAPACITY: usize = 10_000;
+
+/// What a message is, for metrics and for clean-up rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Tag,
+    Status,
+    Station,
+    AlarmActive,
+    AlarmEvent,
+    WriteResult,
+}
+
+impl Kind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Tag => "tag",
+            Kind::Status => "status",
+            Kind::Station => "station",
+            Kind::AlarmActive => "alarm_active",
+            Kind::AlarmEvent => "alarm_event",
+            Kind::WriteResult => "write_result",
+        }
+    }
+}
+
+/// Where rumqttc requests go. Implemented by `rumqttc::AsyncClient`; the
+/// call must never block.
+pub(crate) trait Publisher {
+    /// Hands a publish over; `false` when the request channel is full.
+    fn try_publish(&self, topic: &str, qos: QoS, retain: bool, payload: &Bytes) -> bool;
+}
+
+impl Publisher for rumqttc::AsyncClient {
+    fn try_publish(&self, topic: &str, qos: QoS, retain: bool, payload: &Bytes) -> bool {
+        rumqttc::AsyncClient::try_publish(self, topic, qos, retain, payload.to_vec()).is_ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Topic(Arc<str>),
+    Stream(u64),
+}
+
+#[derive(Debug)]
+struct Slot {
+    kind: Kind,
+    topic: Arc<str>,
+    qos: QoS,
+    retain: bool,
+    payload: Bytes,
+    /// Version of `payload` (global counter, so it only grows).
+    version: u64,
+    /// Newest version the broker confirmed (0: none).
+    delivered: u64,
+    /// In the dirty queue.
+    queued: bool,
+    received_at: Option<Instant>,
+}
+
+impl Slot {
+    fn confirmed(&self) -> bool {
+        self.delivered >= self.version
+    }
+}
+
+/// A message handed to rumqttc on the current connection.
+#[derive(Debug, Clone)]
+struct Sent {
+    key: Key,
+    version: u64,
+    kind: Kind,
+    received_at: Option<Instant>,
+}
+
+/// The outbox; lives behind a mutex shared by the sink and its event loop.
+pub(crate) struct Outbox<P> {
+    publisher: P,
+    connected: bool,
+    max_packet: usize,
+    stream_capacity: usize,
+    topics: HashMap<Arc<str>, Slot>,
+    streams: BTreeMap<u64, Slot>,
+    next_version: u64,
+    dirty: VecDeque<Key>,
+    /// Handed to rumqttc, no `Outgoing::Publish` seen yet (channel order).
+    handed: VecDeque<Sent>,
+    /// Written with QoS > 0, waiting for the broker's acknowledgement.
+    inflight: HashMap<u16, Sent>,
+    /// A publish rumqttc parked because its packet id was still in use.
+    collided: Option<(u16, Sent)>,
+    unconfirmed: usize,
+}
+
+impl<P: Publisher> Outbox<P> {
+    pub(crate) fn new(publisher: P, max_packet: usize) -> Self {
+        Outbox {
+            publisher,
+            connected: false,
+            max_packet,
+            stream_capacity: STREAM_CAPACITY,
+            topics: HashMap::new(),
+            streams: BTreeMap::new(),
+            next_version: 1,
+            dirty: VecDeque::new(),
+            handed: VecDeque::new(),
+            inflight: HashMap::new(),
+            collided: None,
+            unconfirmed: 0,
+        }
+    }
+
+    /// Messages not yet confirmed by the broker (the `pending` gauge).
+    pub(crate) fn unconfirmed(&self) -> usize {
+        self.unconfirmed
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// True once the newest payload of `topic` was confirmed (or the topic is unknown).
+    pub(crate) fn is_confirmed(&self, topic: &str) -> bool {
+        self.topics.get(topic).is_none_or(Slot::confirmed)
+    }
+
+    fn bump(&mut self) -> u64 {
+        let v = self.next_version;
+        self.next_version += 1;
+        v
+    }
+
+    /// Sets the newest payload of a state topic; older unsent payloads of the
+    /// same topic are superseded.
+    pub(crate) fn set(
+        &mut self,
+        kind: Kind,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        received_at: Option<Instant>,
+    ) {
+        let version = self.bump();
+        let slot = self.topics.entry(topic.clone()).or_insert_with(|| Slot {
+            kind,
+            topic: topic.clone(),
+            qos,
+            retain,
+            payload: Bytes::new(),
+            version: 0,
+            delivered: 0,
+            queued: false,
+            received_at: None,
+        });
+        if slot.confirmed() {
+            self.unconfirmed += 1;
+        }
+        slot.kind = kind;
+        slot.qos = qos;
+        slot.retain = retain;
+        slot.payload = payload;
+        slot.version = version;
+        slot.received_at = received_at;
+        if !slot.queued {
+            slot.queued = true;
+            self.dirty.push_back(Key::Topic(topic));
+        }
+    }
+
+    /// Queues a non-state message (kept in order until confirmed).
+    pub(crate) fn push_stream(&mut self, kind: Kind, topic: Arc<str>, payload: Bytes, qos: QoS) {
+        let version = self.bump();
+        if self.streams.len() >= self.stream_capacity {
+            if let Some((_, old)) = self.streams.pop_first() {
+                self.unconfirmed -= 1;
+                metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => old.kind.label(), "reason" => "queue_full")
+                    .increment(1);
+            }
+        }
+        self.streams.insert(
+            version,
+            Slot {
+                kind,
+                topic,
+                qos,
+                retain: false,
+                payload,
+                version,
+                delivered: 0,
+                queued: true,
+                received_at: None,
+            },
+        );
+        self.unconfirmed += 1;
+        self.dirty.push_back(Key::Stream(version));
+    }
+
+    /// Forgets confirmed tag topics that `keep` rejects (tags gone from the station).
+    pub(crate) fn prune_tags(&mut self, keep: impl Fn(&str) -> bool) {
+        self.topics
+            .retain(|t, s| s.kind != Kind::Tag || !s.confirmed() || keep(t));
+    }
+
+    /// Hands queued messages to rumqttc until its channel is full. Does
+    /// nothing while disconnected.
+    pub(crate) fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while let Some(key) = self.dirty.front().cloned() {
+            let slot = match &key {
+                Key::Topic(t) => self.topics.get_mut(t),
+                Key::Stream(v) => self.streams.get_mut(v),
+            };
+            let Some(slot) = slot.filter(|s| s.queued) else {
+                self.dirty.pop_front();
+                continue;
+            };
+            let sent = Sent {
+                key,
+                version: slot.version,
+                kind: slot.kind,
+                received_at: slot.received_at,
+            };
+            // Fixed header (5) + topic length (2) + packet id (2).
+            let size = slot.topic.len() + slot.payload.len() + 9;
+            if size > self.max_packet || !crate::topic::is_valid_publish_topic(&slot.topic) {
+                tracing::error!(
+                    topic = %slot.topic,
+                    size,
+                    max_packet_size = self.max_packet,
+                    "MQTT message dropped: larger than max_packet_size or invalid topic"
+                );
+                metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => slot.kind.label(), "reason" => "invalid")
+                    .increment(1);
+                slot.queued = false;
+                self.dirty.pop_front();
+                self.confirm(sent, false);
+                continue;
+            }
+            if !self
+                .publisher
+                .try_publish(&slot.topic, slot.qos, slot.retain, &slot.payload)
+            {
+                break;
+            }
+            slot.queued = false;
+            self.dirty.pop_front();
+            self.handed.push_back(sent);
+        }
+    }
+
+    /// rumqttc wrote a publish (`Outgoing::Publish(pkid)`; 0 for QoS 0).
+    pub(crate) fn on_outgoing_publish(&mut self, pkid: u16) {
+        let sent = match self.collided.take() {
+            Some((p, sent)) if p == pkid => sent,
+            other => {
+                self.collided = other;
+                match self.handed.pop_front() {
+                    Some(s) => s,
+                    None => {
+                        tracing::warn!(pkid, "MQTT publish event with no matching message");
+                        return;
+                    }
+                }
+            }
+        };
+        if pkid == 0 {
+            self.confirm(sent, true);
+        } else {
+            self.inflight.insert(pkid, sent);
+        }
+    }
+
+    /// rumqttc parked a publish until packet id `pkid` is acknowledged.
+    pub(crate) fn on_await_ack(&mut self, pkid: u16) {
+        if let Some(sent) = self.handed.pop_front() {
+            self.collided = Some((pkid, sent));
+        }
+    }
+
+    /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    pub(crate) fn on_ack(&mut self, pkid: u16) {
+        if let Some(sent) = self.inflight.remove(&pkid) {
+            self.confirm(sent, true);
+        }
+    }
+
+    fn confirm(&mut self, sent: Sent, delivered: bool) {
+        if delivered {
+            metrics::counter!("wincc_gateway_mqtt_publishes_total", "kind" => sent.kind.label())
+                .increment(1);
+            if let Some(at) = sent.received_at {
+                metrics::histogram!("wincc_gateway_publish_latency_seconds", "sink" => "mqtt")
+                    .record(at.elapsed().as_secs_f64());
+            }
+        }
+        match &sent.key {
+            Key::Stream(v) => {
+                if self.streams.remove(v).is_some() {
+                    self.unconfirmed -= 1;
+                }
+            }
+            Key::Topic(t) => {
+                let Some(slot) = self.topics.get_mut(t) else {
+                    return;
+                };
+                if sent.version <= slot.delivered {
+                    return;
+                }
+                slot.delivered = sent.version;
+                if slot.confirmed() {
+                    self.unconfirmed -= 1;
+                    // A cleared alarm's empty retained message, once delivered,
+                    // needs no memory: the broker dropped the retained alarm.
+                    if slot.kind == Kind::AlarmActive && slot.payload.is_empty() {
+                        self.topics.remove(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new connection is up: queue every unconfirmed message again, the
+    /// status topic (already set by the caller) first, then state topics,
+    /// then non-state messages in order.
+    pub(crate) fn on_connected(&mut self, status_topic: &str) {
+        self.connected = true;
+        self.handed.clear();
+        self.inflight.clear();
+        self.collided = None;
+        self.dirty.clear();
+        if let Some(s) = self.topics.get_mut(status_topic) {
+            s.queued = !s.confirmed();
+            if s.queued {
+                self.dirty.push_back(Key::Topic(s.topic.clone()));
+            }
+        }
+        for (t, s) in self.topics.iter_mut() {
+            if &**t == status_topic {
+                continue;
+            }
+            s.queued = !s.confirmed();
+            if s.queued {
+                self.dirty.push_back(Key::Topic(t.clone()));
+            }
+        }
+        for (v, s) in self.streams.iter_mut() {
+            s.queued = true;
+            self.dirty.push_back(Key::Stream(*v));
+        }
+    }
+
+    /// The connection is gone: nothing handed over on it counts any more.
+    pub(crate) fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.handed.clear();
+        self.inflight.clear();
+        self.collided = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Records what would go on the wire; `room` is the channel's free space.
+    #[derive(Clone, Default)]
+    struct Wire {
+        sent: Rc<RefCell<Vec<(String, String, QoS)>>>,
+        room: Rc<RefCell<usize>>,
+    }
+
+    impl Publisher for Wire {
+        fn try_publish(&self, topic: &str, qos: QoS, _retain: bool, payload: &Bytes) -> bool {
+            let mut room = self.room.borrow_mut();
+            if *room == 0 {
+                return false;
+            }
+            *room -= 1;
+            self.sent.borrow_mut().push((
+                topic.to_string(),
+                String::from_utf8_lossy(payload).into_owned(),
+                qos,
+            ));
+            true
+        }
+    }
+
+    fn outbox(room: usize) -> (Outbox<Wire>, Wire) {
+        let w = Wire::default();
+        *w.room.borrow_mut() = room;
+        (Outbox::new(w.clone(), 1 << 20), w)
+    }
+
+    fn set(o: &mut Outbox<Wire>, t: &str, v: &str) {
+        o.set(
+            Kind::Tag,
+            t.into(),
+            Bytes::from(v.to_string()),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
+    }
+
+    #[test]
+    fn nothing_is_sent_while_disconnected_and_only_the_newest_value_after() {
+        let (mut o, w) = outbox(100);
+        set(&mut o, "a", "1");
+        set(&mut o, "a", "2");
+        set(&mut o, "b", "1");
+        o.pump();
+        assert!(w.sent.borrow().is_empty());
+        assert_eq!(o.unconfirmed(), 2);
+        o.on_connected("status");
+        o.pump();
+        let sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.contains(&"a=2".to_string()) && sent.contains(&"b=1".to_string()));
+    }
+
+    #[test]
+    fn confirmed_only_after_ack_and_resent_after_reconnect() {
+        let (mut o, w) = outbox(100);
+        o.on_connected("status");
+        set(&mut o, "a", "1");
+        set(&mut o, "b", "1");
+        o.pump();
+        o.on_outgoing_publish(1);
+        o.on_outgoing_publish(2);
+        o.on_ack(1);
+        assert_eq!(o.unconfirmed(), 1);
+        assert!(o.is_confirmed("a") && !o.is_confirmed("b"));
+        // The connection drops before b's PUBACK; a new value for a arrives.
+        o.on_disconnected();
+        set(&mut o, "a", "2");
+        o.on_ack(2); // a late ack from the old connection means nothing
+        assert_eq!(o.unconfirmed(), 2);
+        w.sent.borrow_mut().clear();
+        o.on_connected("status");
+        o.pump();
+        let mut sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
+        sent.sort();
+        assert_eq!(sent, ["a=2", "b=1"]);
+    }
+
+    #[test]
+    fn an_ack_of_an_older_version_does_not_confirm_a_newer_one() {
+        let (mut o, _w) = outbox(100);
+        o.on_connected("status");
+        set(&mut o, "a", "1");
+        o.pump();
+        set(&mut o, "a", "2");
+        o.pump();
+        o.on_outgoing_publish(1);
+        o.on_outgoing_publish(2);
+        o.on_ack(1);
+        assert!(!o.is_confirmed("a"));
+        o.on_ack(2);
+        assert!(o.is_confirmed("a"));
+        assert_eq!(o.unconfirmed(), 0);
+    }
+
+    #[test]
+    fn full_channel_keeps_messages_queued_and_coalesces() {
+        let (mut o, w) = outbox(1);
+        o.on_connected("status");
+        set(&mut o, "a", "1");
+        set(&mut o, "b", "1");
+        o.pump();
+        assert_eq!(w.sent.borrow().len(), 1);
+        set(&mut o, "b", "2");
+        set(&mut o, "b", "3");
+        *w.room.borrow_mut() = 10;
+        o.pump();
+        let sent: Vec<_> = w
+            .sent
+            .borrow()
+            .iter()
+            .map(|(t, p, _)| format!("{t}={p}"))
+            .collect();
+        assert_eq!(sent, ["a=1", "b=3"]);
+    }
+
+    #[test]
+    fn qos0_counts_as_delivered_once_written() {
+        let (mut o, _w) = outbox(10);
+        o.on_connected("status");
+        o.set(
+            Kind::Tag,
+            "a".into(),
+            Bytes::from_static(b"1"),
+            QoS::AtMostOnce,
+            false,
+            None,
+        );
+        o.pump();
+        assert_eq!(o.unconfirmed(), 1);
+        o.on_outgoing_publish(0);
+        assert_eq!(o.unconfirmed(), 0);
+    }
+
+    #[test]
+    fn collided_publish_is_matched_when_it_finally_goes_out() {
+        let (mut o, _w) = outbox(10);
+        o.on_connected("status");
+        set(&mut o, "a", "1");
+        set(&mut o, "b", "1");
+        o.pump();
+        o.on_outgoing_publish(1);
+        o.on_await_ack(1);
+        o.on_ack(1);
+        o.on_outgoing_publish(1);
+        assert!(o.is_confirmed("a") && !o.is_confirmed("b"));
+        o.on_ack(1);
+        assert!(o.is_confirmed("b"));
+    }
+
+    #[test]
+    fn streams_are_bounded_kept_in_order_and_resent() {
+        let (mut o, w) = outbox(100);
+        o.stream_capacity = 3;
+        for i in 0..5 {
+            o.push_stream(
+                Kind::AlarmEvent,
+                "ev".into(),
+                Bytes::from(i.to_string()),
+                QoS::AtLeastOnce,
+            );
+        }
+        assert_eq!(o.unconfirmed(), 3);
+        o.on_connected("status");
+        o.pump();
+        let sent: Vec<_> = w.sent.borrow().iter().map(|(_, p, _)| p.clone()).collect();
+        assert_eq!(sent, ["2", "3", "4"]);
+        o.on_outgoing_publish(1);
+        o.on_ack(1);
+        assert_eq!(o.unconfirmed(), 2);
+    }
+
+    #[test]
+    fn cleared_alarm_is_forgotten_once_delivered_and_oversized_messages_are_dropped() {
+        let w = Wire::default();
+        *w.room.borrow_mut() = 10;
+        let mut o = Outbox::new(w.clone(), 64);
+        o.on_connected("status");
+        o.set(
+            Kind::AlarmActive,
+            "al/1".into(),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
+        o.set(
+            Kind::Tag,
+            "big".into(),
+            Bytes::from(vec![b'x'; 100]),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        );
+        o.pump();
+        assert_eq!(w.sent.borrow().len(), 1);
+        assert_eq!(o.unconfirmed(), 1);
+        o.on_outgoing_publish(1);
+        o.on_ack(1);
+        assert_eq!(o.unconfirmed(), 0);
+        assert!(!o.topics.contains_key("al/1"));
+    }
+}

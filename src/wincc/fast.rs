@@ -1,0 +1,168 @@
+//! A fast path for batch-read replies in the contract's exact shape
+//! (`{"values":[{"name","value","quality","qualityCode","timestamp","error"}]}`).
+//!
+//! Typed, borrowing deserialisation avoids building a `serde_json::Value`
+//! tree per row. Nothing lenient is lost: any other key (another case, a
+//! dialect's spelling, an extra field) makes the typed parse fail and the
+//! caller falls back to the lenient parser in [`super::parse`], which reads
+//! the same body again. Rows are still matched by name: positionally only
+//! when every row's name equals the requested name at that position,
+//! through a map otherwise.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::parse::{error_value, missing, quality_from_code, quality_word};
+use crate::model::{parse_ts, Quality, Reading};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reply<'a> {
+    #[serde(borrow)]
+    values: Vec<Row<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Row<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    value: Option<Value>,
+    #[serde(default, borrow)]
+    quality: Option<Cow<'a, str>>,
+    #[serde(default, rename = "qualityCode")]
+    quality_code: Option<u32>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+impl Row<'_> {
+    fn reading(self, name: &str, received: DateTime<Utc>) -> Reading {
+        let timestamp = self
+            .timestamp
+            .as_deref()
+            .and_then(parse_ts)
+            .unwrap_or(received);
+        if let Some(error) = self.error.as_ref().and_then(error_value) {
+            return Reading {
+                name: name.to_string(),
+                value: Value::Null,
+                quality: Quality::Bad,
+                quality_code: None,
+                timestamp,
+                error: Some(error),
+            };
+        }
+        let quality = match (&self.quality, self.quality_code) {
+            (Some(q), _) => quality_word(q),
+            (None, Some(code)) => quality_from_code(code),
+            (None, None) => Quality::Good,
+        };
+        Reading {
+            name: name.to_string(),
+            value: self.value.unwrap_or(Value::Null),
+            quality,
+            quality_code: self.quality_code,
+            timestamp,
+            error: None,
+        }
+    }
+}
+
+/// The readings for `names`, or `None` when the body is not exactly in the
+/// contract's shape (the caller then parses it leniently).
+pub fn values(body: &[u8], names: &[String], received: DateTime<Utc>) -> Option<Vec<Reading>> {
+    let reply: Reply = serde_json::from_slice(body).ok()?;
+    let rows = reply.values;
+    let in_order =
+        rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.name == n.as_str());
+    if in_order {
+        return Some(
+            rows.into_iter()
+                .zip(names)
+                .map(|(r, n)| r.reading(n, received))
+                .collect(),
+        );
+    }
+    let mut by_name: HashMap<Cow<str>, Row> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        if !by_name.contains_key(&r.name) {
+            by_name.insert(r.name.clone(), r);
+        }
+    }
+    Some(
+        names
+            .iter()
+            .map(|n| match by_name.remove(n.as_str()) {
+                Some(r) => r.reading(n, received),
+                None => missing(n, received),
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BadReason;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_contract_shape_takes_the_fast_path_and_agrees_with_the_lenient_one() {
+        let body = br#"{"values":[
+            {"name":"A","value":1.5,"quality":"Good","timestamp":"2026-01-01T00:00:00.000Z"},
+            {"name":"B\u00fc","value":"x","quality":"Uncertain","qualityCode":72,"timestamp":"2026-01-01T00:00:01.000Z"},
+            {"name":"C","error":{"code":"UnknownTag","message":"no C"}}]}"#;
+        let now = Utc::now();
+        for order in [names(&["A", "Bü", "C"]), names(&["C", "D", "A", "Bü"])] {
+            let fast = values(body, &order, now).expect("fast path");
+            // The lenient parser, fed a body the fast path refuses, must agree.
+            let lenient = super::super::parse::values(
+                &String::from_utf8_lossy(body)
+                    .replace("\"values\"", "\"VALUES\"")
+                    .into_bytes(),
+                &order,
+                now,
+            )
+            .unwrap();
+            assert_eq!(fast, lenient);
+        }
+        let r = values(body, &names(&["C", "D", "A"]), now).unwrap();
+        assert!(
+            matches!(&r[0].error, Some(BadReason::TagError { code, .. }) if code == "UnknownTag")
+        );
+        assert!(matches!(&r[1].error, Some(BadReason::TagError { code, .. }) if code == "missing"));
+        assert_eq!(r[2].value, serde_json::json!(1.5));
+    }
+
+    #[test]
+    fn any_other_shape_is_left_to_the_lenient_parser() {
+        let now = Utc::now();
+        let n = names(&["A"]);
+        for body in [
+            &br#"{"values":[{"name":"A","Quality":"Bad","value":1}]}"#[..],
+            br#"{"values":[{"name":"A","qualitycode":0,"value":1}]}"#,
+            br#"[{"name":"A","value":1}]"#,
+            br#"{"values":[{"name":"A","value":1}],"more":1}"#,
+            br#"{"values":[{"name":"A","value":1,"qualityCode":-1}]}"#,
+            b"{\"values\":[{\"name\":\"A\",\"val",
+            b"",
+        ] {
+            assert!(
+                values(body, &n, now).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
