@@ -93,11 +93,24 @@ async fn rig(retained_before: Option<(&str, &[u8])>) -> Rig {
             )
             .await
             .unwrap();
-        let probe = TestSubscriber::connect(broker.port, "w/write/#").await;
-        assert!(probe
-            .wait_msg(&format!("w/write/{suffix}"), T, |m| m.retain)
-            .await
-            .is_some());
+        // The publish above is only queued: retry until the broker has stored it.
+        let mut stored = false;
+        for _ in 0..20 {
+            let probe = TestSubscriber::connect(broker.port, "w/write/#").await;
+            if probe
+                .wait_msg(
+                    &format!("w/write/{suffix}"),
+                    Duration::from_millis(250),
+                    |m| m.retain,
+                )
+                .await
+                .is_some()
+            {
+                stored = true;
+                break;
+            }
+        }
+        assert!(stored, "the retained command never reached the broker");
     }
     let mut settings = mqtt_settings(broker.port, "w");
     settings.write_enabled = true;

@@ -42,7 +42,8 @@ impl StationError {
         match self {
             StationError::Unreachable(_) | StationError::Timeout(_) => true,
             StationError::Http { status, .. } => *status >= 500,
-            StationError::Busy { .. } => true,
+            // 429 is the station pacing us, not an outage; 503 is "runtime stopped".
+            StationError::Busy { status, .. } => *status != 429,
             StationError::Malformed(_) => true,
             StationError::Auth(_) => true,
             StationError::Refused { .. } => false,
