@@ -158,3 +158,96 @@ fn service_commands_say_they_are_windows_only() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Windows"));
 }
+
+/// `run` as a service manager runs it: JSON logs, one object per line, and a
+/// clean exit 0 on SIGTERM. The station password appears nowhere in the log.
+#[cfg(unix)]
+#[test]
+fn run_logs_json_and_stops_cleanly_on_sigterm() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let password = "s3cret-Pa55word-for-the-log-test";
+    let mut sim = bin()
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--tags", "50"])
+        .args(["--auth", "session", "--user", &format!("gateway:{password}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "gw.toml",
+        &format!(
+            r#"
+[wincc]
+base_url = "http://127.0.0.1:{port}"
+auth = "session"
+username = "gateway"
+password_env = "TEST_WINCC_PASSWORD"
+[[poll_group]]
+name = "all"
+interval_ms = 100
+tags = ["**"]
+[mqtt]
+enabled = false
+[opcua]
+enabled = false
+[http]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "debug"
+"#
+        ),
+    );
+    let log_path = dir.path().join("gw.log");
+    let mut gw = bin()
+        .arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .env("TEST_WINCC_PASSWORD", password)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Wait until it has polled (the log says so), then stop it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("station") && log.lines().count() >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no log lines from run:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = gw.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not stop within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let mut log = String::new();
+    std::fs::File::open(&log_path).unwrap().read_to_string(&mut log).unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+    }
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains(password), "the password is in the log");
+}

@@ -158,11 +158,14 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
         "{:?}",
         seen.keys()
     );
-    assert!(
-        seen["wincc/demo/station"].contains("\"connected\""),
-        "{}",
-        seen["wincc/demo/station"]
-    );
+    let station = seen.get("wincc/demo/station").unwrap_or_else(|| {
+        panic!(
+            "no station topic; seen {:?}\nlog:\n{}",
+            seen.keys(),
+            std::fs::read_to_string(&demo.log).unwrap_or_default()
+        )
+    });
+    assert!(station.contains("\"connected\""), "{station}");
     let tag_topics: Vec<_> = seen
         .keys()
         .filter(|t| t.starts_with("wincc/demo/tags/"))
