@@ -3,7 +3,8 @@
 //! receives raised / acknowledged / cleared transitions fed through the
 //! sink's bus, in order, with Message, Severity, SourceName, SourceNode,
 //! Time, EventType and the gateway's own fields. Also: the event type in the
-//! address space, filter validation, and the session count in `/healthz`.
+//! address space, the Server's HasNotifier reference to the folder, filter
+//! validation, and the session count in `/healthz`.
 
 mod opcua_support;
 
@@ -13,9 +14,9 @@ use std::time::Duration;
 use opcua::client::{EventCallback, Session};
 use opcua::types::{
     AttributeId, ContentFilter, DateTime, EventFilter, EventFilterResult, ExtensionObject,
-    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeClass,
-    NodeId, NumericRange, ObjectId, ObjectTypeId, QualifiedName, ReadValueId, SimpleAttributeOperand,
-    StatusCode, TimestampsToReturn, Variant,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeClass, NodeId,
+    NumericRange, ObjectId, ObjectTypeId, QualifiedName, ReadValueId, ReferenceTypeId,
+    SimpleAttributeOperand, StatusCode, TimestampsToReturn, Variant,
 };
 use opcua_support::*;
 use tokio::sync::mpsc;
@@ -329,9 +330,13 @@ async fn event_type_filters_and_session_health() {
 
     // WinCCAlarmEventType: an ObjectType under BaseEventType with its properties.
     let event_type = NodeId::new(ns, 1000u32);
-    let names = read(s, std::slice::from_ref(&event_type), AttributeId::BrowseName)
-        .await
-        .remove(0);
+    let names = read(
+        s,
+        std::slice::from_ref(&event_type),
+        AttributeId::BrowseName,
+    )
+    .await
+    .remove(0);
     assert_eq!(
         names.value,
         Some(Variant::from(QualifiedName::new(ns, "WinCCAlarmEventType")))
@@ -347,19 +352,34 @@ async fn event_type_filters_and_session_health() {
     props.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         props,
-        ["AlarmClass", "AlarmId", "AlarmText", "Priority", "Transition"]
-            .map(|n| (n.to_string(), NodeClass::Variable))
+        [
+            "AlarmClass",
+            "AlarmId",
+            "AlarmText",
+            "Priority",
+            "Transition"
+        ]
+        .map(|n| (n.to_string(), NodeClass::Variable))
     );
 
-    // An unknown field of the gateway's type is refused in the filter; the
-    // others are accepted.
+    // Server HasNotifier WinCC.
+    let from_server = browse(s, &ObjectId::Server.into()).await;
     let fns = s
         .get_namespace_index(&format!("{NS}/folders"))
         .await
         .unwrap();
+    let root = NodeId::new(fns, 1u32);
+    let notifiers: Vec<NodeId> = from_server
+        .iter()
+        .filter(|r| r.reference_type_id == ReferenceTypeId::HasNotifier)
+        .map(|r| r.node_id.node_id.clone())
+        .collect();
+    assert_eq!(notifiers, [root.clone()]);
+
+    // An unknown field of the gateway's type is refused in the filter; the
+    // others are accepted.
     let bogus = operand(event_type.clone(), ns, "NoSuchField");
-    let (_rx, results) =
-        subscribe_events(s, &[NodeId::new(fns, 1u32)], &filter(ns, Some(bogus))).await;
+    let (_rx, results) = subscribe_events(s, &[root], &filter(ns, Some(bogus))).await;
     let clauses = results[0].1.select_clause_results.clone().unwrap();
     assert_eq!(clauses.last(), Some(&StatusCode::BadNodeIdUnknown));
     assert!(clauses[..clauses.len() - 1].iter().all(|c| c.is_good()));

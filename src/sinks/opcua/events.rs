@@ -255,7 +255,10 @@ mod tests {
             Variant::from(LocalizedText::new("", "raised: Tank 3 overflow"))
         );
         assert_eq!(field(&e, &base, 0, "Severity"), Variant::UInt16(750));
-        assert_eq!(field(&e, &base, 0, "SourceName"), Variant::from("Tank3.Overflow"));
+        assert_eq!(
+            field(&e, &base, 0, "SourceName"),
+            Variant::from("Tank3.Overflow")
+        );
         assert_eq!(field(&e, &base, 0, "SourceNode"), Variant::from(source));
         assert_eq!(
             field(&e, &base, 0, "EventType"),
@@ -283,13 +286,23 @@ mod tests {
         }
 
         // Acknowledged: the station's ack time, converted to UTC.
-        let e = AlarmOpcuaEvent::new(&alarm_event(AlarmEventKind::Acknowledged), 2, NodeId::null(), now);
+        let e = AlarmOpcuaEvent::new(
+            &alarm_event(AlarmEventKind::Acknowledged),
+            2,
+            NodeId::null(),
+            now,
+        );
         assert_eq!(
             e.base.time,
             DateTime::from(parse_ts("2026-05-06T05:09:00Z").unwrap())
         );
         // Cleared with an unreadable time: the receive time.
-        let e = AlarmOpcuaEvent::new(&alarm_event(AlarmEventKind::Cleared), 2, NodeId::null(), now);
+        let e = AlarmOpcuaEvent::new(
+            &alarm_event(AlarmEventKind::Cleared),
+            2,
+            NodeId::null(),
+            now,
+        );
         assert_eq!(e.base.time, now);
         assert_eq!(
             field(&e, &base, 0, "Message"),
