@@ -374,7 +374,7 @@ async fn event_type_filters_and_session_health() {
         .filter(|r| r.reference_type_id == ReferenceTypeId::HasNotifier)
         .map(|r| r.node_id.node_id.clone())
         .collect();
-    assert_eq!(notifiers, [root.clone()]);
+    assert_eq!(notifiers, std::slice::from_ref(&root));
 
     // An unknown field of the gateway's type is refused in the filter; the
     // others are accepted.
