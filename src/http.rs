@@ -51,6 +51,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub enum ComponentState {
     Disabled,
     Up,
+    /// Up, with this many client sessions open (the OPC UA server).
+    Serving {
+        sessions: usize,
+    },
     Down(String),
 }
 
@@ -59,6 +63,7 @@ impl ComponentState {
         match self {
             ComponentState::Disabled => json!({"state": "disabled"}),
             ComponentState::Up => json!({"state": "up"}),
+            ComponentState::Serving { sessions } => json!({"state": "up", "sessions": sessions}),
             ComponentState::Down(e) => json!({"state": "down", "error": e}),
         }
     }
@@ -215,5 +220,18 @@ mod tests {
         assert_eq!(body["station"]["error"], "refused");
         let (ok, body) = health(&sources(None, Duration::from_secs(30)));
         assert!(ok, "{body}");
+    }
+
+    #[test]
+    fn opcua_shows_its_session_count() {
+        let mut src = sources(None, Duration::from_secs(30));
+        src.opcua = watch::channel(ComponentState::Serving { sessions: 3 }).1;
+        let (ok, body) = health(&src);
+        assert!(ok, "{body}");
+        assert_eq!(body["opcua"], json!({"state": "up", "sessions": 3}));
+        src.opcua = watch::channel(ComponentState::Down("stopped".into())).1;
+        let (ok, body) = health(&src);
+        assert!(!ok);
+        assert_eq!(body["opcua"], json!({"state": "down", "error": "stopped"}));
     }
 }

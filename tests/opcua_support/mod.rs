@@ -14,11 +14,12 @@ use opcua::types::{
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
     ReferenceDescription, ReferenceTypeId, StatusCode, TimestampsToReturn,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wincc_gateway::bus::{Bus, Event};
 use wincc_gateway::config::OpcuaSettings;
+use wincc_gateway::http::ComponentState;
 use wincc_gateway::model::{ChangeBatch, Quality, StationStatus, TagChange, TagInfo, TagType};
 use wincc_gateway::sinks::opcua::{OpcuaError, OpcuaSink, OpcuaStatus};
 use wincc_gateway::writes::Writer;
@@ -29,6 +30,8 @@ pub const NS: &str = "urn:wincc-gateway:test";
 pub struct Gateway {
     pub bus: Bus,
     pub status: OpcuaStatus,
+    /// What `/healthz` shows for the OPC UA component.
+    pub health: watch::Receiver<ComponentState>,
     pub url: String,
     pub stop: CancellationToken,
     pub task: JoinHandle<Result<(), OpcuaError>>,
@@ -91,6 +94,7 @@ pub async fn start(settings: &OpcuaSettings, writer: Option<Writer>) -> Gateway 
 pub async fn start_on(bus: Bus, settings: &OpcuaSettings, writer: Option<Writer>) -> Gateway {
     let sink = OpcuaSink::new(settings, writer).await.expect("sink builds");
     let status = sink.status();
+    let health = sink.state();
     let sub = bus.subscribe("opcua", 1024);
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -99,6 +103,7 @@ pub async fn start_on(bus: Bus, settings: &OpcuaSettings, writer: Option<Writer>
     Gateway {
         bus,
         status,
+        health,
         url,
         stop,
         task,

@@ -10,6 +10,8 @@
 //! * Writes (see [`nodes`]): only tags allowed by `writable_tags` and
 //!   writable at the station have `CurrentWrite`; a client write answers
 //!   Good only after the station accepted it.
+//! * Alarms (see [`events`]): every alarm transition is an OPC UA event
+//!   of `WinCCAlarmEventType` emitted by the `Objects/WinCC` folder.
 //! * Security: endpoints for each configured policy (Sign and
 //!   SignAndEncrypt for every non-None policy); user names and passwords
 //!   checked by our own authenticator ([`auth`]); anonymous only if allowed.
@@ -26,6 +28,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod events;
 pub mod nodes;
 pub mod server;
 pub mod space;
@@ -39,12 +42,13 @@ use opcua::types::{DataValue, DateTime, NodeId, StatusCode, VariableId, Variant}
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Event, Subscriber};
+use crate::bus::{AlarmEvent, Event, Subscriber};
 use crate::config::OpcuaSettings;
 use crate::http::ComponentState;
 use crate::model::{BadReason, ChangeBatch, StationStatus, TagInfo};
 use crate::writes::{WritePolicy, Writer};
 
+use self::events::AlarmOpcuaEvent;
 use self::nodes::{GatewayNodeManager, WriteTarget};
 use self::space::{Space, TagEntry};
 
@@ -108,6 +112,8 @@ pub struct OpcuaSink {
     listener: Option<std::net::TcpListener>,
     status: OpcuaStatus,
     state: watch::Sender<ComponentState>,
+    /// What `/healthz` shows: `state`, with the session count while up.
+    health: watch::Sender<ComponentState>,
     space: Space,
     policy: Option<WritePolicy>,
     writer: Option<Writer>,
@@ -137,6 +143,7 @@ impl OpcuaSink {
             .map_err(|e| OpcuaError::Bind(settings.endpoint.clone(), e))?;
         // The socket is bound: clients queue until `run` serves them.
         let (state, state_rx) = watch::channel(ComponentState::Up);
+        let (health, _) = watch::channel(ComponentState::Serving { sessions: 0 });
         let status = OpcuaStatus {
             state: state_rx,
             handle: built.handle.clone(),
@@ -150,15 +157,33 @@ impl OpcuaSink {
             listener: Some(built.listener),
             status,
             state,
+            health,
             space,
             policy: writer.is_some().then_some(policy),
             writer,
         })
     }
 
-    /// The server's state for `/healthz`.
+    /// The server's state for `/healthz`: `Serving { sessions }` while up
+    /// (the count refreshed every second), `Down(reason)` otherwise.
     pub fn state(&self) -> watch::Receiver<ComponentState> {
-        self.state.subscribe()
+        self.health.subscribe()
+    }
+
+    /// Sets the state, and the health document's view of it.
+    fn set_state(&self, state: ComponentState) {
+        let health = match &state {
+            ComponentState::Up => ComponentState::Serving {
+                sessions: self.status.sessions(),
+            },
+            other => other.clone(),
+        };
+        self.state.send_replace(state);
+        self.health.send_if_modified(|current| {
+            let changed = *current != health;
+            *current = health;
+            changed
+        });
     }
 
     /// Sessions, address and state (the run loop also keeps the
@@ -181,7 +206,7 @@ impl OpcuaSink {
             .map_err(|e| OpcuaError::Bind(self.status.local_addr.to_string(), e))?;
         let mut server = tokio::spawn(server.run_with(listener));
         let status = self.status.clone();
-        self.state.send_replace(ComponentState::Up);
+        self.set_state(ComponentState::Up);
         tracing::info!(endpoint = status.endpoint_url(), "OPC UA server listening");
         let subs = self.handle.subscriptions().clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -196,7 +221,7 @@ impl OpcuaSink {
                         Err(e) => format!("server task failed: {e}"),
                     };
                     tracing::error!(error = %why, "OPC UA server ended");
-                    self.state.send_replace(ComponentState::Down(why.clone()));
+                    self.set_state(ComponentState::Down(why.clone()));
                     return Err(OpcuaError::Server(why));
                 }
                 event = events.recv() => match event {
@@ -204,10 +229,12 @@ impl OpcuaSink {
                     Some(Event::Tags(tags)) => self.apply_tags(&subs, &tags),
                     Some(Event::Changes(batch)) => self.apply_changes(&subs, &batch),
                     Some(Event::Station(s)) => self.apply_station(&s),
-                    Some(Event::Alarms(_)) => {}
+                    Some(Event::Alarms(alarms)) => self.apply_alarms(&subs, &alarms),
                 },
                 _ = tick.tick() => {
                     metrics::gauge!("wincc_gateway_opcua_sessions").set(status.sessions() as f64);
+                    let current = self.state.borrow().clone();
+                    self.set_state(current);
                 }
             }
         };
@@ -219,8 +246,7 @@ impl OpcuaSink {
                 server.abort();
             }
         }
-        self.state
-            .send_replace(ComponentState::Down("stopped".into()));
+        self.set_state(ComponentState::Down("stopped".into()));
         metrics::gauge!("wincc_gateway_opcua_sessions").set(0.0);
         tracing::info!("OPC UA server stopped");
         result
@@ -321,6 +347,43 @@ impl OpcuaSink {
             return;
         }
         metrics::counter!("wincc_gateway_opcua_values_total").increment(n as u64);
+    }
+
+    /// Raises one OPC UA event per alarm transition on the WinCC folder
+    /// (and so on the Server object), in bus order. The source node is the
+    /// tag variable named like the alarm if there is one, else the folder.
+    fn apply_alarms(&self, subs: &SubscriptionCache, alarms: &[AlarmEvent]) {
+        if alarms.is_empty() {
+            return;
+        }
+        let now = DateTime::now();
+        let root = space::root_id(self.space.folder_ns);
+        let events: Vec<AlarmOpcuaEvent> = alarms
+            .iter()
+            .map(|a| {
+                let source = if self.space.get(&a.alarm.name).is_some() {
+                    self.space.tag_id(&a.alarm.name)
+                } else {
+                    root.clone()
+                };
+                AlarmOpcuaEvent::new(a, self.space.tag_ns, source, now)
+            })
+            .collect();
+        subs.notify_events(
+            events
+                .iter()
+                .map(|e| (e as &dyn opcua::nodes::Event, &root)),
+        );
+        for a in alarms {
+            metrics::counter!("wincc_gateway_opcua_events_total", "event" => a.kind.as_str())
+                .increment(1);
+            tracing::debug!(
+                alarm = %a.alarm.id,
+                event = a.kind.as_str(),
+                priority = a.alarm.priority,
+                "OPC UA: alarm event raised"
+            );
+        }
     }
 
     /// The poller marks every tag of a group that cannot be read as bad

@@ -31,6 +31,7 @@ use crate::model::TagType;
 use crate::writes::{WritePolicy, Writer};
 
 use super::convert::{data_type, json_to_variant, variant_to_json, write_error_status};
+use super::events::add_event_type;
 use super::space::add_root;
 
 /// The node manager type the server holds; find it with
@@ -52,7 +53,7 @@ pub struct GatewayNodes {
 }
 
 /// A builder for the server: registers `namespace_uri` and
-/// `<namespace_uri>/folders` and adds `Objects/WinCC`.
+/// `<namespace_uri>/folders` and adds `Objects/WinCC` and the alarm event type.
 pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeManagerBuilder {
     let uris = [
         namespace_uri.to_string(),
@@ -61,6 +62,7 @@ pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeMan
     InMemoryNodeManagerBuilder::new(move |context: ServerContext, space: &mut AddressSpace| {
         let idx = add_namespaces(&context, space, &[uris[0].as_str(), uris[1].as_str()]);
         add_root(space, idx[1]);
+        add_event_type(space, idx[0]);
         GatewayNodes {
             namespaces: uris
                 .iter()

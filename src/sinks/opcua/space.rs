@@ -14,10 +14,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use opcua::server::address_space::{AccessLevel, AddressSpace, NodeType, VariableBuilder};
+use opcua::server::address_space::{
+    AccessLevel, AddressSpace, EventNotifier, NodeType, ObjectBuilder, ReferenceDirection,
+    VariableBuilder,
+};
 use opcua::types::{
-    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, StatusCode,
-    VariableTypeId, Variant,
+    DataValue, DateTime, LocalizedText, NodeId, ObjectId, QualifiedName, ReferenceTypeId,
+    StatusCode, VariableTypeId, Variant,
 };
 
 use crate::model::{TagInfo, TagType};
@@ -84,14 +87,24 @@ pub fn root_id(folder_ns: u16) -> NodeId {
     NodeId::new(folder_ns, 1u32)
 }
 
-/// Adds the `WinCC` root folder under `Objects`.
+/// Adds the `WinCC` root folder under `Objects`. It emits the alarm
+/// events (EventNotifier SubscribeToEvents) and is a notifier of the
+/// `Server` object (`Server` HasNotifier `WinCC`).
 pub fn add_root(space: &mut AddressSpace, folder_ns: u16) {
-    space.add_folder(
+    ObjectBuilder::new(
         &root_id(folder_ns),
         QualifiedName::new(folder_ns, ROOT_NAME),
         ROOT_NAME,
-        &ObjectId::ObjectsFolder.into(),
-    );
+    )
+    .is_folder()
+    .event_notifier(EventNotifier::SUBSCRIBE_TO_EVENTS)
+    .organized_by(ObjectId::ObjectsFolder)
+    .reference(
+        ObjectId::Server,
+        ReferenceTypeId::HasNotifier,
+        ReferenceDirection::Inverse,
+    )
+    .insert(space);
 }
 
 impl Space {
