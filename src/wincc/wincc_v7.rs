@@ -265,6 +265,54 @@ pub fn values(
     Ok((readings, missing))
 }
 
+/// The result of `PUT tagManagement/Value/{name}`: a non-zero `errorcode`
+/// (any case) is a refusal with that code, as is any other 4xx answer; an
+/// empty 2xx body or `errorcode` 0 is success.
+pub fn write_result(status: StatusCode, body: &[u8]) -> Result<(), StationError> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match parse::json(body) {
+            Ok(v) => Some(v),
+            Err(e) if status.is_success() => return Err(e),
+            Err(_) => None,
+        }
+    };
+    let o = v.as_ref().and_then(Value::as_object);
+    let text = |k: &str| {
+        o.and_then(|o| get_ci(o, k)).and_then(|v| match v {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Object(e) => get_ci(e, "message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        })
+    };
+    let message = text("error")
+        .or_else(|| text("errorText"))
+        .or_else(|| text("message"));
+    match text("errorcode") {
+        Some(code) if code != "0" => Err(StationError::Refused {
+            message: message.unwrap_or_else(|| format!("station error code {code}")),
+            code,
+        }),
+        _ if !status.is_success() => Err(StationError::Refused {
+            code: status.as_u16().to_string(),
+            message: message
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").into()),
+        }),
+        Some(_) => Ok(()),
+        None => match message {
+            Some(m) => Err(StationError::Refused {
+                code: "error".into(),
+                message: m,
+            }),
+            None => Ok(()),
+        },
+    }
+}
+
 /// A client for the `wincc-v7` dialect. Cheap to share (`Arc`).
 pub struct WinccV7Client {
     http: reqwest::Client,
@@ -642,28 +690,7 @@ impl Station for WinccV7Client {
         let (status, reply) = self
             .call("write_value", Method::PUT, url, Some(&body), true)
             .await?;
-        let result = if status.is_success() {
-            parse::write_result(&reply)
-        } else {
-            let (code, message) = parse::error_body(&reply).unwrap_or_default();
-            let code = if code.is_empty() {
-                parse::json(&reply)
-                    .ok()
-                    .and_then(|v| v.as_object().and_then(|o| get_ci(o, "errorcode").cloned()))
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| status.as_u16().to_string())
-            } else {
-                code
-            };
-            Err(StationError::Refused {
-                code,
-                message: if message.is_empty() {
-                    status.canonical_reason().unwrap_or("refused").to_string()
-                } else {
-                    message
-                },
-            })
-        };
+        let result = write_result(status, &reply);
         result.map_err(|e| self.scrub_err(e))
     }
 
