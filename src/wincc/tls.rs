@@ -31,8 +31,9 @@ pub fn fingerprint(der: &[u8]) -> String {
     s
 }
 
-/// The presented certificate is not the pinned one.
-#[derive(Debug)]
+/// The presented certificate is not the pinned one. Its `Debug` is its
+/// message too, because rustls shows the cause of a refused certificate
+/// with `{:?}`.
 pub struct PinMismatch {
     /// Fingerprint from the configuration.
     pub expected: String,
@@ -47,6 +48,12 @@ impl fmt::Display for PinMismatch {
             "the station's certificate does not match wincc.pinned_cert_sha256: expected {}, presented {}",
             self.expected, self.presented
         )
+    }
+}
+
+impl fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
