@@ -85,8 +85,8 @@ pub fn convert(ty: TagType, v: Value) -> Value {
     let number = |s: &str| serde_json::from_str::<serde_json::Number>(s.trim()).ok();
     match (ty, &v) {
         (TagType::Bool, Value::Number(n)) => match n.as_f64() {
-            Some(x) if x == 0.0 => Value::Bool(false),
-            Some(x) if x == 1.0 => Value::Bool(true),
+            Some(0.0) => Value::Bool(false),
+            Some(1.0) => Value::Bool(true),
             _ => v,
         },
         (TagType::Bool, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
