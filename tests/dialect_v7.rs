@@ -525,3 +525,38 @@ async fn alarms_come_from_the_configured_rest_filter() {
         Some(&1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
+    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let names = sim.tag_names();
+    sim.reset_stats();
+    sim.set_faults(Faults {
+        too_many_requests: Some(sim::TooManyRequests {
+            count: 1,
+            retry_after_s: 1,
+        }),
+        ..Faults::default()
+    });
+    assert_eq!(c.read_values(&names).await.unwrap().len(), names.len());
+    let stats = sim.stats();
+    assert_eq!(stats.too_many_requests, 1);
+    assert_eq!(stats.requests.get("POST /tagManagement/Values"), Some(&2));
+    for faults in [
+        Faults {
+            malformed_body: 1,
+            ..Faults::default()
+        },
+        Faults {
+            truncated_body: 1,
+            ..Faults::default()
+        },
+    ] {
+        sim.set_faults(faults);
+        let e = c.read_values(&names).await.unwrap_err();
+        assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+        assert!(!e.to_string().contains(PASSWORD));
+    }
+    assert!(c.read_values(&names).await.is_ok());
+}
