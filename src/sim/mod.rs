@@ -6,7 +6,9 @@
 //! alarm control. The tag store ([`store`]), sessions ([`auth`]), faults
 //! ([`faults`]), statistics ([`stats`]) and alarms ([`alarms`]) are shared,
 //! so that other dialects can be added as sibling route files next to
-//! [`generic`].
+//! [`generic`]: [`wincc_v7`] serves `/WinCCRestService` (WINCC-DIALECTS.md
+//! §1 and §7). [`tls::start_tls`] serves any dialect over HTTPS with a
+//! fresh self-signed certificate.
 //!
 //! `/_sim/*` (never authenticated, faulted or counted):
 //!

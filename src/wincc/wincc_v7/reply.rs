@@ -12,7 +12,7 @@ use crate::model::{Reading, TagInfo, TagType};
 use crate::wincc::parse::{self, get_ci};
 use crate::wincc::StationError;
 
-/// WinCC's integer `dataType` codes (WINCC-DIALECTS.md §1.4, partly [U]):
+/// WinCC's integer `dataType` codes (WINCC-DIALECTS.md §1.4, partly unverified):
 /// 1 binary, 2/3 signed/unsigned 8-bit, 4/5 16-bit, 6/7 32-bit, 8 float,
 /// 9 double, 10/11 text. Other codes are unknown (`None`).
 pub fn type_from_code(code: i64) -> Option<TagType> {
@@ -212,10 +212,20 @@ pub fn values(
                 let mut r = parse::row_reading(n, row, received);
                 if r.error.is_none() {
                     if r.quality_code.is_none() {
-                        // A quality byte under another spelling ("QualityCode" is
-                        // found by get_ci; "quality" as a number is handled too).
-                        if let Some(Value::Number(q)) = get_ci(row, "quality") {
-                            r.quality_code = q.as_u64().and_then(|c| u32::try_from(c).ok());
+                        // The quality byte as a string ("192"), or a bare
+                        // numeric "quality".
+                        let code = ["qualitycode", "quality"]
+                            .iter()
+                            .filter_map(|k| get_ci(row, k))
+                            .find_map(|v| match v {
+                                Value::Number(n) => n.as_u64(),
+                                Value::String(s) => s.trim().parse::<u64>().ok(),
+                                _ => None,
+                            })
+                            .and_then(|c| u32::try_from(c).ok());
+                        if let Some(c) = code {
+                            r.quality_code = Some(c);
+                            r.quality = parse::quality_from_code(c);
                         }
                     }
                     if let Some(ty) = types.get(n.as_str()).copied().or_else(|| row_type(row)) {
@@ -293,10 +303,12 @@ mod tests {
           {"VariableName":"B","DataType":1,"Value":"true","QualityCode":128,"ErrorCode":0},
           {"variableName":"A","dataType":9,"value":"21.5","timestamp":"2026-01-01T00:00:00.000Z","qualitycode":72,"errorcode":0},
           {"variableName":"E","error":"unknown variable"},
-          {"variableName":"I","dataType":99,"value":"7","qualitycode":192}]"#;
+          {"variableName":"I","dataType":99,"value":"7","qualitycode":192},
+          {"variableName":"S","dataType":10,"value":5,"QualityCode":"72"}]"#;
         let types = HashMap::from([("I".to_string(), TagType::Int32)]);
         let now = chrono::Utc::now();
-        let (r, missing) = values(body, &names(&["A", "B", "C", "E", "I"]), &types, now).unwrap();
+        let (r, missing) =
+            values(body, &names(&["A", "B", "C", "E", "I", "S"]), &types, now).unwrap();
         assert_eq!(missing, 1);
         assert_eq!(r[0].value, json!(21.5));
         assert_eq!(r[0].quality, Quality::Uncertain);
@@ -307,6 +319,11 @@ mod tests {
         assert_eq!(r[3].quality, Quality::Bad);
         assert_eq!(r[4].value, json!(7));
         assert_eq!(r[4].quality_code, Some(192));
+        assert_eq!(r[5].value, json!("5"));
+        assert_eq!(
+            (r[5].quality, r[5].quality_code),
+            (Quality::Uncertain, Some(72))
+        );
         let (r, missing) = values(b" ", &names(&["A", "B"]), &types, now).unwrap();
         assert_eq!((r.len(), missing), (2, 2));
         assert!(r.iter().all(|r| r.quality == Quality::Bad));
