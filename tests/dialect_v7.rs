@@ -560,3 +560,94 @@ async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
     }
     assert!(c.read_values(&names).await.is_ok());
 }
+
+/// Counts `wincc_gateway_station_rows_missing_total` increments.
+#[derive(Default)]
+struct MissingRows(Arc<std::sync::atomic::AtomicU64>);
+
+struct Count(Arc<std::sync::atomic::AtomicU64>);
+
+impl metrics::CounterFn for Count {
+    fn increment(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::Recorder for MissingRows {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() == "wincc_gateway_station_rows_missing_total" {
+            metrics::Counter::from_arc(Arc::new(Count(Arc::clone(&self.0))))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn missing_rows_are_counted_in_the_warning_metric() {
+    let recorder = MissingRows::default();
+    let count = Arc::clone(&recorder.0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let sim = start_sim(Dialect::WinccV7, 30).await;
+            let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+            let names: Vec<String> = sim.tag_names().into_iter().take(6).collect();
+            c.read_values(&names).await.unwrap();
+            sim.set_faults(Faults {
+                drop_rows: 1,
+                ..Faults::default()
+            });
+            let r = c.read_values(&names).await.unwrap();
+            assert_eq!(r.iter().filter(|r| r.quality == Quality::Bad).count(), 3);
+            sim.set_faults(Faults {
+                empty_body: 1,
+                ..Faults::default()
+            });
+            let r = c.read_values(&names).await.unwrap();
+            assert!(r.iter().all(|r| r.quality == Quality::Bad));
+            assert!(c
+                .read_values(&names)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.error.is_none()));
+        })
+    });
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 3 + 6);
+}
