@@ -35,6 +35,33 @@ pub struct Faults {
     pub outage_s: f64,
     /// The runtime is stopped: every station request gets 503.
     pub unavailable: bool,
+    /// wincc-v7 quirk: the next N batch reads leave out every second row
+    /// (the 2nd, 4th, ... name asked for). `true`: until reset.
+    #[serde(deserialize_with = "count_or_bool")]
+    pub drop_rows: u32,
+    /// wincc-v7 quirk: the next N batch reads answer 200 with an empty body.
+    /// `true`: until reset.
+    #[serde(deserialize_with = "count_or_bool")]
+    pub empty_body: u32,
+    /// wincc-v7 quirk: row keys in varying case (`VariableName`, `QUALITYCODE`, ...).
+    pub mixed_key_case: bool,
+    /// wincc-v7 quirk: every value is sent as a JSON string (`"21.5"`, `"true"`).
+    pub values_as_strings: bool,
+    /// wincc-v7 quirk: a batch read of at least `slow_batch_min_names`
+    /// names waits this much longer (large batches timing out in the field).
+    pub slow_batch_ms: u64,
+    /// See `slow_batch_ms`.
+    pub slow_batch_min_names: usize,
+}
+
+/// The wincc-v7 quirks that apply to one batch read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchQuirks {
+    pub drop_rows: bool,
+    pub empty_body: bool,
+    pub mixed_key_case: bool,
+    pub values_as_strings: bool,
+    pub delay: Duration,
 }
 
 /// A burst of 429 answers.
@@ -72,6 +99,12 @@ impl Faults {
             return Err(format!(
                 "outage_s must be within 0..=3600, got {}",
                 self.outage_s
+            ));
+        }
+        if self.slow_batch_ms > 600_000 {
+            return Err(format!(
+                "slow_batch_ms must be at most 600000, got {}",
+                self.slow_batch_ms
             ));
         }
         if self.latency_ms > 600_000 {
@@ -160,6 +193,29 @@ impl FaultState {
             None
         };
         (latency, refusal)
+    }
+
+    /// The wincc-v7 quirks for one batch read of `names` names; counted
+    /// switches run down by one.
+    pub fn batch_quirks(&mut self, names: usize) -> BatchQuirks {
+        let f = &mut self.faults;
+        let take = |n: &mut u32| {
+            let on = *n > 0;
+            if on && *n != u32::MAX {
+                *n -= 1;
+            }
+            on
+        };
+        let empty_body = take(&mut f.empty_body);
+        let drop_rows = !empty_body && take(&mut f.drop_rows);
+        let slow = f.slow_batch_ms > 0 && names >= f.slow_batch_min_names;
+        BatchQuirks {
+            drop_rows,
+            empty_body,
+            mixed_key_case: f.mixed_key_case,
+            values_as_strings: f.values_as_strings,
+            delay: Duration::from_millis(if slow { f.slow_batch_ms } else { 0 }),
+        }
     }
 
     /// Whether the body of a successful read answer is to be spoiled.

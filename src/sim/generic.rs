@@ -89,7 +89,7 @@ pub fn tag_name(path: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("tag name is not valid UTF-8 after percent-decoding"))
 }
 
-fn refusal(r: Refusal) -> ApiError {
+pub(crate) fn refusal(r: Refusal) -> ApiError {
     match r {
         Refusal::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

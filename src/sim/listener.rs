@@ -208,6 +208,13 @@ pub struct SimIo {
     net: Arc<Net>,
 }
 
+impl SimIo {
+    /// The connection's id (what [`ConnId`] carries).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for SimIo {
     fn drop(&mut self) {
         lock(&self.net.conns).live.remove(&self.id);

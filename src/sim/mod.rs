@@ -6,7 +6,9 @@
 //! alarm control. The tag store ([`store`]), sessions ([`auth`]), faults
 //! ([`faults`]), statistics ([`stats`]) and alarms ([`alarms`]) are shared,
 //! so that other dialects can be added as sibling route files next to
-//! [`generic`].
+//! [`generic`]: [`wincc_v7`] serves `/WinCCRestService` (WINCC-DIALECTS.md
+//! §1 and §7). [`tls::start_tls`] serves any dialect over HTTPS with a
+//! fresh self-signed certificate.
 //!
 //! `/_sim/*` (never authenticated, faulted or counted):
 //!
@@ -43,6 +45,8 @@ mod listener;
 pub mod names;
 pub mod stats;
 pub mod store;
+pub mod tls;
+pub mod wincc_v7;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -382,6 +386,15 @@ fn check_options(opts: &SimOptions) -> std::io::Result<()> {
 /// Binds `listen` (port 0 picks one) and serves the simulator in the
 /// background until the handle is shut down or dropped.
 pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimHandle> {
+    start_with(listen, opts, None).await
+}
+
+/// [`start`], serving HTTPS through `tls` when given (see [`tls::start_tls`]).
+pub(crate) async fn start_with(
+    listen: SocketAddr,
+    opts: SimOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<SimHandle> {
     check_options(&opts)?;
     let cancel = CancellationToken::new();
     let net = Net::bind(listen, cancel.clone()).await?;
@@ -397,6 +410,7 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
     });
     let router = match state.opts.dialect {
         Dialect::Generic => generic::router(Arc::clone(&state)),
+        Dialect::WinccV7 => wincc_v7::router(Arc::clone(&state)),
         other => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -411,9 +425,19 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
     let app = router.into_make_service_with_connect_info::<ConnId>();
     let stop = cancel.clone();
     let server = tokio::spawn(async move {
-        let serve = axum::serve(SimListener { net }, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
+        let served = match tls {
+            None => {
+                axum::serve(SimListener { net }, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            Some(acceptor) => {
+                axum::serve(tls::TlsSimListener::new(SimListener { net }, acceptor), app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "simulator server failed");
         }
     });

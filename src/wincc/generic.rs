@@ -577,9 +577,9 @@ mod tests {
     }
 
     #[test]
-    fn pinning_is_refused_rather_than_ignored() {
+    fn malformed_pins_are_refused_rather_than_ignored() {
         let mut s = settings("https://127.0.0.1:9/");
-        s.pinned_cert_sha256 = "ab".repeat(32);
+        s.pinned_cert_sha256 = "ab".repeat(31);
         let e = GenericClient::new(&s).err().unwrap();
         assert!(e.to_string().starts_with("wincc.pinned_cert_sha256"), "{e}");
     }

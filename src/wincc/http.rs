@@ -42,14 +42,22 @@ pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> 
         }
         b = b.tls_certs_merge(certs);
     }
-    if !w.pinned_cert_sha256.is_empty() {
-        // Pinning needs a custom rustls verifier (a direct rustls dependency);
-        // refusing is safer than silently not pinning.
-        return Err(ConnectError::Setting {
-            key: "wincc.pinned_cert_sha256",
-            why: "certificate pinning is not implemented yet; use ca_file with the station's CA"
-                .into(),
-        });
+    if !w.pinned_cert_sha256.trim().is_empty() {
+        // Pinning trusts exactly one certificate: it replaces the CA roots
+        // and the accept_invalid_certs switch.
+        if w.accept_invalid_certs {
+            tracing::warn!(
+                "wincc.accept_invalid_certs is ignored: wincc.pinned_cert_sha256 is set"
+            );
+        }
+        let config = super::tls::pinned_client_config(&w.pinned_cert_sha256)?;
+        return b
+            .tls_backend_preconfigured(config)
+            .build()
+            .map_err(|e| ConnectError::Setting {
+                key: "wincc.base_url",
+                why: format!("cannot build the HTTP client: {}", chain(&e)),
+            });
     }
     if w.accept_invalid_certs {
         tracing::warn!(

@@ -96,6 +96,8 @@ pub mod generic;
 mod http;
 pub mod limiter;
 mod parse;
+pub mod tls;
+pub mod wincc_v7;
 
 use std::sync::Arc;
 
@@ -118,6 +120,7 @@ pub enum ConnectError {
 pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     match settings.wincc.dialect {
         Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
+        Dialect::WinccV7 => Ok(Arc::new(wincc_v7::WinccV7Client::new(settings)?)),
         other => Err(ConnectError::Setting {
             key: "wincc.dialect",
             why: format!(

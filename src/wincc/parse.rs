@@ -137,11 +137,8 @@ pub fn quality_from_code(code: u32) -> Quality {
     }
 }
 
-pub(super) fn row_reading(
-    name: &str,
-    row: &Map<String, Value>,
-    received: DateTime<Utc>,
-) -> Reading {
+/// One row of a batch-read reply as the reading of `name` (error rows are bad).
+pub fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])
         .and_then(Value::as_str)
         .and_then(parse_ts)

@@ -1,0 +1,456 @@
+//! The `wincc-v7` dialect: the WinCC V7.5 SP2 / V8.x REST service under
+//! `https://host:34568/WinCCRestService` (WINCC-DIALECTS.md §1).
+//!
+//! HTTP Basic on every request (there is no login); a 401 closes the gate
+//! for 5 s growing to 60 s, like a refused login of the generic dialect.
+//! Batch read `POST tagManagement/Values` `{"variableNames":[..]}` answered
+//! by a bare array of rows matched to tags by NAME; rows left out, or an
+//! empty 200 body, make those tags bad for the cycle and count
+//! `wincc_gateway_station_rows_missing_total`. Browse `GET
+//! tagManagement/Variables?itemLimit&continuationPoint` until no
+//! continuation point; write `PUT tagManagement/Value/{name}` `{"value":V}`
+//! (non-zero `errorcode` = refused); alarms `GET
+//! alarmLogging/MessageList/{[alarms] filter}`.
+//!
+//! Values are converted to the tag's type where it is known (from browse,
+//! else from the row's integer `dataType`): numbers, bools and texts given
+//! as strings are read back as what they are. The raw quality byte is kept
+//! as `quality_code`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
+use super::http::{self, read_body, retry_after, transport_error};
+use super::limiter::Limiter;
+use super::parse;
+use super::{ConnectError, Station, StationError};
+use crate::config::{resolve_secret, AuthMode, Secret, Settings};
+use crate::model::{Alarm, BadReason, Quality, Reading, TagInfo, TagType};
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `itemLimit` of one browse page.
+pub const BROWSE_PAGE: usize = 1000;
+
+mod reply;
+
+pub use reply::{convert, type_from_code, values, variable_page, write_result, VariablePage};
+
+/// A client for the `wincc-v7` dialect. Cheap to share (`Arc`).
+pub struct WinccV7Client {
+    http: reqwest::Client,
+    base: Url,
+    username: String,
+    password: Option<Secret>,
+    basic: Option<Secret>,
+    timeout: Duration,
+    limiter: Arc<Limiter>,
+    gate: std::sync::Mutex<Gate>,
+    alarm_filter: String,
+    warned_no_filter: AtomicBool,
+    /// Tag types learnt from browsing, for converting values.
+    types: RwLock<HashMap<String, TagType>>,
+}
+
+struct Gate {
+    closed_until: Option<Instant>,
+    backoff: ExponentialBackoff,
+    last_refusal: String,
+}
+
+fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(LOGIN_BACKOFF_MIN)
+        .with_max_delay(LOGIN_BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+impl WinccV7Client {
+    /// Builds the client with its own limiter from `wincc.rate_limit`.
+    pub fn new(settings: &Settings) -> Result<Self, ConnectError> {
+        let w = &settings.wincc;
+        let mut base = Url::parse(&w.base_url).map_err(|e| ConnectError::Setting {
+            key: "wincc.base_url",
+            why: format!("not a URL: {e}"),
+        })?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(ConnectError::Setting {
+                key: "wincc.base_url",
+                why: "must be an http:// or https:// URL".into(),
+            });
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let password = match w.auth {
+            AuthMode::None => None,
+            AuthMode::Basic => resolve_secret("wincc.password", &w.password_env, &w.password_file)
+                .map_err(ConnectError::Secret)?,
+            other => {
+                return Err(ConnectError::Setting {
+                    key: "wincc.auth",
+                    why: format!(
+                        "the wincc-v7 REST service has no login; use \"basic\" instead of {:?}",
+                        other.as_str()
+                    ),
+                })
+            }
+        };
+        let basic = (w.auth == AuthMode::Basic).then(|| {
+            let pw = password.as_ref().map(Secret::expose).unwrap_or_default();
+            let raw = format!("{}:{}", w.username, pw);
+            Secret::new(base64::engine::general_purpose::STANDARD.encode(raw))
+        });
+        Ok(WinccV7Client {
+            http: http::build_client(w)?,
+            base,
+            username: w.username.clone(),
+            password,
+            basic,
+            timeout: Duration::from_millis(w.timeout_ms.max(1)),
+            limiter: Arc::new(Limiter::new(&w.rate_limit)),
+            gate: std::sync::Mutex::new(Gate {
+                closed_until: None,
+                backoff: backoff(),
+                last_refusal: String::new(),
+            }),
+            alarm_filter: settings.alarms.filter.trim().to_string(),
+            warned_no_filter: AtomicBool::new(false),
+            types: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The limiter every request of this client goes through.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// `base_url` + path segments, each percent-encoded (`.`, `::`, `/`,
+    /// `%`, `#` in a tag name stay inside its segment).
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut path = self.base.path().trim_end_matches('/').to_string();
+        for s in segments {
+            path.push('/');
+            path.extend(utf8_percent_encode(s, SEGMENT));
+        }
+        let mut u = self.base.clone();
+        u.set_path(&path);
+        u
+    }
+
+    fn scrub(&self, s: String) -> String {
+        let mut s = s;
+        for secret in [&self.password, &self.basic].into_iter().flatten() {
+            let x = secret.expose();
+            if !x.is_empty() && s.contains(x) {
+                s = s.replace(x, "***");
+            }
+        }
+        s
+    }
+
+    fn scrub_err(&self, e: StationError) -> StationError {
+        match e {
+            StationError::Unreachable(m) => StationError::Unreachable(self.scrub(m)),
+            StationError::Auth(m) => StationError::Auth(self.scrub(m)),
+            StationError::Http { status, message } => StationError::Http {
+                status,
+                message: self.scrub(message),
+            },
+            StationError::Malformed(m) => StationError::Malformed(self.scrub(m)),
+            StationError::Refused { code, message } => StationError::Refused {
+                code: self.scrub(code),
+                message: self.scrub(message),
+            },
+            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
+        }
+    }
+
+    fn check_gate(&self) -> Result<(), StationError> {
+        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        match g.closed_until {
+            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
+                "{}; next attempt in {:.0} s",
+                g.last_refusal,
+                (until - Instant::now()).as_secs_f64().ceil()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn refused(&self) -> StationError {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
+        g.closed_until = Some(Instant::now() + wait);
+        g.last_refusal = if self.basic.is_some() {
+            format!("basic auth as {:?} refused (HTTP 401)", self.username)
+        } else {
+            "the station requires authentication (HTTP 401); set wincc.auth = \"basic\"".into()
+        };
+        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the credentials");
+        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
+        StationError::Auth(format!(
+            "{}; next attempt in {} s",
+            g.last_refusal,
+            wait.as_secs()
+        ))
+    }
+
+    fn accepted(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if g.closed_until.is_some() {
+            g.closed_until = None;
+            g.backoff = backoff();
+        }
+    }
+
+    /// One HTTP exchange under a limiter permit.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
+        let _permit = self.limiter.acquire().await;
+        let start = std::time::Instant::now();
+        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
+            .increment(1);
+        let mut rb = self.http.request(method, url);
+        if let Some(b) = &self.basic {
+            rb = rb.header(
+                reqwest::header::AUTHORIZATION,
+                format!("Basic {}", b.expose()),
+            );
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let result = async {
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| transport_error(e, self.timeout))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = read_body(resp, self.timeout).await?;
+            Ok((status, headers, bytes))
+        }
+        .await;
+        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
+            .record(start.elapsed().as_secs_f64());
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    /// A request: 401 closes the gate; a short `Retry-After` is waited out
+    /// once (pausing every request); `client_errors` hands 4xx replies
+    /// (other than 401/429) to the caller.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        client_errors: bool,
+    ) -> Result<(StatusCode, Vec<u8>), StationError> {
+        let result = async {
+            self.check_gate()?;
+            let mut waited = false;
+            loop {
+                let (status, headers, bytes) = self
+                    .send(endpoint, method.clone(), url.clone(), body)
+                    .await?;
+                if status == StatusCode::UNAUTHORIZED {
+                    return Err(self.refused());
+                }
+                self.accepted();
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                {
+                    let ra = retry_after(&headers);
+                    if let Some(d) = ra {
+                        tracing::warn!(
+                            endpoint,
+                            status = status.as_u16(),
+                            pause_ms = d.as_millis() as u64,
+                            "station asked to retry later; pausing all requests"
+                        );
+                        self.limiter.pause_for(d);
+                        if !waited && d <= self.timeout {
+                            waited = true;
+                            continue;
+                        }
+                    }
+                    return Err(StationError::Busy {
+                        status: status.as_u16(),
+                        retry_after: ra,
+                    });
+                }
+                if status.is_success() || (client_errors && status.is_client_error()) {
+                    return Ok((status, bytes));
+                }
+                let message = match parse::error_body(&bytes) {
+                    Some((c, m)) if !c.is_empty() => format!("{c}: {m}"),
+                    Some((_, m)) => m,
+                    None => status.canonical_reason().unwrap_or("error").to_string(),
+                };
+                return Err(self.scrub_err(StationError::Http {
+                    status: status.as_u16(),
+                    message: message.chars().take(500).collect(),
+                }));
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Station for WinccV7Client {
+    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
+        let mut all: Vec<TagInfo> = Vec::new();
+        let mut skipped = 0usize;
+        let mut continuation: Option<String> = None;
+        for _page in 0..100_000 {
+            let mut url = self.url(&["tagManagement", "Variables"]);
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("itemLimit", &BROWSE_PAGE.to_string());
+                if let Some(c) = &continuation {
+                    q.append_pair("continuationPoint", c);
+                }
+            }
+            let (_, body) = self
+                .call("list_tags", Method::GET, url, None, false)
+                .await?;
+            let page = variable_page(&body).map_err(|e| self.scrub_err(e))?;
+            skipped += page.skipped.len();
+            for name in page.skipped.iter().take(5) {
+                tracing::warn!(tag = %self.scrub(name.clone()), "skipping a variable with an unknown type or shape");
+            }
+            all.extend(page.tags);
+            match page.continuation {
+                Some(c) if Some(&c) == continuation.as_ref() => {
+                    return Err(StationError::Malformed(
+                        "the variable list repeats its continuation point".into(),
+                    ))
+                }
+                Some(c) => continuation = Some(c),
+                None => {
+                    if skipped > 0 {
+                        tracing::warn!(skipped, "variables skipped while browsing the station");
+                    }
+                    let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
+                    types.clear();
+                    types.extend(all.iter().map(|t| (t.name.clone(), t.ty)));
+                    return Ok(all);
+                }
+            }
+        }
+        Err(StationError::Malformed(
+            "the variable list never ends".into(),
+        ))
+    }
+
+    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = json!({ "variableNames": names });
+        let url = self.url(&["tagManagement", "Values"]);
+        let (_, reply) = self
+            .call("read_values", Method::POST, url, Some(&body), false)
+            .await?;
+        let received = chrono::Utc::now();
+        let parsed = {
+            let types = self.types.read().unwrap_or_else(|e| e.into_inner());
+            values(&reply, names, &types, received)
+        };
+        let (mut readings, missing) = parsed.map_err(|e| {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
+            self.scrub_err(e)
+        })?;
+        if missing > 0 {
+            metrics::counter!("wincc_gateway_station_rows_missing_total").increment(missing as u64);
+            tracing::warn!(
+                missing,
+                requested = names.len(),
+                empty_body = reply.iter().all(u8::is_ascii_whitespace),
+                "the station's reply left rows out; those tags are bad for this cycle"
+            );
+        }
+        for r in &mut readings {
+            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
+                *message = self.scrub(std::mem::take(message));
+            }
+            if r.error.is_some() {
+                r.quality = Quality::Bad;
+            }
+        }
+        Ok(readings)
+    }
+
+    async fn write_value(
+        &self,
+        name: &str,
+        _ty: TagType,
+        value: &Value,
+    ) -> Result<(), StationError> {
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(StationError::Refused {
+                code: "name".into(),
+                message: format!("the tag name {name:?} cannot be addressed in a URL"),
+            });
+        }
+        let url = self.url(&["tagManagement", "Value", name]);
+        let body = json!({ "value": value });
+        let (status, reply) = self
+            .call("write_value", Method::PUT, url, Some(&body), true)
+            .await?;
+        let result = write_result(status, &reply);
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
+        if self.alarm_filter.is_empty() {
+            if !self.warned_no_filter.swap(true, Ordering::Relaxed) {
+                tracing::warn!("wincc-v7 alarms need [alarms] filter (a REST filter configured in WinCC); reporting no alarms");
+            }
+            return Ok(Vec::new());
+        }
+        let url = self.url(&["alarmLogging", "MessageList", &self.alarm_filter]);
+        let (_, body) = self.call("alarms", Method::GET, url, None, false).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        let (alarms, bad) = parse::alarms(&body).map_err(|e| self.scrub_err(e))?;
+        if let Some(first) = bad.first() {
+            tracing::warn!(count = bad.len(), first = %self.scrub(first.clone()), "skipping alarms that do not parse");
+        }
+        Ok(alarms)
+    }
+
+    async fn logout(&self) {}
+}

@@ -1,0 +1,356 @@
+//! Reading the `wincc-v7` station's replies leniently (contract §6): keys
+//! in any case, `qualitycode`/`qualityCode`, values as number, bool or
+//! string converted to the tag's type, integer `dataType` codes, rows
+//! missing or an empty body; rows matched to tags by NAME only.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::model::{Reading, TagInfo, TagType};
+use crate::wincc::parse::{self, get_ci};
+use crate::wincc::StationError;
+
+/// WinCC's integer `dataType` codes (WINCC-DIALECTS.md §1.4, partly unverified):
+/// 1 binary, 2/3 signed/unsigned 8-bit, 4/5 16-bit, 6/7 32-bit, 8 float,
+/// 9 double, 10/11 text. Other codes are unknown (`None`).
+pub fn type_from_code(code: i64) -> Option<TagType> {
+    Some(match code {
+        1 => TagType::Bool,
+        2 | 4 => TagType::Int16,
+        3 | 5 => TagType::UInt16,
+        6 => TagType::Int32,
+        7 => TagType::UInt32,
+        8 => TagType::Float,
+        9 => TagType::Double,
+        10 | 11 => TagType::String,
+        _ => return None,
+    })
+}
+
+/// The `dataType` of a row: an integer code, or a type name as a string.
+fn row_type(row: &Map<String, Value>) -> Option<TagType> {
+    let v = get_ci(row, "dataType")?;
+    if let Some(code) = v.as_i64() {
+        return type_from_code(code);
+    }
+    let s = v.as_str()?.trim();
+    match s.parse::<i64>() {
+        Ok(code) => type_from_code(code),
+        Err(_) => TagType::parse(s),
+    }
+}
+
+/// Converts a row's value to the tag's type where the JSON type differs
+/// (a number sent as a string, a bool as 0/1, ...). A value that cannot be
+/// converted is kept as it is.
+pub fn convert(ty: TagType, v: Value) -> Value {
+    let number = |s: &str| serde_json::from_str::<serde_json::Number>(s.trim()).ok();
+    match (ty, &v) {
+        (TagType::Bool, Value::Number(n)) => match n.as_f64() {
+            Some(0.0) => Value::Bool(false),
+            Some(1.0) => Value::Bool(true),
+            _ => v,
+        },
+        (TagType::Bool, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Value::Bool(true),
+            "false" | "0" => Value::Bool(false),
+            _ => v,
+        },
+        (TagType::String | TagType::DateTime, Value::Number(n)) => Value::String(n.to_string()),
+        (TagType::String, Value::Bool(b)) => Value::String(b.to_string()),
+        (TagType::Float | TagType::Double, Value::String(s)) => number(s).map_or(v, Value::Number),
+        (TagType::Float | TagType::Double, Value::Bool(b)) => Value::from(u8::from(*b)),
+        (
+            TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32,
+            _,
+        ) => {
+            let n = match &v {
+                Value::String(s) => number(s),
+                Value::Number(n) => Some(n.clone()),
+                Value::Bool(b) => Some(u8::from(*b).into()),
+                _ => None,
+            };
+            match n {
+                Some(n) if n.is_i64() || n.is_u64() => Value::Number(n),
+                Some(n) => match n.as_f64() {
+                    Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Value::from(x as i64),
+                    _ => v,
+                },
+                None => v,
+            }
+        }
+        _ => v,
+    }
+}
+
+/// One page of `GET tagManagement/Variables`.
+pub struct VariablePage {
+    pub tags: Vec<TagInfo>,
+    pub skipped: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// Parses a browse page: a bare array, or an object with the rows under
+/// `variables` / `items` / `values` (any case) and `continuationPoint`.
+pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
+    let v = parse::json(body)?;
+    let (rows, continuation) = match &v {
+        Value::Array(a) => (a, None),
+        Value::Object(o) => {
+            let rows = ["variables", "items", "values", "tags"]
+                .iter()
+                .find_map(|k| get_ci(o, k).and_then(Value::as_array))
+                .ok_or_else(|| {
+                    StationError::Malformed("the variable list has no array of variables".into())
+                })?;
+            let cont = match get_ci(o, "continuationPoint") {
+                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            (rows, cont)
+        }
+        _ => {
+            return Err(StationError::Malformed(
+                "the variable list is not JSON array or object".into(),
+            ))
+        }
+    };
+    let mut tags = Vec::with_capacity(rows.len());
+    let mut skipped = Vec::new();
+    for row in rows {
+        let Value::Object(o) = row else {
+            skipped.push(row.to_string().chars().take(80).collect());
+            continue;
+        };
+        let Some(name) = parse::get_any_str(o, &["variableName", "name"]) else {
+            skipped.push("(a row without a name)".into());
+            continue;
+        };
+        let ty = row_type(o).or_else(|| {
+            parse::get_any_str(o, &["typeName", "dataTypeName", "type"])
+                .and_then(|s| TagType::parse(&s))
+        });
+        let Some(ty) = ty else {
+            skipped.push(name);
+            continue;
+        };
+        let writable = match get_ci(o, "writable") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        tags.push(TagInfo { name, ty, writable });
+    }
+    Ok(VariablePage {
+        tags,
+        skipped,
+        continuation,
+    })
+}
+
+/// Parses a `POST tagManagement/Values` reply: one reading per requested
+/// name, in the order of `names`, rows matched by name; an empty body means
+/// every row is missing. Also returns how many rows were missing.
+pub fn values(
+    body: &[u8],
+    names: &[String],
+    types: &HashMap<String, TagType>,
+    received: chrono::DateTime<chrono::Utc>,
+) -> Result<(Vec<Reading>, usize), StationError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let all = names.iter().map(|n| parse::missing(n, received)).collect();
+        return Ok((all, names.len()));
+    }
+    let v = parse::json(body)?;
+    let rows = match &v {
+        Value::Array(a) => a,
+        Value::Object(o) => match ["values", "variables", "items"]
+            .iter()
+            .find_map(|k| get_ci(o, k).and_then(Value::as_array))
+        {
+            Some(a) => a,
+            None => {
+                return Err(StationError::Malformed(
+                    "the reply is not an array of rows".into(),
+                ))
+            }
+        },
+        _ => {
+            return Err(StationError::Malformed(
+                "the reply is not an array of rows".into(),
+            ))
+        }
+    };
+    let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        if let Value::Object(o) = row {
+            if let Some(Value::String(n)) = get_ci(o, "variableName").or_else(|| get_ci(o, "name"))
+            {
+                by_name.entry(n.as_str()).or_insert(o);
+            }
+        }
+    }
+    if by_name.is_empty() && !rows.is_empty() {
+        return Err(StationError::Malformed(format!(
+            "none of the {} rows has a \"variableName\"",
+            rows.len()
+        )));
+    }
+    let mut missing = 0;
+    let readings = names
+        .iter()
+        .map(|n| match by_name.get(n.as_str()) {
+            None => {
+                missing += 1;
+                parse::missing(n, received)
+            }
+            Some(row) => {
+                let mut r = parse::row_reading(n, row, received);
+                if r.error.is_none() {
+                    if r.quality_code.is_none() {
+                        // The quality byte as a string ("192"), or a bare
+                        // numeric "quality".
+                        let code = ["qualitycode", "quality"]
+                            .iter()
+                            .filter_map(|k| get_ci(row, k))
+                            .find_map(|v| match v {
+                                Value::Number(n) => n.as_u64(),
+                                Value::String(s) => s.trim().parse::<u64>().ok(),
+                                _ => None,
+                            })
+                            .and_then(|c| u32::try_from(c).ok());
+                        if let Some(c) = code {
+                            r.quality_code = Some(c);
+                            r.quality = parse::quality_from_code(c);
+                        }
+                    }
+                    if let Some(ty) = types.get(n.as_str()).copied().or_else(|| row_type(row)) {
+                        r.value = convert(ty, std::mem::take(&mut r.value));
+                    }
+                }
+                r
+            }
+        })
+        .collect();
+    Ok((readings, missing))
+}
+
+/// The result of `PUT tagManagement/Value/{name}`: a non-zero `errorcode`
+/// (any case) is a refusal with that code, as is any other 4xx answer; an
+/// empty 2xx body or `errorcode` 0 is success.
+pub fn write_result(status: StatusCode, body: &[u8]) -> Result<(), StationError> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match parse::json(body) {
+            Ok(v) => Some(v),
+            Err(e) if status.is_success() => return Err(e),
+            Err(_) => None,
+        }
+    };
+    let o = v.as_ref().and_then(Value::as_object);
+    let text = |k: &str| {
+        o.and_then(|o| get_ci(o, k)).and_then(|v| match v {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Object(e) => get_ci(e, "message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        })
+    };
+    let message = text("error")
+        .or_else(|| text("errorText"))
+        .or_else(|| text("message"));
+    match text("errorcode") {
+        Some(code) if code != "0" => Err(StationError::Refused {
+            message: message.unwrap_or_else(|| format!("station error code {code}")),
+            code,
+        }),
+        _ if !status.is_success() => Err(StationError::Refused {
+            code: status.as_u16().to_string(),
+            message: message
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").into()),
+        }),
+        Some(_) => Ok(()),
+        None => match message {
+            Some(m) => Err(StationError::Refused {
+                code: "error".into(),
+                message: m,
+            }),
+            None => Ok(()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Quality;
+    use serde_json::json;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rows_by_name_any_case_strings_converted_missing_counted() {
+        let body = br#"[
+          {"VariableName":"B","DataType":1,"Value":"true","QualityCode":128,"ErrorCode":0},
+          {"variableName":"A","dataType":9,"value":"21.5","timestamp":"2026-01-01T00:00:00.000Z","qualitycode":72,"errorcode":0},
+          {"variableName":"E","error":"unknown variable"},
+          {"variableName":"I","dataType":99,"value":"7","qualitycode":192},
+          {"variableName":"S","dataType":10,"value":5,"QualityCode":"72"}]"#;
+        let types = HashMap::from([("I".to_string(), TagType::Int32)]);
+        let now = chrono::Utc::now();
+        let (r, missing) =
+            values(body, &names(&["A", "B", "C", "E", "I", "S"]), &types, now).unwrap();
+        assert_eq!(missing, 1);
+        assert_eq!(r[0].value, json!(21.5));
+        assert_eq!(r[0].quality, Quality::Uncertain);
+        assert_eq!(r[0].quality_code, Some(72));
+        assert_eq!(r[1].value, json!(true));
+        assert_eq!(r[1].quality, Quality::Good);
+        assert_eq!(r[2].quality, Quality::Bad);
+        assert_eq!(r[3].quality, Quality::Bad);
+        assert_eq!(r[4].value, json!(7));
+        assert_eq!(r[4].quality_code, Some(192));
+        assert_eq!(r[5].value, json!("5"));
+        assert_eq!(
+            (r[5].quality, r[5].quality_code),
+            (Quality::Uncertain, Some(72))
+        );
+        let (r, missing) = values(b" ", &names(&["A", "B"]), &types, now).unwrap();
+        assert_eq!((r.len(), missing), (2, 2));
+        assert!(r.iter().all(|r| r.quality == Quality::Bad));
+        for garbage in [&b"{"[..], b"42", b"[1,2]", b"{\"x\":1}"] {
+            assert!(values(garbage, &names(&["A"]), &types, now).is_err());
+        }
+    }
+
+    #[test]
+    fn conversions_follow_the_type() {
+        assert_eq!(convert(TagType::Int16, json!("12")), json!(12));
+        assert_eq!(convert(TagType::Int32, json!(5.0)), json!(5));
+        assert_eq!(convert(TagType::Bool, json!(0)), json!(false));
+        assert_eq!(convert(TagType::String, json!(3)), json!("3"));
+        assert_eq!(convert(TagType::Double, json!("x")), json!("x"));
+        assert_eq!(convert(TagType::Double, json!(2)), json!(2));
+    }
+
+    #[test]
+    fn browse_pages_carry_continuation_points() {
+        let p = variable_page(br#"{"variables":[{"variableName":"A","dataType":9,"writable":true},{"variableName":"B","dataType":77},{"variableName":"C","dataType":77,"typeName":"Int64"}],"continuationPoint":"3"}"#).unwrap();
+        assert_eq!(p.tags.len(), 2);
+        assert_eq!(p.tags[0].ty, TagType::Double);
+        assert_eq!(p.tags[1].ty, TagType::Int64);
+        assert_eq!(p.skipped, vec!["B".to_string()]);
+        assert_eq!(p.continuation.as_deref(), Some("3"));
+        let p = variable_page(br#"{"Variables":[],"continuationPoint":null}"#).unwrap();
+        assert!(p.continuation.is_none());
+    }
+}

@@ -1,0 +1,653 @@
+//! The `wincc-v7` dialect end to end over loopback HTTP: the gateway's bus
+//! output equals the generic dialect's for identical station data; each
+//! simulated field quirk (dropped rows, empty body, mixed key case, values
+//! as strings, slow large batches); writes; browse paging; Basic auth;
+//! alarms through a REST filter.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wincc_gateway::bus::{Bus, Event, Subscriber};
+use wincc_gateway::config::{
+    AlarmSettings, AuthMode, Dialect, PollGroup, PollMode, RateLimit, Settings, WinccSettings,
+};
+use wincc_gateway::model::{BadReason, Quality, TagChange, TagType};
+use wincc_gateway::poll::Poller;
+use wincc_gateway::sim::{self, AlarmAction, AlarmCommand, Faults, SimHandle, SimOptions};
+use wincc_gateway::wincc::{self, Station, StationError};
+use wincc_gateway::writes::TagMap;
+
+const PASSWORD: &str = "V7-Pa55word";
+
+async fn start_sim(dialect: Dialect, tags: usize) -> SimHandle {
+    sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimOptions {
+            tags,
+            change_rate: 0.0,
+            auth: AuthMode::Basic,
+            users: vec![("gateway".into(), PASSWORD.into())],
+            alarms: false,
+            seed: 7,
+            dialect,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn base_url(sim: &SimHandle, dialect: Dialect) -> String {
+    match dialect {
+        Dialect::WinccV7 => format!("{}/WinCCRestService", sim.base_url()),
+        _ => sim.base_url(),
+    }
+}
+
+fn settings(sim: &SimHandle, dialect: Dialect, pw: &str, tags: &[&str]) -> Settings {
+    let dir = std::env::temp_dir().join(format!(
+        "v7-pw-{}-{}",
+        std::process::id(),
+        sim.addr().port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pw");
+    std::fs::write(&file, pw).unwrap();
+    Settings {
+        wincc: WinccSettings {
+            base_url: base_url(sim, dialect),
+            dialect,
+            auth: AuthMode::Basic,
+            username: "gateway".into(),
+            password_file: file.to_string_lossy().into_owned(),
+            timeout_ms: 2000,
+            rate_limit: RateLimit {
+                requests_per_second: 1000,
+                burst: 100,
+                max_in_flight: 2,
+            },
+            ..WinccSettings::default()
+        },
+        poll_groups: vec![PollGroup {
+            name: "g".into(),
+            interval_ms: 100,
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            deadband_abs: 0.0,
+            deadband_pct: 0.0,
+            heartbeat_s: 0,
+            mode: PollMode::Poll,
+        }],
+        alarms: AlarmSettings {
+            enabled: false,
+            ..AlarmSettings::default()
+        },
+        mqtt: Default::default(),
+        opcua: Default::default(),
+        http: Default::default(),
+        log: Default::default(),
+    }
+}
+
+struct Rig {
+    sub: Subscriber,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _tags: watch::Receiver<Arc<TagMap>>,
+}
+
+impl Rig {
+    fn start(s: &Settings) -> Rig {
+        let station = wincc::connect(s).unwrap();
+        let bus = Bus::new();
+        let sub = bus.subscribe("test", 100_000);
+        let (tx, rx) = watch::channel(Arc::new(TagMap::new()));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Poller::new(s, station, bus, tx).run(cancel.clone()));
+        Rig {
+            sub,
+            cancel,
+            task,
+            _tags: rx,
+        }
+    }
+
+    /// Every tag change within `within`, or until `enough` holds.
+    async fn changes_until(
+        &mut self,
+        within: Duration,
+        mut enough: impl FnMut(&[TagChange]) -> bool,
+    ) -> Vec<TagChange> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while !enough(&out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.sub.recv()).await {
+                Ok(Some(Event::Changes(b))) => out.extend(b.changes.iter().cloned()),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        out
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// A change without its timestamp (the only thing allowed to differ).
+fn normalised(c: &TagChange) -> (TagType, Value, Quality, Option<u32>, Option<BadReason>) {
+    (
+        c.ty,
+        c.value.clone(),
+        c.quality,
+        c.quality_code,
+        c.error.clone(),
+    )
+}
+
+/// Gives every tag the same value, quality and raw code on a station.
+fn script(sim: &SimHandle, phase: usize) {
+    let tags = sim.tags();
+    let mut store = sim.state().store_mut();
+    for (i, t) in tags.iter().enumerate() {
+        let (q, code) = match (i + phase) % 5 {
+            0 => (Quality::Good, 0x80),
+            1 => (Quality::Good, 0xC0),
+            2 => (Quality::Uncertain, 0x48),
+            3 => (Quality::Bad, 0x08),
+            _ => (Quality::Uncertain, 0x4C),
+        };
+        let v = match (phase, t.ty) {
+            (1, TagType::Double | TagType::Float) => Some(json!(i as f64 + 0.25)),
+            (1, TagType::Int32 | TagType::Int16 | TagType::Int64) => Some(json!(i as i64 - 7)),
+            (1, TagType::UInt16 | TagType::UInt32) => Some(json!(i + 3)),
+            (1, TagType::Bool) => Some(json!(i % 2 == 0)),
+            (1, TagType::String) => Some(json!(format!("text {i} \"quoted\" ü"))),
+            // Generated from the start time: made identical on both stations.
+            (_, TagType::DateTime) => Some(json!(format!(
+                "2026-01-0{}T00:{:02}:{:02}.125Z",
+                phase + 1,
+                i / 60 % 60,
+                i % 60
+            ))),
+            _ => None,
+        };
+        store.force(&t.name, v.as_ref(), q, Some(code)).unwrap();
+    }
+}
+
+async fn output(dialect: Dialect) -> Vec<BTreeMap<String, String>> {
+    let sim = start_sim(dialect, 120).await;
+    let n = sim.tags().len();
+    script(&sim, 0);
+    let mut rig = Rig::start(&settings(&sim, dialect, PASSWORD, &["**"]));
+    let mut phases = Vec::new();
+    for phase in 0..2 {
+        if phase == 1 {
+            script(&sim, 1);
+        }
+        let got = rig
+            .changes_until(Duration::from_secs(10), |c| {
+                c.iter().map(|c| &c.name).collect::<HashSet<_>>().len() >= n
+            })
+            .await;
+        let map: BTreeMap<String, String> = got
+            .iter()
+            .map(|c| (c.name.to_string(), format!("{:?}", normalised(c))))
+            .collect();
+        assert_eq!(
+            map.len(),
+            n,
+            "{dialect:?} phase {phase}: not every tag changed"
+        );
+        phases.push(map);
+    }
+    rig.stop().await;
+    phases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_output_equals_the_generic_dialects_for_identical_station_data() {
+    let generic = output(Dialect::Generic).await;
+    let v7 = output(Dialect::WinccV7).await;
+    for (phase, (g, v)) in generic.iter().zip(&v7).enumerate() {
+        for (name, gc) in g {
+            assert_eq!(Some(gc), v.get(name), "phase {phase}, tag {name:?}");
+        }
+    }
+    assert_eq!(generic, v7);
+    // The scripted data really covers all three qualities and both codes.
+    let text = format!("{:?}", v7[1]);
+    for needle in ["Good", "Uncertain", "Bad", "Some(72)", "Some(192)"] {
+        assert!(text.contains(needle), "{needle} missing");
+    }
+}
+
+/// Four plain-named tags of the v7 simulator.
+fn plain_tags(sim: &SimHandle, n: usize) -> Vec<String> {
+    sim.tags()
+        .into_iter()
+        .filter(|t| {
+            t.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._".contains(c))
+        })
+        .take(n)
+        .map(|t| t.name)
+        .collect()
+}
+
+/// Runs the poller over `names`, switches `faults` on once all are good,
+/// and returns the changes seen afterwards (until every bad tag is good again).
+async fn quirk_cycle(faults: Faults) -> (Vec<String>, Vec<TagChange>) {
+    let sim = start_sim(Dialect::WinccV7, 60).await;
+    let names = plain_tags(&sim, 4);
+    let globs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut rig = Rig::start(&settings(&sim, Dialect::WinccV7, PASSWORD, &globs));
+    let first = rig
+        .changes_until(Duration::from_secs(5), |c| c.len() >= names.len())
+        .await;
+    assert!(
+        first.iter().all(|c| c.quality == Quality::Good),
+        "{first:?}"
+    );
+    sim.set_faults(faults);
+    let after = rig
+        .changes_until(Duration::from_secs(5), |c| {
+            let bad: HashSet<_> = c
+                .iter()
+                .filter(|c| c.quality == Quality::Bad)
+                .map(|c| &c.name)
+                .collect();
+            !bad.is_empty()
+                && bad.iter().all(|n| {
+                    c.iter()
+                        .any(|g| &&g.name == n && g.quality == Quality::Good)
+                })
+        })
+        .await;
+    rig.stop().await;
+    (names, after)
+}
+
+fn is_missing(c: &TagChange) -> bool {
+    matches!(&c.error, Some(BadReason::TagError { code, .. }) if code == "missing")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_rows_are_bad_for_that_cycle_then_good() {
+    let (names, after) = quirk_cycle(Faults {
+        drop_rows: 1,
+        ..Faults::default()
+    })
+    .await;
+    let bad: Vec<_> = after.iter().filter(|c| c.quality == Quality::Bad).collect();
+    assert_eq!(bad.len(), names.len() / 2, "{after:?}");
+    assert!(bad.iter().all(|c| is_missing(c)), "{bad:?}");
+    for b in &bad {
+        assert!(
+            after
+                .iter()
+                .any(|c| c.name == b.name && c.quality == Quality::Good),
+            "{} came back good",
+            b.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_200_body_makes_every_tag_bad_for_that_cycle() {
+    let (names, after) = quirk_cycle(Faults {
+        empty_body: 1,
+        ..Faults::default()
+    })
+    .await;
+    let bad: HashSet<_> = after
+        .iter()
+        .filter(|c| c.quality == Quality::Bad && is_missing(c))
+        .map(|c| c.name.to_string())
+        .collect();
+    assert_eq!(bad, names.iter().cloned().collect(), "{after:?}");
+    let good: HashSet<_> = after
+        .iter()
+        .filter(|c| c.quality == Quality::Good)
+        .map(|c| c.name.to_string())
+        .collect();
+    assert_eq!(good, bad);
+}
+
+fn client_settings(sim: &SimHandle, pw: &str, timeout_ms: u64, filter: &str) -> Settings {
+    let mut s = settings(sim, Dialect::WinccV7, pw, &["**"]);
+    s.wincc.timeout_ms = timeout_ms;
+    s.alarms.filter = filter.into();
+    s
+}
+
+fn client(s: &Settings) -> Arc<dyn Station> {
+    wincc::connect(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_key_case_and_values_as_strings_read_the_same_readings() {
+    let sim = start_sim(Dialect::WinccV7, 200).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let tags = c.list_tags().await.unwrap();
+    let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
+    let plain = c.read_values(&names).await.unwrap();
+    let types: HashSet<TagType> = tags.iter().map(|t| t.ty).collect();
+    assert!(types.len() >= 8, "{types:?}");
+    for quirk in [
+        Faults {
+            mixed_key_case: true,
+            ..Faults::default()
+        },
+        Faults {
+            values_as_strings: true,
+            ..Faults::default()
+        },
+        Faults {
+            mixed_key_case: true,
+            values_as_strings: true,
+            ..Faults::default()
+        },
+    ] {
+        sim.set_faults(quirk.clone());
+        let quirky = c.read_values(&names).await.unwrap();
+        assert_eq!(plain.len(), quirky.len());
+        for (a, b) in plain.iter().zip(&quirky) {
+            assert_eq!(a, b, "{quirk:?}");
+        }
+    }
+    assert!(plain
+        .iter()
+        .all(|r| r.quality == Quality::Good && r.quality_code == Some(0x80)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_large_batch_hits_the_timeout_while_small_ones_pass() {
+    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let c = client(&client_settings(&sim, PASSWORD, 400, ""));
+    let names = sim.tag_names();
+    sim.set_faults(Faults {
+        slow_batch_ms: 1500,
+        slow_batch_min_names: 50,
+        ..Faults::default()
+    });
+    assert_eq!(c.read_values(&names[..10]).await.unwrap().len(), 10);
+    let e = c.read_values(&names[..60]).await.unwrap_err();
+    assert!(matches!(e, StationError::Timeout(_)), "{e:?}");
+    assert!(e.is_outage());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_accepted_or_refused_with_the_station_code() {
+    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let tags = sim.tags();
+    let w = tags
+        .iter()
+        .find(|t| t.writable && t.ty == TagType::Double && t.name.contains('/'))
+        .or_else(|| tags.iter().find(|t| t.writable && t.ty == TagType::Double))
+        .unwrap();
+    c.write_value(&w.name, w.ty, &json!(12.5)).await.unwrap();
+    assert_eq!(sim.value(&w.name), Some(json!(12.5)));
+    let code = |e: StationError| match e {
+        StationError::Refused { code, .. } => code,
+        other => panic!("not refused: {other:?}"),
+    };
+    let ro = tags.iter().find(|t| !t.writable).unwrap();
+    let before = sim.value(&ro.name);
+    assert_eq!(
+        code(c.write_value(&ro.name, ro.ty, &json!(1)).await.unwrap_err()),
+        "2"
+    );
+    assert_eq!(sim.value(&ro.name), before);
+    assert_eq!(
+        code(
+            c.write_value(&w.name, w.ty, &json!("nope"))
+                .await
+                .unwrap_err()
+        ),
+        "3"
+    );
+    assert_eq!(
+        code(
+            c.write_value("No.Such::Tag", TagType::Int32, &json!(1))
+                .await
+                .unwrap_err()
+        ),
+        "1"
+    );
+    // Hostile names travel inside one path segment.
+    for t in tags.iter().filter(|t| t.writable && t.ty == TagType::Bool) {
+        c.write_value(&t.name, t.ty, &json!(true)).await.unwrap();
+        assert_eq!(sim.value(&t.name), Some(json!(true)), "{:?}", t.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_follows_continuation_points_to_the_end() {
+    let sim = start_sim(Dialect::WinccV7, 2500).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    sim.reset_stats();
+    let tags = c.list_tags().await.unwrap();
+    assert_eq!(tags, sim.tags());
+    assert_eq!(
+        sim.stats().requests.get("GET /tagManagement/Variables"),
+        Some(&3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_on_every_request_and_no_login_route() {
+    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/winccrestservice/TAGMANAGEMENT/values", sim.base_url());
+    let r = http
+        .post(&url)
+        .json(&json!({"variableNames": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    let r = http
+        .post(&url)
+        .basic_auth("gateway", Some(PASSWORD))
+        .json(&json!({"variableNames": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows: Value = r.json().await.unwrap();
+    assert_eq!(rows[0]["variableName"], "x");
+    assert!(rows[0]["error"].is_string());
+    let r = http
+        .post(format!("{}/auth/login", sim.base_url()))
+        .json(&json!({"username": "gateway", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let bad = client(&client_settings(&sim, "wrong", 2000, ""));
+    let e = bad.list_tags().await.unwrap_err();
+    assert!(matches!(&e, StationError::Auth(_)), "{e:?}");
+    assert!(!e.to_string().contains("wrong"));
+    sim.reset_stats();
+    let e = bad.read_values(&["x".into()]).await.unwrap_err();
+    assert!(matches!(e, StationError::Auth(_)), "{e:?}");
+    assert_eq!(
+        sim.stats().total_requests,
+        0,
+        "the gate holds requests back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_come_from_the_configured_rest_filter() {
+    let sim = start_sim(Dialect::WinccV7, 30).await;
+    sim.alarm(AlarmCommand {
+        action: AlarmAction::Raise,
+        id: Some(json!("A1")),
+        name: Some("Tank.High".into()),
+        text: Some("level high".into()),
+        class: Some("Alarm".into()),
+        priority: Some(3),
+    })
+    .unwrap();
+    let none = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    sim.reset_stats();
+    assert!(none.active_alarms().await.unwrap().is_empty());
+    assert_eq!(sim.stats().total_requests, 0);
+    let c = client(&client_settings(
+        &sim,
+        PASSWORD,
+        2000,
+        "Active Alarms/Line 1",
+    ));
+    let alarms = c.active_alarms().await.unwrap();
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].id, "A1");
+    assert_eq!(alarms[0].text, "level high");
+    let by_endpoint: HashMap<_, _> = sim.stats().requests.into_iter().collect();
+    assert_eq!(
+        by_endpoint.get("GET /alarmLogging/MessageList/{filter}"),
+        Some(&1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
+    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let names = sim.tag_names();
+    sim.reset_stats();
+    sim.set_faults(Faults {
+        too_many_requests: Some(sim::TooManyRequests {
+            count: 1,
+            retry_after_s: 1,
+        }),
+        ..Faults::default()
+    });
+    assert_eq!(c.read_values(&names).await.unwrap().len(), names.len());
+    let stats = sim.stats();
+    assert_eq!(stats.too_many_requests, 1);
+    assert_eq!(stats.requests.get("POST /tagManagement/Values"), Some(&2));
+    for faults in [
+        Faults {
+            malformed_body: 1,
+            ..Faults::default()
+        },
+        Faults {
+            truncated_body: 1,
+            ..Faults::default()
+        },
+    ] {
+        sim.set_faults(faults);
+        let e = c.read_values(&names).await.unwrap_err();
+        assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+        assert!(!e.to_string().contains(PASSWORD));
+    }
+    assert!(c.read_values(&names).await.is_ok());
+}
+
+/// Counts `wincc_gateway_station_rows_missing_total` increments.
+#[derive(Default)]
+struct MissingRows(Arc<std::sync::atomic::AtomicU64>);
+
+struct Count(Arc<std::sync::atomic::AtomicU64>);
+
+impl metrics::CounterFn for Count {
+    fn increment(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::Recorder for MissingRows {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() == "wincc_gateway_station_rows_missing_total" {
+            metrics::Counter::from_arc(Arc::new(Count(Arc::clone(&self.0))))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn missing_rows_are_counted_in_the_warning_metric() {
+    let recorder = MissingRows::default();
+    let count = Arc::clone(&recorder.0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let sim = start_sim(Dialect::WinccV7, 30).await;
+            let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+            let names: Vec<String> = sim.tag_names().into_iter().take(6).collect();
+            c.read_values(&names).await.unwrap();
+            sim.set_faults(Faults {
+                drop_rows: 1,
+                ..Faults::default()
+            });
+            let r = c.read_values(&names).await.unwrap();
+            assert_eq!(r.iter().filter(|r| r.quality == Quality::Bad).count(), 3);
+            sim.set_faults(Faults {
+                empty_body: 1,
+                ..Faults::default()
+            });
+            let r = c.read_values(&names).await.unwrap();
+            assert!(r.iter().all(|r| r.quality == Quality::Bad));
+            assert!(c
+                .read_values(&names)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.error.is_none()));
+        })
+    });
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 3 + 6);
+}
