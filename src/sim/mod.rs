@@ -43,6 +43,8 @@ mod listener;
 pub mod names;
 pub mod stats;
 pub mod store;
+pub mod unified;
+mod unified_gql;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -397,10 +399,14 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
     });
     let router = match state.opts.dialect {
         Dialect::Generic => generic::router(Arc::clone(&state)),
+        Dialect::Unified => unified::router(Arc::clone(&state)),
         other => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("the simulator does not serve dialect {:?} yet", other.as_str()),
+                format!(
+                    "the simulator does not serve dialect {:?} yet",
+                    other.as_str()
+                ),
             ))
         }
     };

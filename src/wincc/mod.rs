@@ -94,6 +94,8 @@ pub mod generic;
 mod http;
 pub mod limiter;
 mod parse;
+pub mod unified;
+pub(crate) mod unified_parse;
 
 use std::sync::Arc;
 
@@ -116,6 +118,7 @@ pub enum ConnectError {
 pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     match settings.wincc.dialect {
         Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
+        Dialect::Unified => Ok(Arc::new(unified::UnifiedClient::new(&settings.wincc)?)),
         other => Err(ConnectError::Setting {
             key: "wincc.dialect",
             why: format!(
