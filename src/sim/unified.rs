@@ -129,11 +129,10 @@ async fn graphql(State(st): St, headers: HeaderMap, body: Body) -> Response {
         }
     };
     let req: Result<Value, _> = serde_json::from_slice(&bytes);
-    let op = req.as_ref().ok().and_then(|r| {
-        r.get("query")
-            .and_then(Value::as_str)
-            .map(|q| gql::parse(q))
-    });
+    let op = req
+        .as_ref()
+        .ok()
+        .and_then(|r| r.get("query").and_then(Value::as_str).map(gql::parse));
     let field = match &op {
         Some(Ok(o)) => Some(o.field.as_str()),
         _ => None,
