@@ -447,3 +447,31 @@ async fn simulator_speaks_graphql_strictly() {
     assert!(wrong_kind["errors"].is_array());
     assert_eq!(sim.stats().logins, 1);
 }
+
+#[tokio::test]
+async fn station_faults_become_clear_errors() {
+    let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
+    let names = sim.tag_names()[..3].to_vec();
+    c.read_values(&names).await.unwrap();
+    sim.set_faults(sim::Faults {
+        malformed_body: 1,
+        ..sim::Faults::default()
+    });
+    let e = c.read_values(&names).await.unwrap_err();
+    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+    sim.set_faults(sim::Faults {
+        truncated_body: 1,
+        ..sim::Faults::default()
+    });
+    let e = c.read_values(&names).await.unwrap_err();
+    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+    sim.set_faults(sim::Faults {
+        unavailable: true,
+        ..sim::Faults::default()
+    });
+    let e = c.read_values(&names).await.unwrap_err();
+    assert!(e.is_outage(), "{e:?}");
+    sim.set_faults(sim::Faults::default());
+    assert_eq!(c.read_values(&names).await.unwrap().len(), 3);
+    assert_eq!(sim.stats().logins, 1, "faults are not auth failures");
+}
