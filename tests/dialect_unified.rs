@@ -475,3 +475,99 @@ async fn station_faults_become_clear_errors() {
     assert_eq!(c.read_values(&names).await.unwrap().len(), 3);
     assert_eq!(sim.stats().logins, 1, "faults are not auth failures");
 }
+
+/// Readings from a subscription until `pred` holds for one of them.
+async fn sub_until(
+    sub: &mut wincc_gateway::wincc::unified::TagSubscription,
+    what: &str,
+    mut pred: impl FnMut(&wincc_gateway::model::Reading) -> bool,
+) -> Vec<wincc_gateway::model::Reading> {
+    use wincc_gateway::wincc::unified::SubscriptionEvent;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(SubscriptionEvent::Readings(r))) => {
+                let hit = r.iter().any(&mut pred);
+                seen.extend(r);
+                if hit {
+                    return seen;
+                }
+            }
+            other => panic!("no {what}: {other:?} after {seen:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tag_values_subscription_sends_added_then_modified() {
+    let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
+    let tags = sim.tags();
+    let int = tags
+        .iter()
+        .find(|t| t.writable && t.ty == TagType::Int16)
+        .unwrap();
+    let names = vec![int.name.clone(), "HMI_RT_1::Nope".to_string()];
+    let mut sub = c.subscribe_tag_values(&names).await.unwrap();
+    let added = sub_until(&mut sub, "Added for the unknown tag", |r| {
+        r.name == names[1]
+    })
+    .await;
+    assert_eq!(added.len(), 2, "{added:?}");
+    assert_eq!(Some(&added[0].value), sim.value(&int.name).as_ref());
+    assert_eq!(added[0].quality, Quality::Good);
+    assert!(matches!(&added[1].error, Some(BadReason::TagError { code, .. }) if code == "2"));
+    let v = if sim.value(&int.name) == Some(json!(1234)) {
+        4321
+    } else {
+        1234
+    };
+    sim.set_value(&int.name, json!(v));
+    let modified = sub_until(&mut sub, "Modified", |r| r.value == json!(v)).await;
+    assert!(modified.iter().all(|r| r.name == int.name), "{modified:?}");
+    assert_eq!(sim.stats().logins, 1);
+    assert_eq!(count_ws(&sim), 1);
+    // The station going away ends the subscription with a Closed event.
+    sim.set_faults(sim::Faults {
+        outage_s: 1.0,
+        ..sim::Faults::default()
+    });
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sub.next().await {
+                Some(wincc_gateway::wincc::unified::SubscriptionEvent::Closed(e)) => return e,
+                Some(_) => {}
+                None => panic!("ended without a Closed event"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(end.is_outage(), "{end:?}");
+}
+
+fn count_ws(sim: &SimHandle) -> u64 {
+    sim.stats()
+        .requests
+        .get("WS subscribe tagValues")
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn subscription_with_a_dead_session_logs_in_once_more() {
+    let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
+    let names = sim.tag_names()[..2].to_vec();
+    c.read_values(&names).await.unwrap();
+    sim.expire_tokens();
+    let mut sub = c.subscribe_tag_values(&names).await.unwrap();
+    sub_until(&mut sub, "Added", |r| r.name == names[1]).await;
+    assert_eq!(sim.stats().logins, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = UnifiedClient::new(&wincc(&sim, Dialect::Unified, "nope", &dir)).unwrap();
+    assert!(matches!(
+        bad.subscribe_tag_values(&names).await,
+        Err(StationError::Auth(_))
+    ));
+}

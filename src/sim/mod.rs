@@ -45,6 +45,7 @@ pub mod stats;
 pub mod store;
 pub mod unified;
 mod unified_gql;
+mod unified_ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -16,6 +16,7 @@
 //! a fresh token with a full lifetime and ends the old one. Fault switches
 //! act as in the generic dialect (HTTP 429/500/503, latency, outage; body
 //! faults spoil `tagValues`, `browse` and `activeAlarms` answers).
+//! `GET /graphql` is the WebSocket side (`super::unified_ws`).
 //! Timestamps are `YYYY-MM-DDTHH:MM:SS.mmmZ`; unset ones are the epoch.
 
 use std::sync::Arc;
@@ -47,7 +48,7 @@ const EPOCH: &str = "1970-01-01T00:00:00.000Z";
 /// `POST /graphql` plus `/_sim/*`.
 pub fn router(state: Arc<SimState>) -> Router {
     control::router()
-        .route("/graphql", post(graphql))
+        .route("/graphql", post(graphql).get(super::unified_ws::upgrade))
         .fallback(not_found)
         .with_state(state)
 }
@@ -363,7 +364,7 @@ fn quality_json(q: Quality, code: Option<u32>) -> Value {
     json!({"quality": quality, "subStatus": sub_status, "limit": "OK"})
 }
 
-fn tag_row(tag: &SimTag) -> Value {
+pub(crate) fn tag_row(tag: &SimTag) -> Value {
     json!({
         "name": tag.info.name,
         "value": {

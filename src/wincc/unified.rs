@@ -36,6 +36,10 @@ use super::{ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
 use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
 
+#[path = "unified_ws.rs"]
+mod ws;
+pub use ws::{SubscriptionEvent, TagSubscription};
+
 const LOGIN: &str = "mutation Login($username: String!, $password: String!) { login(username: $username, password: $password) { token expires error { code description } } }";
 const EXTEND: &str =
     "mutation ExtendSession { extendSession { token expires error { code description } } }";
@@ -56,6 +60,8 @@ pub struct UnifiedClient {
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
     gate: std::sync::Mutex<LoginGate>,
+    /// Why subscriptions cannot be used with these TLS settings, if so.
+    ws_unsupported: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -135,7 +141,12 @@ impl UnifiedClient {
             )
             .map_err(ConnectError::Secret)?
         };
+        let custom_tls = !settings.ca_file.is_empty() || settings.accept_invalid_certs;
+        let ws_unsupported = (url.scheme() == "https" && custom_tls).then_some(
+            "subscriptions over wss:// use the system trust store only; with ca_file or accept_invalid_certs the gateway polls",
+        );
         Ok(UnifiedClient {
+            ws_unsupported,
             http: http::build_client(settings)?,
             url,
             auth: settings.auth,
