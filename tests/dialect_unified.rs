@@ -575,3 +575,34 @@ async fn subscription_with_a_dead_session_logs_in_once_more() {
         Err(StationError::Auth(_))
     ));
 }
+
+#[tokio::test]
+async fn every_graphql_request_goes_through_the_rate_limiter() {
+    let sim = sim_with(Dialect::Unified, 30, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = wincc(&sim, Dialect::Unified, PASSWORD, &dir);
+    s.rate_limit = RateLimit {
+        requests_per_second: 8,
+        burst: 2,
+        max_in_flight: 1,
+    };
+    let c = Arc::new(UnifiedClient::new(&s).unwrap());
+    let names = sim.tag_names()[..4].to_vec();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (c, names) = (Arc::clone(&c), names.clone());
+        tasks.push(tokio::spawn(async move { c.read_values(&names).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let st = sim.stats();
+    assert_eq!(st.total_requests, 13, "12 reads and one login: {st:?}");
+    // GCRA: at most rate + burst arrivals in any one-second window.
+    assert!(st.max_requests_per_second <= 8 + 2, "{st:?}");
+    assert!(
+        st.max_requests_per_second >= 6,
+        "the limit was pressed: {st:?}"
+    );
+    assert_eq!(st.max_in_flight, 1, "{st:?}");
+}
