@@ -404,10 +404,7 @@ pub async fn start(listen: SocketAddr, opts: SimOptions) -> std::io::Result<SimH
         other => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the simulator does not serve dialect {:?} yet",
-                    other.as_str()
-                ),
+                format!("the simulator does not serve dialect {:?} yet", other.as_str()),
             ))
         }
     };
