@@ -174,8 +174,19 @@ fn run_logs_json_and_stops_cleanly_on_sigterm() {
         .port();
     let password = "s3cret-Pa55word-for-the-log-test";
     let mut sim = bin()
-        .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--tags", "50"])
-        .args(["--auth", "session", "--user", &format!("gateway:{password}")])
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tags",
+            "50",
+        ])
+        .args([
+            "--auth",
+            "session",
+            "--user",
+            &format!("gateway:{password}"),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -229,24 +240,37 @@ level = "debug"
     }
     std::thread::sleep(Duration::from_millis(500));
     let pid = gw.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = gw.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "run did not stop within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "run did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = sim.kill();
     let _ = sim.wait();
     let mut log = String::new();
-    std::fs::File::open(&log_path).unwrap().read_to_string(&mut log).unwrap();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert!(status.success(), "exit {status:?}\n{log}");
     for line in log.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
     }
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains(password), "the password is in the log");

@@ -46,6 +46,9 @@ pub mod names;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod unified;
+mod unified_gql;
+mod unified_ws;
 pub mod wincc_v7;
 
 use std::future::Future;
@@ -411,15 +414,7 @@ pub(crate) async fn start_with(
     let router = match state.opts.dialect {
         Dialect::Generic => generic::router(Arc::clone(&state)),
         Dialect::WinccV7 => wincc_v7::router(Arc::clone(&state)),
-        other => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the simulator does not serve dialect {:?} yet",
-                    other.as_str()
-                ),
-            ))
-        }
+        Dialect::Unified => unified::router(Arc::clone(&state)),
     };
     tokio::spawn(Arc::clone(&state).ticker(cancel.clone()));
     let app = router.into_make_service_with_connect_info::<ConnId>();

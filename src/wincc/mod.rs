@@ -97,6 +97,8 @@ mod http;
 pub mod limiter;
 mod parse;
 pub mod tls;
+pub mod unified;
+pub(crate) mod unified_parse;
 pub mod wincc_v7;
 
 use std::sync::Arc;
@@ -121,12 +123,6 @@ pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     match settings.wincc.dialect {
         Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
         Dialect::WinccV7 => Ok(Arc::new(wincc_v7::WinccV7Client::new(settings)?)),
-        other => Err(ConnectError::Setting {
-            key: "wincc.dialect",
-            why: format!(
-                "dialect \"{}\" is not implemented yet; use \"generic\"",
-                other.as_str()
-            ),
-        }),
+        Dialect::Unified => Ok(Arc::new(unified::UnifiedClient::new(&settings.wincc)?)),
     }
 }

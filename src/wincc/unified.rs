@@ -1,0 +1,562 @@
+//! The `unified` dialect: WinCC Unified's GraphQL API (`POST {base_url}`,
+//! e.g. `https://host/graphql`), WINCC-DIALECTS.md §2.
+//!
+//! Every operation is one GraphQL request with its arguments passed as
+//! `variables` (never inlined into the query text). Auth: the `login`
+//! mutation returns a token sent as `Authorization: Bearer` on every request;
+//! `extendSession` is called once two thirds of the session lifetime have
+//! passed. A GraphQL auth error (or HTTP 401/403) discards the session: the
+//! client logs in once more and retries the request once, never looping. A
+//! refused login (`error.code` other than "0", e.g. "101") closes the gate
+//! for 5 s, growing to 60 s; calls in between fail at once with
+//! [`StationError::Auth`] and send nothing. `auth = "none"` sends no token
+//! (a server without the auth plugin).
+//!
+//! Every request goes through the shared [`Limiter`]; 429/503 with
+//! `Retry-After` pause the station like in the generic dialect. The
+//! password never appears in a log line or an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::Utc;
+use reqwest::{StatusCode, Url};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
+use super::http::{self, read_body, retry_after, transport_error};
+use super::limiter::Limiter;
+use super::parse;
+use super::unified_parse as up;
+use super::{ConnectError, Station, StationError};
+use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
+use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
+
+#[path = "unified_ws.rs"]
+mod ws;
+pub use ws::{SubscriptionEvent, TagSubscription};
+
+const LOGIN: &str = "mutation Login($username: String!, $password: String!) { login(username: $username, password: $password) { token expires error { code description } } }";
+const EXTEND: &str =
+    "mutation ExtendSession { extendSession { token expires error { code description } } }";
+const LOGOUT: &str = "mutation Logout($allSessions: Boolean) { logout(allSessions: $allSessions) }";
+const TAG_VALUES: &str = "query TagValues($names: [String!]!) { tagValues(names: $names) { name value { value timestamp quality { quality subStatus limit } } error { code description } } }";
+const BROWSE: &str = "query Browse($nameFilters: [String], $objectTypeFilters: [ObjectTypesEnum]) { browse(nameFilters: $nameFilters, objectTypeFilters: $objectTypeFilters) { name displayName objectType dataType } }";
+const WRITE: &str = "mutation WriteTagValues($input: [TagValueInput]!) { writeTagValues(input: $input) { name error { code description } } }";
+const ALARMS: &str = "query ActiveAlarms($languages: [String]) { activeAlarms(languages: $languages) { name instanceID alarmClassName priority state eventText raiseTime acknowledgmentTime clearTime modificationTime } }";
+
+/// A client for WinCC Unified's GraphQL API. Cheap to share (`Arc`).
+pub struct UnifiedClient {
+    http: reqwest::Client,
+    url: Url,
+    auth: AuthMode,
+    username: String,
+    password: Option<Secret>,
+    timeout: Duration,
+    limiter: Arc<Limiter>,
+    session: Mutex<Session>,
+    gate: std::sync::Mutex<LoginGate>,
+    /// Why subscriptions cannot be used with these TLS settings, if so.
+    ws_unsupported: Option<&'static str>,
+}
+
+#[derive(Default)]
+struct Session {
+    token: Option<String>,
+    /// Bumped on every login, so an auth error only discards the session it was sent with.
+    generation: u64,
+    expires_at: Option<Instant>,
+    refresh_at: Option<Instant>,
+}
+
+struct LoginGate {
+    closed_until: Option<Instant>,
+    backoff: ExponentialBackoff,
+    last_refusal: String,
+}
+
+struct Ticket {
+    bearer: Option<String>,
+    generation: u64,
+}
+
+/// How one GraphQL exchange ended, before auth handling.
+enum Outcome {
+    Data(Value),
+    AuthFailed(String),
+}
+
+fn login_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(LOGIN_BACKOFF_MIN)
+        .with_max_delay(LOGIN_BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+impl UnifiedClient {
+    /// Builds the client with its own limiter from `settings.rate_limit`.
+    pub fn new(settings: &WinccSettings) -> Result<Self, ConnectError> {
+        let limiter = Arc::new(Limiter::new(&settings.rate_limit));
+        Self::with_limiter(settings, limiter)
+    }
+
+    /// Builds the client around an existing limiter.
+    pub fn with_limiter(
+        settings: &WinccSettings,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ConnectError> {
+        let mut url = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
+            key: "wincc.base_url",
+            why: format!("not a URL: {e}"),
+        })?;
+        if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+            return Err(ConnectError::Setting {
+                key: "wincc.base_url",
+                why: "must be an http:// or https:// URL (the GraphQL endpoint, e.g. https://host/graphql)".into(),
+            });
+        }
+        url.set_fragment(None);
+        if matches!(settings.auth, AuthMode::Basic | AuthMode::Cookie) {
+            return Err(ConnectError::Setting {
+                key: "wincc.auth",
+                why: format!(
+                    "the unified dialect logs in with the login mutation and a Bearer token: use \"session\" (or \"none\"), not {:?}",
+                    settings.auth.as_str()
+                ),
+            });
+        }
+        let password = if settings.auth == AuthMode::None {
+            None
+        } else {
+            resolve_secret(
+                "wincc.password",
+                &settings.password_env,
+                &settings.password_file,
+            )
+            .map_err(ConnectError::Secret)?
+        };
+        let custom_tls = !settings.ca_file.is_empty() || settings.accept_invalid_certs;
+        let ws_unsupported = (url.scheme() == "https" && custom_tls).then_some(
+            "subscriptions over wss:// use the system trust store only; with ca_file or accept_invalid_certs the gateway polls",
+        );
+        Ok(UnifiedClient {
+            ws_unsupported,
+            http: http::build_client(settings)?,
+            url,
+            auth: settings.auth,
+            username: settings.username.clone(),
+            password,
+            timeout: Duration::from_millis(settings.timeout_ms.max(1)),
+            limiter,
+            session: Mutex::new(Session::default()),
+            gate: std::sync::Mutex::new(LoginGate {
+                closed_until: None,
+                backoff: login_backoff(),
+                last_refusal: String::new(),
+            }),
+        })
+    }
+
+    /// The limiter every request of this client goes through.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    fn scrub(&self, s: String) -> String {
+        match self.password.as_ref().map(Secret::expose) {
+            Some(pw) if !pw.is_empty() && s.contains(pw) => s.replace(pw, "***"),
+            _ => s,
+        }
+    }
+
+    fn scrub_err(&self, e: StationError) -> StationError {
+        match e {
+            StationError::Unreachable(m) => StationError::Unreachable(self.scrub(m)),
+            StationError::Auth(m) => StationError::Auth(self.scrub(m)),
+            StationError::Http { status, message } => StationError::Http {
+                status,
+                message: self.scrub(message),
+            },
+            StationError::Malformed(m) => StationError::Malformed(self.scrub(m)),
+            StationError::Refused { code, message } => StationError::Refused {
+                code: self.scrub(code),
+                message: self.scrub(message),
+            },
+            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
+        }
+    }
+
+    fn check_gate(&self) -> Result<(), StationError> {
+        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        match g.closed_until {
+            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
+                "{}; next login attempt in {:.0} s",
+                g.last_refusal,
+                (until - Instant::now()).as_secs_f64().ceil()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn refused(&self, why: String) -> StationError {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
+        g.closed_until = Some(Instant::now() + wait);
+        g.last_refusal = self.scrub(why);
+        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
+        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
+        StationError::Auth(format!(
+            "{}; next login attempt in {} s",
+            g.last_refusal,
+            wait.as_secs()
+        ))
+    }
+
+    fn login_accepted(&self) {
+        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        g.closed_until = None;
+        g.backoff = login_backoff();
+    }
+
+    /// One POST under a limiter permit: status, headers, body.
+    async fn post(
+        &self,
+        endpoint: &'static str,
+        body: &Value,
+        bearer: Option<&str>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
+        let _permit = self.limiter.acquire().await;
+        let start = std::time::Instant::now();
+        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
+            .increment(1);
+        let mut rb = self.http.post(self.url.clone()).json(body);
+        if let Some(t) = bearer {
+            rb = rb.bearer_auth(t);
+        }
+        let result = async {
+            let resp = rb
+                .send()
+                .await
+                .map_err(|e| transport_error(e, self.timeout))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = read_body(resp, self.timeout).await?;
+            Ok((status, headers, bytes))
+        }
+        .await;
+        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
+            .record(start.elapsed().as_secs_f64());
+        result.map_err(|e| self.scrub_err(e))
+    }
+
+    /// One GraphQL exchange: HTTP status handling (one retry after a short
+    /// `Retry-After`), then `errors[]` and `data.<root>`.
+    async fn exchange(
+        &self,
+        endpoint: &'static str,
+        root: &str,
+        body: &Value,
+        bearer: Option<&str>,
+    ) -> Result<Outcome, StationError> {
+        let mut waited = false;
+        loop {
+            let (status, headers, bytes) = self.post(endpoint, body, bearer).await?;
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Ok(Outcome::AuthFailed(format!("HTTP {}", status.as_u16())));
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+            {
+                let ra = retry_after(&headers);
+                if let Some(d) = ra {
+                    tracing::warn!(
+                        endpoint,
+                        status = status.as_u16(),
+                        pause_ms = d.as_millis() as u64,
+                        "station asked to retry later; pausing all requests"
+                    );
+                    self.limiter.pause_for(d);
+                    if !waited && d <= self.timeout {
+                        waited = true;
+                        continue;
+                    }
+                }
+                return Err(StationError::Busy {
+                    status: status.as_u16(),
+                    retry_after: ra,
+                });
+            }
+            let v = parse::json(&bytes);
+            if !status.is_success() {
+                let message = v
+                    .ok()
+                    .and_then(|v| up::graphql_errors(&v).map(|e| e.message))
+                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+                return Err(self.scrub_err(StationError::Http {
+                    status: status.as_u16(),
+                    message: message.chars().take(500).collect(),
+                }));
+            }
+            let v = v.map_err(|e| self.scrub_err(e))?;
+            if let Some(e) = up::graphql_errors(&v) {
+                if e.is_auth {
+                    return Ok(Outcome::AuthFailed(self.scrub(e.message)));
+                }
+                return Err(self.scrub_err(StationError::Refused {
+                    code: e.code,
+                    message: format!("GraphQL error: {}", e.message),
+                }));
+            }
+            return up::data_root(v, root)
+                .map(Outcome::Data)
+                .map_err(|e| self.scrub_err(e));
+        }
+    }
+
+    /// The `login` mutation: the token and its lifetime (if `expires` parses).
+    async fn login(&self) -> Result<(String, Option<Duration>), StationError> {
+        self.check_gate()?;
+        let pw = self
+            .password
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        let body = json!({"query": LOGIN, "operationName": "Login",
+            "variables": {"username": self.username, "password": pw}});
+        let refusal = match self.exchange("login", "login", &body, None).await? {
+            Outcome::AuthFailed(why) => format!("login as {:?} refused: {why}", self.username),
+            Outcome::Data(session) => match up::session(&session) {
+                Ok((token, lifetime)) => {
+                    self.login_accepted();
+                    tracing::info!(user = %self.username, "logged in to the station");
+                    metrics::counter!("wincc_gateway_station_logins_total").increment(1);
+                    return Ok((token, lifetime));
+                }
+                Err(up::SessionError::Refused(why)) => {
+                    format!("login as {:?} refused: {why}", self.username)
+                }
+                Err(up::SessionError::Malformed(m)) => {
+                    return Err(self.scrub_err(StationError::Malformed(m)))
+                }
+            },
+        };
+        Err(self.refused(refusal))
+    }
+
+    /// The `extendSession` mutation with the current token.
+    async fn extend(&self, token: &str) -> Result<(String, Option<Duration>), StationError> {
+        let body = json!({"query": EXTEND, "operationName": "ExtendSession", "variables": {}});
+        match self
+            .exchange("extend_session", "extendSession", &body, Some(token))
+            .await?
+        {
+            Outcome::AuthFailed(why) => Err(StationError::Auth(why)),
+            Outcome::Data(session) => match up::session(&session) {
+                Ok((t, lifetime)) => Ok((if t.is_empty() { token.into() } else { t }, lifetime)),
+                Err(up::SessionError::Refused(why)) => Err(StationError::Auth(why)),
+                Err(up::SessionError::Malformed(m)) => Err(StationError::Malformed(m)),
+            },
+        }
+    }
+
+    /// The token for the next request: logs in when there is none, extends
+    /// it when due, and drops the session `discard` names.
+    async fn ticket(&self, discard: Option<u64>) -> Result<Ticket, StationError> {
+        if self.auth == AuthMode::None {
+            return Ok(Ticket {
+                bearer: None,
+                generation: 0,
+            });
+        }
+        let mut s = self.session.lock().await;
+        if discard == Some(s.generation) {
+            s.token = None;
+        }
+        let now = Instant::now();
+        if s.expires_at.is_some_and(|t| now >= t) {
+            s.token = None;
+        }
+        if let (Some(token), Some(at)) = (s.token.clone(), s.refresh_at) {
+            if now >= at {
+                match self.extend(&token).await {
+                    Ok((t, lifetime)) => {
+                        tracing::debug!("station session extended");
+                        s.token = Some(t);
+                        set_expiry(&mut s, lifetime);
+                    }
+                    Err(StationError::Auth(why)) => {
+                        tracing::info!(reason = %why, "extendSession refused; logging in again");
+                        s.token = None;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if s.token.is_none() {
+            let (token, lifetime) = self.login().await?;
+            s.token = Some(token);
+            s.generation += 1;
+            set_expiry(&mut s, lifetime);
+        }
+        Ok(Ticket {
+            bearer: s.token.clone(),
+            generation: s.generation,
+        })
+    }
+
+    /// A GraphQL operation with auth: on an auth failure, one more login and
+    /// one retry, never more.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        op: &str,
+        query: &str,
+        root: &str,
+        variables: Value,
+    ) -> Result<Value, StationError> {
+        let body = json!({"query": query, "operationName": op, "variables": variables});
+        let result = async {
+            let mut ticket = self.ticket(None).await?;
+            let mut relogged = false;
+            loop {
+                match self
+                    .exchange(endpoint, root, &body, ticket.bearer.as_deref())
+                    .await?
+                {
+                    Outcome::Data(v) => return Ok(v),
+                    Outcome::AuthFailed(why) if self.auth == AuthMode::None => {
+                        return Err(StationError::Auth(format!(
+                            "the station requires a login ({why}); set wincc.auth = \"session\""
+                        )))
+                    }
+                    Outcome::AuthFailed(why) if !relogged => {
+                        tracing::info!(endpoint, reason = %why, "station session rejected; logging in again");
+                        relogged = true;
+                        ticket = self.ticket(Some(ticket.generation)).await?;
+                    }
+                    Outcome::AuthFailed(why) => {
+                        return Err(StationError::Auth(format!(
+                            "the station rejected a freshly opened session: {why}"
+                        )))
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
+        }
+        result
+    }
+}
+
+fn set_expiry(s: &mut Session, lifetime: Option<Duration>) {
+    let now = Instant::now();
+    s.expires_at = lifetime.map(|l| now + l);
+    // Extend once two thirds of the lifetime have passed.
+    s.refresh_at = lifetime.map(|l| now + l.mul_f64(2.0 / 3.0));
+}
+
+#[async_trait]
+impl Station for UnifiedClient {
+    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
+        let rows = self
+            .call(
+                "list_tags",
+                "Browse",
+                BROWSE,
+                "browse",
+                json!({"nameFilters": ["*"], "objectTypeFilters": ["TAG"]}),
+            )
+            .await?;
+        let (tags, skipped) = up::browse(&rows).map_err(|e| self.scrub_err(e))?;
+        if let Some(first) = skipped.first() {
+            tracing::warn!(count = skipped.len(), first = %self.scrub(first.clone()), "skipping browse rows with no usable data type (structures, unsupported types)");
+        }
+        Ok(tags)
+    }
+
+    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .call(
+                "read_values",
+                "TagValues",
+                TAG_VALUES,
+                "tagValues",
+                json!({ "names": names }),
+            )
+            .await?;
+        let received = Utc::now();
+        let mut readings = up::tag_values(&rows, names, received).map_err(|e| {
+            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
+                .increment(1);
+            self.scrub_err(e)
+        })?;
+        for r in &mut readings {
+            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
+                *message = self.scrub(std::mem::take(message));
+            }
+        }
+        Ok(readings)
+    }
+
+    async fn write_value(
+        &self,
+        name: &str,
+        _ty: TagType,
+        value: &Value,
+    ) -> Result<(), StationError> {
+        let rows = self
+            .call(
+                "write_value",
+                "WriteTagValues",
+                WRITE,
+                "writeTagValues",
+                json!({"input": [{"name": name, "value": value}]}),
+            )
+            .await?;
+        up::write_result(&rows, name).map_err(|e| self.scrub_err(e))
+    }
+
+    async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
+        let rows = self
+            .call(
+                "alarms",
+                "ActiveAlarms",
+                ALARMS,
+                "activeAlarms",
+                json!({"languages": ["en-US"]}),
+            )
+            .await?;
+        let (alarms, bad) = up::alarms(&rows).map_err(|e| self.scrub_err(e))?;
+        if let Some(first) = bad.first() {
+            tracing::warn!(count = bad.len(), first = %self.scrub(first.clone()), "skipping alarms that do not parse");
+        }
+        Ok(alarms)
+    }
+
+    async fn logout(&self) {
+        if self.auth == AuthMode::None {
+            return;
+        }
+        let mut s = self.session.lock().await;
+        let Some(token) = s.token.take() else { return };
+        s.expires_at = None;
+        s.refresh_at = None;
+        let body = json!({"query": LOGOUT, "operationName": "Logout", "variables": {"allSessions": false}});
+        match self.exchange("logout", "logout", &body, Some(&token)).await {
+            Ok(Outcome::Data(Value::Bool(true))) => tracing::info!("logged out of the station"),
+            Ok(_) => tracing::warn!("station did not confirm the logout"),
+            Err(e) => tracing::warn!(error = %e, "logout failed"),
+        }
+    }
+}
