@@ -103,6 +103,10 @@ pub struct SimulateArgs {
     /// Seed of the simulated plant (same seed, same tags).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Serve HTTPS with a fresh self-signed certificate; its SHA-256
+    /// fingerprint (for `pinned_cert_sha256`) is printed at start.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Exit code for configuration and usage errors.
@@ -184,7 +188,14 @@ pub fn main(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime(|| async move { crate::sim::run(args.listen, opts, shutdown_signal()).await })
+            let (listen, tls) = (args.listen, args.tls);
+            runtime(|| async move {
+                if tls {
+                    crate::sim::run_tls(listen, opts, shutdown_signal()).await
+                } else {
+                    crate::sim::run(listen, opts, shutdown_signal()).await
+                }
+            })
         }
         Command::Browse {
             config,

@@ -275,3 +275,120 @@ level = "debug"
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains(password), "the password is in the log");
 }
+
+/// `simulate --tls` prints the fingerprint a user pins; `browse` over the
+/// pinned HTTPS connection lists tags in both output formats (wincc-v7).
+#[test]
+fn browse_a_pinned_https_wincc_v7_station() {
+    use std::io::{BufRead, BufReader};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sim = bin()
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tags",
+            "60",
+        ])
+        .args(["--dialect", "wincc-v7", "--tls", "--user", "gateway:pw-123"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let fingerprint = loop {
+        let line = lines.next().expect("simulator output").unwrap();
+        if let Some(rest) = line.strip_prefix("pinned_cert_sha256 = ") {
+            break rest.trim_matches('"').to_string();
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |pin: &str| {
+        write(
+            dir.path(),
+            "v7.toml",
+            &format!(
+                r#"
+[wincc]
+base_url = "https://127.0.0.1:{port}/WinCCRestService"
+dialect = "wincc-v7"
+auth = "basic"
+username = "gateway"
+password_env = "TEST_V7_PASSWORD"
+pinned_cert_sha256 = "{pin}"
+[[poll_group]]
+name = "a"
+tags = ["**"]
+[mqtt]
+enabled = false
+[opcua]
+enabled = false
+"#
+            ),
+        )
+    };
+    let browse = |path: &Path, json: bool| {
+        let mut c = bin();
+        c.arg("browse")
+            .arg("-c")
+            .arg(path)
+            .args(["--filter", "Line1/Mixer/*"]);
+        if json {
+            c.arg("--json");
+        }
+        c.env("TEST_V7_PASSWORD", "pw-123").output().unwrap()
+    };
+    let path = cfg(&fingerprint.to_lowercase());
+    let out = browse(&path, false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{line}");
+        assert!(
+            cols[0].starts_with("Line1/Mixer/") && !cols[0]["Line1/Mixer/".len()..].contains('/'),
+            "{line}"
+        );
+        assert!(cols[2] == "rw" || cols[2] == "ro", "{line}");
+    }
+    let out = browse(&path, true);
+    let arr: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(arr.as_array().unwrap().len(), text.lines().count());
+    assert!(arr[0].get("writable").is_some() && arr[0].get("type").is_some());
+
+    // Any other certificate fingerprint is refused, with both fingerprints named.
+    let out = browse(&cfg(&"00".repeat(32)), false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pinned_cert_sha256"), "{err}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+#[test]
+fn dialects_refuse_auth_modes_they_do_not_speak() {
+    let dir = tempfile::tempdir().unwrap();
+    for (dialect, auth) in [("wincc-v7", "session"), ("unified", "basic")] {
+        let path = write(
+            dir.path(),
+            "d.toml",
+            &format!(
+                "[wincc]\nbase_url = \"https://127.0.0.1:1\"\ndialect = \"{dialect}\"\nauth = \"{auth}\"\nusername = \"u\"\n[[poll_group]]\nname = \"a\"\ntags = [\"**\"]\n[opcua]\nenabled = false\n"
+            ),
+        );
+        let out = check_config(&path, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("wincc.auth = \"{auth}\"")), "{err}");
+    }
+}

@@ -40,6 +40,21 @@ impl Settings {
                 Err(e) => bad("wincc.base_url", q(&w.base_url), &format!("not a URL: {e}")),
             }
         }
+        let auth_fits = match w.dialect {
+            Dialect::Generic => true,
+            Dialect::WinccV7 => matches!(w.auth, AuthMode::Basic | AuthMode::None),
+            Dialect::Unified => matches!(w.auth, AuthMode::Session | AuthMode::None),
+        };
+        if !auth_fits {
+            bad(
+                "wincc.auth",
+                format!("\"{}\"", w.auth.as_str()),
+                match w.dialect {
+                    Dialect::WinccV7 => "the wincc-v7 REST service uses Basic auth on every request; use \"basic\"",
+                    _ => "WinCC Unified logs in with the login mutation and a Bearer token; use \"session\"",
+                },
+            );
+        }
         if w.auth != AuthMode::None && w.username.is_empty() {
             bad(
                 "wincc.username",

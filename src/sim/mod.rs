@@ -67,6 +67,7 @@ pub use faults::{Faults, TooManyRequests};
 pub use names::HOSTILE;
 pub use stats::SimStats;
 pub use store::TagError;
+pub use tls::{run_tls, start_tls};
 
 use crate::config::{AuthMode, Dialect};
 use crate::model::{Alarm, Quality, TagInfo};

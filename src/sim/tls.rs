@@ -120,3 +120,25 @@ impl Connected<IncomingStream<'_, TlsSimListener>> for ConnId {
         ConnId(stream.io().get_ref().0.id())
     }
 }
+
+/// Runs the HTTPS simulator until `shutdown` completes (`simulate --tls`),
+/// printing the certificate's fingerprint for `pinned_cert_sha256`.
+pub async fn run_tls(
+    listen: SocketAddr,
+    opts: SimOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (sim, der) = start_tls(listen, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the HTTPS simulator on {listen}: {e}"))?;
+    use sha2::Digest;
+    let fingerprint: Vec<String> = sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    println!("simulator: {}", sim.https_base_url());
+    println!("pinned_cert_sha256 = \"{}\"", fingerprint.join(":"));
+    shutdown.await;
+    sim.shutdown().await;
+    Ok(())
+}
