@@ -126,19 +126,23 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     )?;
     let prefix = settings.mqtt.topic_prefix.clone();
     let running = crate::gateway::start(settings).await?;
+    // The contract's command on the default port; the port flag otherwise.
+    let port = if args.mqtt_port == 1883 {
+        String::new()
+    } else {
+        format!(" -p {}", args.mqtt_port)
+    };
 
     println!(
         "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
-         \n  MQTT:     mosquitto_sub -h 127.0.0.1 -p {} -t '{prefix}/#' -v\
-         \n  write:    mosquitto_pub -h 127.0.0.1 -p {} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
+         \n  MQTT:     mosquitto_sub -h 127.0.0.1{port} -t 'wincc/#' -v\
+         \n  write:    mosquitto_pub -h 127.0.0.1{port} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
          \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\
          \n\nPress Ctrl-C to stop.\n",
         args.tags,
         sim.base_url(),
-        args.mqtt_port,
-        args.mqtt_port,
         args.opcua_port,
         args.http_port,
         args.http_port,

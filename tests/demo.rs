@@ -108,7 +108,7 @@ fn demo_publishes_values_alarms_and_status_and_stops_cleanly() {
     };
     assert!(
         banner.contains(&format!(
-            "mosquitto_sub -h 127.0.0.1 -p {mqtt} -t 'wincc/demo/#' -v"
+            "mosquitto_sub -h 127.0.0.1 -p {mqtt} -t 'wincc/#' -v"
         )),
         "{banner}"
     );
