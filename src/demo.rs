@@ -31,7 +31,7 @@ base_url = "{sim_url}"
 auth = "session"
 username = "{DEMO_USER}"
 password_file = {secret:?}
-timeout_ms = 2000
+timeout_ms = 5000
 max_tags_per_request = 100
 
 [wincc.rate_limit]
