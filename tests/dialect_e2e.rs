@@ -3,7 +3,6 @@
 //! simulator with identical station data: the output must be identical.
 
 mod common;
-#[allow(dead_code)]
 mod opcua_support;
 
 use std::collections::BTreeMap;
