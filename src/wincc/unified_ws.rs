@@ -23,38 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::up;
 use super::UnifiedClient;
 use crate::model::Reading;
-use crate::wincc::StationError;
+use crate::wincc::{StationError, SubscriptionEvent, TagSubscription};
 
 const SUBSCRIBE: &str = "subscription TagValues($names: [String!]!) { tagValues(names: $names) { name value { value timestamp quality { quality subStatus limit } } error { code description } notificationReason } }";
-
-/// What a tag subscription delivers.
-#[derive(Debug)]
-pub enum SubscriptionEvent {
-    /// Notifications (`Added` or `Modified`) as readings.
-    Readings(Vec<Reading>),
-    /// The subscription ended; poll instead until a new one is opened.
-    Closed(StationError),
-}
-
-/// A running `tagValues` subscription; dropping it ends it.
-pub struct TagSubscription {
-    rx: mpsc::Receiver<SubscriptionEvent>,
-    cancel: CancellationToken,
-}
-
-impl TagSubscription {
-    /// The next event; `None` once the subscription has ended and its
-    /// `Closed` event was delivered.
-    pub async fn next(&mut self) -> Option<SubscriptionEvent> {
-        self.rx.recv().await
-    }
-}
-
-impl Drop for TagSubscription {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -101,7 +72,7 @@ impl UnifiedClient {
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
         tokio::spawn(read_loop(*ws, tx, cancel.clone()));
-        Ok(TagSubscription { rx, cancel })
+        Ok(TagSubscription::new(rx, cancel))
     }
 
     /// Connects and sends `connection_init`; waits for `connection_ack`.
