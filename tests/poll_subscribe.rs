@@ -98,8 +98,18 @@ struct Running {
 }
 
 async fn start(sim: &SimHandle, dialect: Dialect, heartbeat_s: u64) -> Running {
+    start_with(sim, dialect, heartbeat_s, |_| {}).await
+}
+
+async fn start_with(
+    sim: &SimHandle,
+    dialect: Dialect,
+    heartbeat_s: u64,
+    tweak: impl FnOnce(&mut Settings),
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let s = settings(sim, dialect, heartbeat_s, &dir);
+    let mut s = settings(sim, dialect, heartbeat_s, &dir);
+    tweak(&mut s);
     let station = wincc_gateway::wincc::connect(&s).unwrap();
     let bus = Bus::new();
     let sub = bus.subscribe("test", 100_000);
@@ -217,8 +227,12 @@ async fn change_and_see(run: &mut Running, sim: &SimHandle, name: &str, v: i64) 
 async fn subscribed_group_gets_changes_and_heartbeats_without_polling() {
     let sim = sim_with(Dialect::Unified, 30).await;
     let tag = int_tag(&sim);
-    let mut run = start(&sim, Dialect::Unified, 1).await;
-    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    // 30 tags, 8 names a request: 4 subscriptions.
+    let mut run = start_with(&sim, Dialect::Unified, 1, |s| {
+        s.wincc.max_tags_per_request = 8
+    })
+    .await;
+    wait_for("the subscriptions", || count(&sim, SUBSCRIBES) >= 4).await;
     // Every tag's first value arrives (from the first poll or from Added).
     run.collect(Duration::from_millis(600)).await;
     assert_eq!(run.last.len(), sim.tag_names().len());
@@ -244,7 +258,7 @@ async fn subscribed_group_gets_changes_and_heartbeats_without_polling() {
         polls,
         "no tagValues polls while subscribed"
     );
-    assert_eq!(count(&sim, SUBSCRIBES), 1);
+    assert_eq!(count(&sim, SUBSCRIBES), 4);
     assert_eq!(sim.stats().logins, 1);
     run.stop().await;
 }
@@ -326,6 +340,44 @@ async fn station_without_subscriptions_is_polled() {
         count(&sim, "POST /tags/values") >= before + 3,
         "polled on its 100 ms interval: {:?}",
         sim.stats().requests
+    );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn new_station_tags_are_subscribed_after_rediscovery() {
+    let sim = sim_with(Dialect::Unified, 30).await;
+    let mut run = start_with(&sim, Dialect::Unified, 0, |s| {
+        s.wincc.discovery_interval_s = 1
+    })
+    .await;
+    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    run.collect(Duration::from_millis(300)).await;
+    let name = "HMI_RT_1::Added/Level";
+    sim.add_tag(
+        wincc_gateway::model::TagInfo {
+            name: name.into(),
+            ty: TagType::Int32,
+            writable: true,
+        },
+        json!(7),
+    );
+    run.until("the new tag", None, |c| {
+        c.name.as_ref() == name && c.value == json!(7)
+    })
+    .await;
+    wait_for("a subscription with the new tag", || {
+        count(&sim, SUBSCRIBES) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polls = count(&sim, POLLS);
+    change_and_see(&mut run, &sim, name, 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&sim, POLLS),
+        polls,
+        "the new tag comes by subscription"
     );
     run.stop().await;
 }
