@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wincc_gateway::bus::{Bus, Event, Subscriber};
@@ -150,8 +154,12 @@ impl Running {
                 Ok(Some(Event::Station(st))) if Some(st.connected) == station => return seen,
                 Ok(Some(_)) => {}
                 other => panic!(
-                    "no {what}: {:?} after {} changes",
-                    other.is_ok(),
+                    "no {what} within 20 s ({}) after {} changes",
+                    if other.is_ok() {
+                        "bus closed"
+                    } else {
+                        "timed out"
+                    },
                     seen.len()
                 ),
             }
@@ -379,5 +387,82 @@ async fn new_station_tags_are_subscribed_after_rediscovery() {
         polls,
         "the new tag comes by subscription"
     );
+    run.stop().await;
+}
+
+/// A TCP forwarder to the simulator that can go silent, like a station
+/// switched off: no FIN, no RST, bytes simply stop (held, not lost).
+struct Proxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<AtomicBool>,
+}
+
+async fn pump(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn proxy(to: std::net::SocketAddr) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pump(cr, sw, f.clone()), pump(sr, cw, f));
+            });
+        }
+    });
+    Proxy { addr, frozen }
+}
+
+#[tokio::test]
+async fn silent_station_is_an_outage_while_subscribed() {
+    let sim = sim_with(Dialect::Unified, 30).await;
+    let p = proxy(sim.addr()).await;
+    let url = format!("http://{}/graphql", p.addr);
+    let mut run = start_with(&sim, Dialect::Unified, 0, |s| s.wincc.base_url = url).await;
+    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    // Quiet for longer than the keepalive allows silence: pongs keep it up.
+    let quiet = run.collect(Duration::from_millis(3500)).await;
+    assert!(quiet.iter().all(|c| c.quality != Quality::Bad), "{quiet:?}");
+    assert_eq!(
+        count(&sim, SUBSCRIBES),
+        1,
+        "the quiet subscription stayed up"
+    );
+    let before = run.last.clone();
+
+    p.frozen.store(true, Ordering::SeqCst);
+    let mut seen = run.until("the disconnect", Some(false), |_| false).await;
+    seen.extend(run.collect(Duration::from_millis(300)).await);
+    for (name, last) in before.iter().filter(|(_, l)| l.quality != Quality::Bad) {
+        let bad: Vec<_> = seen.iter().filter(|c| c.name.as_ref() == name).collect();
+        assert_eq!(bad.len(), 1, "{name}: {bad:?}");
+        assert_eq!(bad[0].quality, Quality::Bad);
+        assert_eq!(bad[0].value, last.value, "last value kept");
+    }
+
+    p.frozen.store(false, Ordering::SeqCst);
+    run.until("the reconnect", Some(true), |_| false).await;
+    wait_for("a new subscription", || count(&sim, SUBSCRIBES) >= 2).await;
     run.stop().await;
 }
