@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use futures::future::BoxFuture;
 use futures::stream::{BoxStream, SelectAll};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::diff::{ChangeRules, TagSlot};
@@ -34,11 +33,20 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 type Opened = Result<Option<Vec<TagSubscription>>, StationError>;
 
+struct Opening(tokio::task::JoinHandle<Opened>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 enum State {
     /// No subscription; the next attempt at `retry_at` (none: not planned).
     Idle { retry_at: Option<Instant> },
-    /// Being opened (polled by [`Subscriptions::wake`]).
-    Opening(BoxFuture<'static, Opened>),
+    /// Being opened, in its own task (so that it progresses while the
+    /// group polls); aborted when dropped.
+    Opening(Opening),
     /// Up: every chunk's events, merged.
     Up(SelectAll<BoxStream<'static, SubscriptionEvent>>),
 }
@@ -117,19 +125,16 @@ impl Subscriptions {
             return;
         }
         let (station, chunks) = (station.clone(), chunks.to_vec());
-        self.state = State::Opening(
-            async move {
-                let mut subs = Vec::with_capacity(chunks.len());
-                for names in &chunks {
-                    match station.subscribe(names).await? {
-                        Some(s) => subs.push(s),
-                        None => return Ok(None),
-                    }
+        self.state = State::Opening(Opening(tokio::spawn(async move {
+            let mut subs = Vec::with_capacity(chunks.len());
+            for names in &chunks {
+                match station.subscribe(names).await? {
+                    Some(s) => subs.push(s),
+                    None => return Ok(None),
                 }
-                Ok(Some(subs))
             }
-            .boxed(),
-        );
+            Ok(Some(subs))
+        })));
     }
 
     /// Waits for the next subscription-side event; pending forever when
@@ -139,8 +144,12 @@ impl Subscriptions {
             State::Up(events) => SubWake::Event(events.next().await.unwrap_or_else(|| {
                 SubscriptionEvent::Closed(StationError::Unreachable("subscription ended".into()))
             })),
-            State::Opening(f) => {
-                let r = f.await;
+            State::Opening(task) => {
+                let r = (&mut task.0).await.unwrap_or_else(|e| {
+                    Err(StationError::Unreachable(format!(
+                        "subscription task ended: {e}"
+                    )))
+                });
                 self.state = State::Idle { retry_at: None };
                 SubWake::Opened(r)
             }
