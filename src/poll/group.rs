@@ -7,6 +7,9 @@
 //! (`wincc_gateway_poll_cycles_skipped_total{group}`) instead of stacking.
 //! When a whole cycle fails the group backs off (exponential with jitter,
 //! capped at about 30 s) and returns to its interval on the first success.
+//!
+//! A `subscribe` group polls only while its subscription is down (see
+//! [`super::subscribe`]); while it is up, its ticks only drive the heartbeat.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +23,12 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::diff::{ChangeRules, TagSlot};
+use super::subscribe::{self, SubWake, Subscriptions};
 use super::Health;
 use crate::bus::{Bus, Event};
+use crate::config::PollMode;
 use crate::model::{BadReason, ChangeBatch, Reading, TagChange, TagInfo};
-use crate::wincc::{Station, StationError};
+use crate::wincc::{Station, StationError, SubscriptionEvent};
 
 /// What a group polls and how often (sent by discovery).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +41,7 @@ pub struct GroupPlan {
 pub(crate) struct GroupTask {
     pub name: Arc<str>,
     pub rules: ChangeRules,
+    pub mode: PollMode,
     pub base_interval: Duration,
     pub batch: usize,
     pub concurrency: usize,
@@ -44,6 +50,8 @@ pub(crate) struct GroupTask {
     pub health: Arc<Health>,
     pub plan_rx: watch::Receiver<Option<Arc<GroupPlan>>>,
     slots: Vec<TagSlot>,
+    /// Slot index by tag name (for subscription readings).
+    index: HashMap<Arc<str>, usize>,
     chunks: Vec<Arc<Vec<String>>>,
     period: Duration,
 }
@@ -53,6 +61,7 @@ type ChunkResult = (usize, Result<Vec<Reading>, StationError>, Instant);
 enum Wake {
     Tick,
     Plan,
+    Sub(SubWake),
     Stop,
 }
 
@@ -76,6 +85,7 @@ impl GroupTask {
     pub fn new(
         name: Arc<str>,
         rules: ChangeRules,
+        mode: PollMode,
         base_interval: Duration,
         batch: usize,
         concurrency: usize,
@@ -87,6 +97,7 @@ impl GroupTask {
         GroupTask {
             name,
             rules,
+            mode,
             base_interval,
             batch: batch.max(1),
             concurrency: concurrency.max(1),
@@ -95,6 +106,7 @@ impl GroupTask {
             health,
             plan_rx,
             slots: Vec::new(),
+            index: HashMap::new(),
             chunks: Vec::new(),
             period: base_interval,
         }
@@ -112,46 +124,89 @@ impl GroupTask {
             }
         }
         self.take_plan();
+        let mut subs = Subscriptions::new(self.name.clone(), self.mode);
+        subs.open(&self.station, &self.chunks);
         let mut ticks = ticker(self.period);
         let mut backoff: Option<ExponentialBackoff> = None;
         let mut last_end: Option<Instant> = None;
         let group = self.name.to_string();
         loop {
-            let wake = match backoff.as_mut() {
-                Some(b) => {
-                    let d = b.next().unwrap_or(Duration::from_secs(30));
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => Wake::Tick,
-                        r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
-                        _ = shutdown.cancelled() => Wake::Stop,
+            // While subscribed the ticks only drive the heartbeat: no backoff.
+            let delay = match backoff.as_mut() {
+                Some(b) if !subs.is_up() => Some(b.next().unwrap_or(Duration::from_secs(30))),
+                _ => None,
+            };
+            let wake = tokio::select! {
+                t = ticks.tick(), if delay.is_none() => {
+                    let t = t.into_std();
+                    match last_end {
+                        Some(end) if t < end => {
+                            let missed = ((end - t).as_nanos() / self.period.as_nanos().max(1)) as u64 + 1;
+                            metrics::counter!("wincc_gateway_poll_cycles_skipped_total", "group" => group.clone()).increment(missed);
+                            tracing::debug!(group, missed, "poll cycle overran its interval; ticks skipped");
+                            last_end = None;
+                            continue;
+                        }
+                        _ => Wake::Tick,
                     }
                 }
-                None => tokio::select! {
-                    t = ticks.tick() => {
-                        let t = t.into_std();
-                        match last_end {
-                            Some(end) if t < end => {
-                                let missed = ((end - t).as_nanos() / self.period.as_nanos().max(1)) as u64 + 1;
-                                metrics::counter!("wincc_gateway_poll_cycles_skipped_total", "group" => group.clone()).increment(missed);
-                                tracing::debug!(group, missed, "poll cycle overran its interval; ticks skipped");
-                                last_end = None;
-                                continue;
-                            }
-                            _ => Wake::Tick,
-                        }
-                    }
-                    r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
-                    _ = shutdown.cancelled() => Wake::Stop,
-                },
+                _ = tokio::time::sleep(delay.unwrap_or_default()), if delay.is_some() => Wake::Tick,
+                r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
+                w = subs.wake() => Wake::Sub(w),
+                _ = shutdown.cancelled() => Wake::Stop,
             };
             match wake {
                 Wake::Stop => return,
                 Wake::Plan => {
-                    let old = self.period;
+                    let (old_period, old_chunks) = (self.period, self.chunks.clone());
                     self.take_plan();
-                    if self.period != old {
+                    if self.period != old_period {
                         ticks = ticker(self.period);
                         last_end = None;
+                    }
+                    if self.chunks != old_chunks {
+                        subs.open(&self.station, &self.chunks);
+                    }
+                    continue;
+                }
+                Wake::Sub(SubWake::Retry) => {
+                    subs.open(&self.station, &self.chunks);
+                    continue;
+                }
+                Wake::Sub(SubWake::Opened(r)) => {
+                    if subs.opened(r) {
+                        backoff = None;
+                        last_end = None;
+                    }
+                    continue;
+                }
+                Wake::Sub(SubWake::Event(SubscriptionEvent::Readings(readings))) => {
+                    subs.delivered();
+                    self.health.up();
+                    let now = Instant::now();
+                    let changes = subscribe::apply_readings(
+                        &mut self.slots,
+                        &self.index,
+                        &self.rules,
+                        readings,
+                        now,
+                    );
+                    if !changes.is_empty() {
+                        self.publish(changes, now);
+                    }
+                    continue;
+                }
+                Wake::Sub(SubWake::Event(SubscriptionEvent::Closed(e))) => {
+                    // Poll at once: the station's state is learnt (and an
+                    // outage handled) the same way as in poll mode.
+                    subs.closed(&e);
+                    ticks.reset();
+                }
+                Wake::Tick if subs.is_up() => {
+                    let now = Instant::now();
+                    let changes = subscribe::heartbeats(&mut self.slots, &self.rules, now);
+                    if !changes.is_empty() {
+                        self.publish(changes, now);
                     }
                     continue;
                 }
@@ -198,6 +253,12 @@ impl GroupTask {
                 }
                 None => TagSlot::new(Arc::from(t.name.as_str()), t.ty),
             })
+            .collect();
+        self.index = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
             .collect();
         self.chunks = self
             .slots

@@ -8,8 +8,9 @@
 //!   `discovery_interval_s`. Each discovery publishes [`Event::Tags`] (the
 //!   polled tags) and sends the full tag map on the watch channel; tags that
 //!   disappeared are emitted once as bad with [`BadReason::Removed`].
-//! - Groups: see [`group`] (scheduling, batching, outage handling) and
-//!   [`diff`] (change detection).
+//! - Groups: see [`group`] (scheduling, batching, outage handling),
+//!   [`diff`] (change detection) and [`subscribe`] (`mode = "subscribe"`:
+//!   station subscriptions, polling while they are down).
 //! - Outage: a group whose whole cycle fails marks its tags bad once
 //!   (last value and source timestamp kept) and the station is reported
 //!   disconnected once; on the first successful read it is reported
@@ -20,6 +21,7 @@
 pub mod diff;
 mod group;
 pub mod plan;
+mod subscribe;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -141,6 +143,7 @@ impl Poller {
             let task = GroupTask::new(
                 g.name.clone(),
                 g.rules,
+                g.mode,
                 g.interval,
                 self.batch,
                 self.concurrency,

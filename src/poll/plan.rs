@@ -26,18 +26,19 @@ pub struct GroupSpec {
     pub patterns: TagPatterns,
     pub interval: Duration,
     pub rules: ChangeRules,
+    /// `poll`, or `subscribe`: subscribe where the station can, and poll
+    /// (on `interval`) whenever there is no subscription.
+    pub mode: PollMode,
 }
 
 impl GroupSpec {
-    /// The poll-mode groups of the settings. A glob that does not compile
-    /// (config validation rejects those) is logged and left out.
+    /// Every poll group of the settings, in file order (subscribe groups
+    /// too: they are polled while they have no subscription). A glob that
+    /// does not compile (config validation rejects those) is logged and
+    /// left out.
     pub fn from_settings(settings: &Settings) -> Vec<GroupSpec> {
         let mut out = Vec::new();
         for g in &settings.poll_groups {
-            if g.mode != PollMode::Poll {
-                tracing::warn!(group = %g.name, "subscribe mode is not supported by this dialect; the group is not polled");
-                continue;
-            }
             let mut good = Vec::new();
             for p in &g.tags {
                 match TagPatterns::new(std::slice::from_ref(p)) {
@@ -51,6 +52,7 @@ impl GroupSpec {
                 patterns,
                 interval: Duration::from_millis(g.interval_ms.max(1)),
                 rules: ChangeRules::from_group(g),
+                mode: g.mode,
             });
         }
         out
@@ -148,6 +150,7 @@ mod tests {
                 deadband_pct: 0.0,
                 heartbeat: None,
             },
+            mode: PollMode::Poll,
         }
     }
 
@@ -177,6 +180,41 @@ mod tests {
             r.unmatched,
             vec![(Arc::from("fast"), "Nope/**".to_string())]
         );
+    }
+
+    #[test]
+    fn subscribe_groups_are_kept_so_their_tags_are_read() {
+        use crate::config::{PollGroup, WinccSettings};
+        let group = |name: &str, mode| PollGroup {
+            name: name.into(),
+            interval_ms: 250,
+            tags: vec!["Line1/**".into()],
+            deadband_abs: 0.0,
+            deadband_pct: 0.0,
+            heartbeat_s: 0,
+            mode,
+        };
+        let settings = Settings {
+            wincc: WinccSettings::default(),
+            poll_groups: vec![
+                group("sub", PollMode::Subscribe),
+                group("poll", PollMode::Poll),
+            ],
+            alarms: Default::default(),
+            mqtt: Default::default(),
+            opcua: Default::default(),
+            http: Default::default(),
+            log: Default::default(),
+        };
+        let specs = GroupSpec::from_settings(&settings);
+        let modes: Vec<_> = specs.iter().map(|g| (&*g.name, g.mode)).collect();
+        assert_eq!(
+            modes,
+            [("sub", PollMode::Subscribe), ("poll", PollMode::Poll)]
+        );
+        assert_eq!(specs[0].interval, Duration::from_millis(250));
+        let r = resolve(&specs, &[tag("Line1/A")]);
+        assert_eq!(r.per_group[0].len(), 1, "the subscribe group owns the tag");
     }
 
     #[test]

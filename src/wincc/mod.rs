@@ -89,6 +89,54 @@ pub trait Station: Send + Sync + 'static {
 
     /// Ends the session, if the dialect has one. Errors are logged, not returned.
     async fn logout(&self);
+
+    /// Opens a subscription to the values of `names`: the station pushes
+    /// changes instead of being polled. `Ok(None)` when the dialect (or this
+    /// client's settings) has no subscriptions: the caller polls instead.
+    async fn subscribe(&self, names: &[String]) -> Result<Option<TagSubscription>, StationError> {
+        let _ = names;
+        Ok(None)
+    }
+}
+
+/// What a tag subscription delivers.
+#[derive(Debug)]
+pub enum SubscriptionEvent {
+    /// Current values (first every subscribed tag, then whenever one
+    /// changes) as readings, each carrying its tag's name.
+    Readings(Vec<Reading>),
+    /// The subscription ended; poll instead until a new one is opened.
+    Closed(StationError),
+}
+
+/// A running tag subscription, whatever the dialect; dropping it ends it.
+#[derive(Debug)]
+pub struct TagSubscription {
+    rx: tokio::sync::mpsc::Receiver<SubscriptionEvent>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl TagSubscription {
+    /// A subscription fed by `rx`; `cancel` is cancelled when it is dropped
+    /// (the dialect's reader then ends the subscription at the station).
+    pub fn new(
+        rx: tokio::sync::mpsc::Receiver<SubscriptionEvent>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        TagSubscription { rx, cancel }
+    }
+
+    /// The next event; `None` once the subscription has ended and its
+    /// `Closed` event was delivered.
+    pub async fn next(&mut self) -> Option<SubscriptionEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for TagSubscription {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 mod fast;

@@ -38,7 +38,8 @@ use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
 
 #[path = "unified_ws.rs"]
 mod ws;
-pub use ws::{SubscriptionEvent, TagSubscription};
+/// Re-exported: the dialect-neutral subscription types live in `crate::wincc`.
+pub use super::{SubscriptionEvent, TagSubscription};
 
 const LOGIN: &str = "mutation Login($username: String!, $password: String!) { login(username: $username, password: $password) { token expires error { code description } } }";
 const EXTEND: &str =
@@ -558,5 +559,14 @@ impl Station for UnifiedClient {
             Ok(_) => tracing::warn!("station did not confirm the logout"),
             Err(e) => tracing::warn!(error = %e, "logout failed"),
         }
+    }
+
+    /// A `tagValues` subscription over WebSocket; `Ok(None)` when these TLS
+    /// settings rule WebSocket subscriptions out (the caller polls).
+    async fn subscribe(&self, names: &[String]) -> Result<Option<TagSubscription>, StationError> {
+        if self.ws_unsupported.is_some() {
+            return Ok(None);
+        }
+        self.subscribe_tag_values(names).await.map(Some)
     }
 }

@@ -9,6 +9,12 @@
 //! fresh login and one more attempt, never more. `wss://` uses the system
 //! trust store; with `ca_file` or `accept_invalid_certs` set, subscriptions
 //! are refused (the caller keeps polling).
+//!
+//! A silent connection (station switched off, cable pulled: no FIN ever
+//! comes) is found with WebSocket-level pings (not the `graphql-transport-ws`
+//! `ping` message, which real stations refuse): one every `timeout_ms`
+//! (1 s..10 s); with no frame at all (pongs included) for that long plus
+//! `timeout_ms`, the subscription ends with a timeout.
 
 use std::time::Duration;
 
@@ -23,38 +29,9 @@ use tokio_util::sync::CancellationToken;
 use super::up;
 use super::UnifiedClient;
 use crate::model::Reading;
-use crate::wincc::StationError;
+use crate::wincc::{StationError, SubscriptionEvent, TagSubscription};
 
 const SUBSCRIBE: &str = "subscription TagValues($names: [String!]!) { tagValues(names: $names) { name value { value timestamp quality { quality subStatus limit } } error { code description } notificationReason } }";
-
-/// What a tag subscription delivers.
-#[derive(Debug)]
-pub enum SubscriptionEvent {
-    /// Notifications (`Added` or `Modified`) as readings.
-    Readings(Vec<Reading>),
-    /// The subscription ended; poll instead until a new one is opened.
-    Closed(StationError),
-}
-
-/// A running `tagValues` subscription; dropping it ends it.
-pub struct TagSubscription {
-    rx: mpsc::Receiver<SubscriptionEvent>,
-    cancel: CancellationToken,
-}
-
-impl TagSubscription {
-    /// The next event; `None` once the subscription has ended and its
-    /// `Closed` event was delivered.
-    pub async fn next(&mut self) -> Option<SubscriptionEvent> {
-        self.rx.recv().await
-    }
-}
-
-impl Drop for TagSubscription {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -100,8 +77,8 @@ impl UnifiedClient {
             .map_err(|e| StationError::Unreachable(format!("subscription: {e}")))?;
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
-        tokio::spawn(read_loop(*ws, tx, cancel.clone()));
-        Ok(TagSubscription { rx, cancel })
+        tokio::spawn(read_loop(*ws, tx, cancel.clone(), self.timeout));
+        Ok(TagSubscription::new(rx, cancel))
     }
 
     /// Connects and sends `connection_init`; waits for `connection_ack`.
@@ -190,7 +167,16 @@ fn readings(payload: &Value) -> Result<Vec<Reading>, StationError> {
     up::tag_values(&Value::Array(rows), &names, chrono::Utc::now())
 }
 
-async fn read_loop(mut ws: Ws, tx: mpsc::Sender<SubscriptionEvent>, cancel: CancellationToken) {
+async fn read_loop(
+    mut ws: Ws,
+    tx: mpsc::Sender<SubscriptionEvent>,
+    cancel: CancellationToken,
+    timeout: Duration,
+) {
+    let every = timeout.clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
     let end = loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => {
@@ -198,8 +184,22 @@ async fn read_loop(mut ws: Ws, tx: mpsc::Sender<SubscriptionEvent>, cancel: Canc
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return;
             }
+            _ = keepalive.tick() => {
+                let silent = heard.elapsed();
+                if silent >= every + timeout {
+                    break StationError::Timeout(silent);
+                }
+                // A send to a dead peer may block on a full buffer.
+                match tokio::time::timeout(timeout, ws.send(Message::Ping(Vec::new().into()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break StationError::Unreachable(format!("subscription: {e}")),
+                    Err(_) => break StationError::Timeout(timeout),
+                }
+                continue;
+            }
             m = ws.next() => m,
         };
+        heard = tokio::time::Instant::now();
         let t = match m {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(f))) => {
