@@ -165,31 +165,11 @@ impl GenericClient {
 
     /// Removes the password (and the Basic credential) from station text.
     fn scrub(&self, s: String) -> String {
-        let mut s = s;
-        for secret in [&self.password, &self.basic].into_iter().flatten() {
-            let x = secret.expose();
-            if !x.is_empty() && s.contains(x) {
-                s = s.replace(x, "***");
-            }
-        }
-        s
+        super::scrub_text(s, &[self.password.as_ref(), self.basic.as_ref()])
     }
 
     fn scrub_err(&self, e: StationError) -> StationError {
-        match e {
-            StationError::Unreachable(m) => StationError::Unreachable(self.scrub(m)),
-            StationError::Auth(m) => StationError::Auth(self.scrub(m)),
-            StationError::Http { status, message } => StationError::Http {
-                status,
-                message: self.scrub(message),
-            },
-            StationError::Malformed(m) => StationError::Malformed(self.scrub(m)),
-            StationError::Refused { code, message } => StationError::Refused {
-                code: self.scrub(code),
-                message: self.scrub(message),
-            },
-            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
-        }
+        e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
     }
 
     /// One HTTP exchange under a limiter permit: status, headers, body.

@@ -50,6 +50,26 @@ impl StationError {
         }
     }
 
+    /// The same error with every occurrence of the given secrets (password,
+    /// Basic credential) replaced by `***`: station replies may echo them.
+    pub fn scrubbed(self, secrets: &[Option<&crate::config::Secret>]) -> StationError {
+        let scrub = |m: String| scrub_text(m, secrets);
+        match self {
+            StationError::Unreachable(m) => StationError::Unreachable(scrub(m)),
+            StationError::Auth(m) => StationError::Auth(scrub(m)),
+            StationError::Http { status, message } => StationError::Http {
+                status,
+                message: scrub(message),
+            },
+            StationError::Malformed(m) => StationError::Malformed(scrub(m)),
+            StationError::Refused { code, message } => StationError::Refused {
+                code: scrub(code),
+                message: scrub(message),
+            },
+            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
+        }
+    }
+
     /// A short label for metrics (`kind="timeout"`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -173,4 +193,15 @@ pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
         Dialect::WinccV7 => Ok(Arc::new(wincc_v7::WinccV7Client::new(settings)?)),
         Dialect::Unified => Ok(Arc::new(unified::UnifiedClient::new(&settings.wincc)?)),
     }
+}
+
+/// `s` with every occurrence of the given secrets replaced by `***`.
+pub fn scrub_text(mut s: String, secrets: &[Option<&crate::config::Secret>]) -> String {
+    for secret in secrets.iter().flatten() {
+        let x = secret.expose();
+        if !x.is_empty() && s.contains(x) {
+            s = s.replace(x, "***");
+        }
+    }
+    s
 }

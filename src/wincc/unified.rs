@@ -170,27 +170,11 @@ impl UnifiedClient {
     }
 
     fn scrub(&self, s: String) -> String {
-        match self.password.as_ref().map(Secret::expose) {
-            Some(pw) if !pw.is_empty() && s.contains(pw) => s.replace(pw, "***"),
-            _ => s,
-        }
+        super::scrub_text(s, &[self.password.as_ref()])
     }
 
     fn scrub_err(&self, e: StationError) -> StationError {
-        match e {
-            StationError::Unreachable(m) => StationError::Unreachable(self.scrub(m)),
-            StationError::Auth(m) => StationError::Auth(self.scrub(m)),
-            StationError::Http { status, message } => StationError::Http {
-                status,
-                message: self.scrub(message),
-            },
-            StationError::Malformed(m) => StationError::Malformed(self.scrub(m)),
-            StationError::Refused { code, message } => StationError::Refused {
-                code: self.scrub(code),
-                message: self.scrub(message),
-            },
-            e @ (StationError::Timeout(_) | StationError::Busy { .. }) => e,
-        }
+        e.scrubbed(&[self.password.as_ref()])
     }
 
     fn check_gate(&self) -> Result<(), StationError> {
