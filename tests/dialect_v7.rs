@@ -651,3 +651,50 @@ fn missing_rows_are_counted_in_the_warning_metric() {
     });
     assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 3 + 6);
 }
+
+#[tokio::test]
+async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
+    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let tags = sim.tags();
+    let doubles: Vec<_> = tags
+        .iter()
+        .filter(|t| t.writable && t.ty == TagType::Double)
+        .take(2)
+        .collect();
+    assert_eq!(doubles.len(), 2);
+    let ro = tags.iter().find(|t| !t.writable).unwrap();
+    let ro_before = sim.value(&ro.name);
+    let writes = vec![
+        (doubles[0].name.clone(), TagType::Double, json!(1.25)),
+        (ro.name.clone(), ro.ty, json!(1)),
+        ("No.Such::Tag".to_string(), TagType::Int32, json!(1)),
+        (doubles[1].name.clone(), TagType::Double, json!("nope")),
+    ];
+    let before = sim
+        .stats()
+        .requests
+        .get("PUT /tagManagement/Values")
+        .copied()
+        .unwrap_or(0);
+    let results = c.write_values(&writes).await;
+    assert_eq!(results.len(), writes.len());
+    let code = |r: &Result<(), StationError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(StationError::Refused { code, .. }) => code.clone(),
+        Err(other) => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(code(&results[0]), "ok");
+    assert_eq!(code(&results[1]), "2");
+    assert_eq!(code(&results[2]), "1");
+    assert_eq!(code(&results[3]), "3");
+    assert_eq!(sim.value(&doubles[0].name), Some(json!(1.25)));
+    assert_eq!(sim.value(&ro.name), ro_before);
+    let after = sim
+        .stats()
+        .requests
+        .get("PUT /tagManagement/Values")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(after - before, 1, "one request for the whole batch");
+}

@@ -98,6 +98,7 @@ pub fn classify(method: &Method, path: &str) -> (&'static str, bool) {
         ("GET", Some(Route::Variables)) => ("GET /tagManagement/Variables", true),
         ("GET", Some(Route::Value(_))) => ("GET /tagManagement/Value/{name}", true),
         ("PUT", Some(Route::Value(_))) => ("PUT /tagManagement/Value/{name}", false),
+        ("PUT", Some(Route::Values)) => ("PUT /tagManagement/Values", false),
         ("GET", Some(Route::MessageList(_))) => ("GET /alarmLogging/MessageList/{filter}", true),
         _ => ("other", false),
     }
@@ -157,6 +158,10 @@ async fn dispatch(State(st): St, req: Request) -> Result<Response, ApiError> {
         ("POST", Route::Values) => {
             let bytes = read_body(body, &parts.headers, st.opts.max_body_bytes).await?;
             read_values(&st, &bytes).await
+        }
+        ("PUT", Route::Values) => {
+            let bytes = read_body(body, &parts.headers, st.opts.max_body_bytes).await?;
+            put_values(&st, &bytes)
         }
         ("GET", Route::Variables) => variables(&st, &query),
         ("GET", Route::Value(raw)) => {
@@ -386,6 +391,50 @@ fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
         };
         (d(k), d(v))
     })
+}
+
+/// `PUT tagManagement/Values` `[{"variableName":N,"value":V}]`: one row per
+/// write, `errorcode` as for a single write.
+fn put_values(st: &SimState, bytes: &[u8]) -> Result<Response, ApiError> {
+    let req: serde_json::Value = parse_json(bytes)?;
+    let items = req.as_array().ok_or_else(|| {
+        ApiError::bad_request("body must be [{\"variableName\": N, \"value\": V}]")
+    })?;
+    let mut rows = Vec::with_capacity(items.len());
+    for item in items {
+        let o = item
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("each write must be an object"))?;
+        let field = |k: &str| {
+            o.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v)
+        };
+        let name = field("variableName")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ApiError::bad_request("each write needs a variableName string"))?;
+        let value = field("value")
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request("each write needs a value"))?;
+        let (code, error) = match st.store_mut().write(name, &value) {
+            Ok(()) => {
+                st.stats.tags_written(1);
+                (0, None)
+            }
+            Err(e) if e.code == "UnknownTag" => (1, Some(e.message)),
+            Err(e) if e.code == "ReadOnly" => (2, Some(e.message)),
+            Err(e) => (3, Some(e.message)),
+        };
+        let mut row = serde_json::json!({"variableName": name, "errorcode": code});
+        if let Some(e) = error {
+            row["error"] = serde_json::Value::String(e);
+        }
+        rows.push(row);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&rows).unwrap_or_default(),
+    ))
 }
 
 fn put_value(st: &SimState, name: &str, bytes: &[u8]) -> Result<Response, ApiError> {

@@ -104,6 +104,20 @@ pub trait Station: Send + Sync + 'static {
         value: &serde_json::Value,
     ) -> Result<(), StationError>;
 
+    /// Writes several values (each already type-checked by `writes.rs`) in
+    /// one request where the dialect has a batch write; one result per
+    /// write, in the same order. The default writes them one at a time.
+    async fn write_values(
+        &self,
+        writes: &[(String, TagType, serde_json::Value)],
+    ) -> Vec<Result<(), StationError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for (name, ty, value) in writes {
+            results.push(self.write_value(name, *ty, value).await);
+        }
+        results
+    }
+
     /// The currently active alarms.
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError>;
 

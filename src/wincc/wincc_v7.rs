@@ -413,6 +413,44 @@ impl Station for WinccV7Client {
         result.map_err(|e| self.scrub_err(e))
     }
 
+    /// `PUT tagManagement/Values` with `[{"variableName":N,"value":V}]`; the
+    /// reply's rows are matched to the writes by name, never by position.
+    async fn write_values(
+        &self,
+        writes: &[(String, TagType, Value)],
+    ) -> Vec<Result<(), StationError>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let body = Value::Array(
+            writes
+                .iter()
+                .map(|(name, _, value)| json!({ "variableName": name, "value": value }))
+                .collect(),
+        );
+        let url = self.url(&["tagManagement", "Values"]);
+        let reply = self
+            .call("write_values", Method::PUT, url, Some(&body), true)
+            .await
+            .and_then(|(status, bytes)| reply::batch_write_results(status, &bytes));
+        match reply {
+            Ok(rows) => writes
+                .iter()
+                .map(|(name, _, _)| match rows.get(name.as_str()) {
+                    Some(r) => r.clone().map_err(|e| self.scrub_err(e)),
+                    None => Err(StationError::Refused {
+                        code: "missing".into(),
+                        message: format!("the station's reply has no row for {name:?}"),
+                    }),
+                })
+                .collect(),
+            Err(e) => {
+                let e = self.scrub_err(e);
+                writes.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
         if self.alarm_filter.is_empty() {
             if !self.warned_no_filter.swap(true, Ordering::Relaxed) {
