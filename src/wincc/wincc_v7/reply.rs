@@ -287,6 +287,36 @@ pub fn write_result(status: StatusCode, body: &[u8]) -> Result<(), StationError>
     }
 }
 
+/// The rows of a `PUT tagManagement/Values` reply, by variable name: each
+/// row's `errorcode` read like a single write's.
+pub fn batch_write_results(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<HashMap<String, Result<(), StationError>>, StationError> {
+    if !status.is_success() {
+        return Err(write_result(status, body)
+            .err()
+            .unwrap_or_else(|| StationError::Http {
+                status: status.as_u16(),
+                message: "batch write failed".into(),
+            }));
+    }
+    let v = parse::json(body)?;
+    let rows = v.as_array().ok_or_else(|| {
+        StationError::Malformed("a batch write reply must be a JSON array of rows".into())
+    })?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let Some(o) = row.as_object() else { continue };
+        let Some(name) = get_ci(o, "variableName").and_then(Value::as_str) else {
+            continue;
+        };
+        let bytes = serde_json::to_vec(row).unwrap_or_default();
+        out.insert(name.to_string(), write_result(StatusCode::OK, &bytes));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,34 +383,4 @@ mod tests {
         let p = variable_page(br#"{"Variables":[],"continuationPoint":null}"#).unwrap();
         assert!(p.continuation.is_none());
     }
-}
-
-/// The rows of a `PUT tagManagement/Values` reply, by variable name: each
-/// row's `errorcode` read like a single write's.
-pub fn batch_write_results(
-    status: StatusCode,
-    body: &[u8],
-) -> Result<HashMap<String, Result<(), StationError>>, StationError> {
-    if !status.is_success() {
-        return Err(write_result(status, body)
-            .err()
-            .unwrap_or_else(|| StationError::Http {
-                status: status.as_u16(),
-                message: "batch write failed".into(),
-            }));
-    }
-    let v = parse::json(body)?;
-    let rows = v.as_array().ok_or_else(|| {
-        StationError::Malformed("a batch write reply must be a JSON array of rows".into())
-    })?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let Some(o) = row.as_object() else { continue };
-        let Some(name) = get_ci(o, "variableName").and_then(Value::as_str) else {
-            continue;
-        };
-        let bytes = serde_json::to_vec(row).unwrap_or_default();
-        out.insert(name.to_string(), write_result(StatusCode::OK, &bytes));
-    }
-    Ok(out)
 }
