@@ -309,6 +309,17 @@ impl GroupTask {
         let slots = &mut self.slots;
         let rules = &self.rules;
         let mut results = futures::stream::iter(requests).buffer_unordered(self.concurrency);
+        // Each answer's changes go out as soon as it arrives, so a change
+        // waits for its own response only, not for the whole cycle.
+        let (bus, group, health) = (self.bus.clone(), self.name.clone(), self.health.clone());
+        let publish_now = |changes: Vec<TagChange>, received_at: Instant| {
+            metrics::counter!("wincc_gateway_changes_total").increment(changes.len() as u64);
+            bus.publish(Event::Changes(Arc::new(ChangeBatch {
+                group: group.clone(),
+                changes,
+                received_at,
+            })));
+        };
         let mut changes = Vec::new();
         let mut first_arrival: Option<Instant> = None;
         let mut failures: Vec<(usize, StationError)> = Vec::new();
@@ -320,13 +331,19 @@ impl GroupTask {
             match result {
                 Ok(readings) => {
                     answered += 1;
+                    // The station answered: say so before its values go out.
+                    health.up();
                     first_arrival.get_or_insert(arrived);
                     let now = Instant::now();
                     let readings = match_by_name(part_names(part), readings);
+                    let mut answer_changes = Vec::new();
                     for (slot, r) in part.iter_mut().zip(readings) {
                         if let Some(c) = slot.apply(r, rules, now) {
-                            changes.push(c);
+                            answer_changes.push(c);
                         }
+                    }
+                    if !answer_changes.is_empty() {
+                        publish_now(answer_changes, arrived);
                     }
                 }
                 Err(e) => failures.push((i, e)),
