@@ -56,6 +56,9 @@ pub(crate) struct GroupTask {
     period: Duration,
 }
 
+/// How long a poll cycle gathers answers' changes before it publishes them.
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+
 type ChunkResult = (usize, Result<Vec<Reading>, StationError>, Instant);
 
 enum Wake {
@@ -309,8 +312,9 @@ impl GroupTask {
         let slots = &mut self.slots;
         let rules = &self.rules;
         let mut results = futures::stream::iter(requests).buffer_unordered(self.concurrency);
-        // Each answer's changes go out as soon as it arrives, so a change
-        // waits for its own response only, not for the whole cycle.
+        // Answers' changes go out as they arrive, gathered for at most
+        // PUBLISH_EVERY, so a change waits for its own response (plus a few
+        // ms), not for the whole cycle, without waking the sinks per answer.
         let (bus, group, health) = (self.bus.clone(), self.name.clone(), self.health.clone());
         let publish_now = |changes: Vec<TagChange>, received_at: Instant| {
             metrics::counter!("wincc_gateway_changes_total").increment(changes.len() as u64);
@@ -320,6 +324,9 @@ impl GroupTask {
                 received_at,
             })));
         };
+        // Changes of answers not yet published, and when the first of them arrived.
+        let mut pending = Vec::new();
+        let mut pending_since: Option<Instant> = None;
         let mut changes = Vec::new();
         let mut first_arrival: Option<Instant> = None;
         let mut failures: Vec<(usize, StationError)> = Vec::new();
@@ -336,20 +343,24 @@ impl GroupTask {
                     first_arrival.get_or_insert(arrived);
                     let now = Instant::now();
                     let readings = match_by_name(part_names(part), readings);
-                    let mut answer_changes = Vec::new();
                     for (slot, r) in part.iter_mut().zip(readings) {
                         if let Some(c) = slot.apply(r, rules, now) {
-                            answer_changes.push(c);
+                            pending.push(c);
                         }
                     }
-                    if !answer_changes.is_empty() {
-                        publish_now(answer_changes, arrived);
+                    let since = *pending_since.get_or_insert(arrived);
+                    if !pending.is_empty() && now.duration_since(since) >= PUBLISH_EVERY {
+                        publish_now(std::mem::take(&mut pending), since);
+                        pending_since = None;
                     }
                 }
                 Err(e) => failures.push((i, e)),
             }
         }
         drop(results);
+        if !pending.is_empty() {
+            publish_now(pending, pending_since.unwrap_or_else(Instant::now));
+        }
         let now = Instant::now();
         let whole_cycle_failed = answered == 0 && !failures.is_empty();
         for (i, e) in &failures {
