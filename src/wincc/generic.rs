@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 
 mod auth;
 
-use super::http::{self, read_body, retry_after, transport_error};
+use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::{parse, ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
@@ -182,7 +182,6 @@ impl GenericClient {
         ticket: Option<&Ticket>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
-        let start = std::time::Instant::now();
         metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
             .increment(1);
         let mut rb = self.http.request(method, url);
@@ -200,20 +199,9 @@ impl GenericClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b.clone());
         }
-        let result = async {
-            let resp = rb
-                .send()
-                .await
-                .map_err(|e| transport_error(e, self.timeout))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = read_body(resp, self.timeout).await?;
-            Ok((status, headers, bytes))
-        }
-        .await;
-        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
-            .record(start.elapsed().as_secs_f64());
-        result.map_err(|e| self.scrub_err(e))
+        http::exchange(rb, endpoint, self.timeout)
+            .await
+            .map_err(|e| self.scrub_err(e))
     }
 
     /// A request with auth: re-login once on 401, retry once after a short

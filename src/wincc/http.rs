@@ -127,6 +127,28 @@ pub async fn read_body(
     }
 }
 
+/// Sends a prepared request and reads the whole reply, recording the
+/// request-latency histogram for `endpoint`. Transport failures and
+/// timeouts become `StationError`s; the caller scrubs secrets.
+pub async fn exchange(
+    rb: reqwest::RequestBuilder,
+    endpoint: &'static str,
+    timeout: Duration,
+) -> Result<(reqwest::StatusCode, HeaderMap, Vec<u8>), StationError> {
+    let start = std::time::Instant::now();
+    let result = async {
+        let resp = rb.send().await.map_err(|e| transport_error(e, timeout))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = read_body(resp, timeout).await?;
+        Ok((status, headers, bytes))
+    }
+    .await;
+    metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
+        .record(start.elapsed().as_secs_f64());
+    result
+}
+
 /// `Retry-After` as seconds or an HTTP date; `None` when absent or unreadable.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();

@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
-use super::http::{self, read_body, retry_after, transport_error};
+use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::parse;
 use super::unified_parse as up;
@@ -217,27 +217,15 @@ impl UnifiedClient {
         bearer: Option<&str>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
-        let start = std::time::Instant::now();
         metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
             .increment(1);
         let mut rb = self.http.post(self.url.clone()).json(body);
         if let Some(t) = bearer {
             rb = rb.bearer_auth(t);
         }
-        let result = async {
-            let resp = rb
-                .send()
-                .await
-                .map_err(|e| transport_error(e, self.timeout))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = read_body(resp, self.timeout).await?;
-            Ok((status, headers, bytes))
-        }
-        .await;
-        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
-            .record(start.elapsed().as_secs_f64());
-        result.map_err(|e| self.scrub_err(e))
+        http::exchange(rb, endpoint, self.timeout)
+            .await
+            .map_err(|e| self.scrub_err(e))
     }
 
     /// One GraphQL exchange: HTTP status handling (one retry after a short

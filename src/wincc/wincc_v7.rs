@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
-use super::http::{self, read_body, retry_after, transport_error};
+use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::parse;
 use super::{ConnectError, Station, StationError};
@@ -210,7 +210,6 @@ impl WinccV7Client {
         body: Option<&Value>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let _permit = self.limiter.acquire().await;
-        let start = std::time::Instant::now();
         metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
             .increment(1);
         let mut rb = self.http.request(method, url);
@@ -223,20 +222,9 @@ impl WinccV7Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let result = async {
-            let resp = rb
-                .send()
-                .await
-                .map_err(|e| transport_error(e, self.timeout))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = read_body(resp, self.timeout).await?;
-            Ok((status, headers, bytes))
-        }
-        .await;
-        metrics::histogram!("wincc_gateway_station_request_seconds", "endpoint" => endpoint)
-            .record(start.elapsed().as_secs_f64());
-        result.map_err(|e| self.scrub_err(e))
+        http::exchange(rb, endpoint, self.timeout)
+            .await
+            .map_err(|e| self.scrub_err(e))
     }
 
     /// A request: 401 closes the gate; a short `Retry-After` is waited out
