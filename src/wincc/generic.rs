@@ -87,18 +87,8 @@ impl GenericClient {
         settings: &WinccSettings,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ConnectError> {
-        let mut base = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
-            key: "wincc.base_url",
-            why: format!("not a URL: {e}"),
-        })?;
-        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-            return Err(ConnectError::Setting {
-                key: "wincc.base_url",
-                why: "must be an http:// or https:// URL".into(),
-            });
-        }
+        let mut base = http::base_url(&settings.base_url, "")?;
         base.set_query(None);
-        base.set_fragment(None);
         let password = if settings.auth == AuthMode::None {
             None
         } else {

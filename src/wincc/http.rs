@@ -13,6 +13,23 @@ use crate::config::{AuthMode, WinccSettings};
 /// as malformed instead of filling memory.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
+/// Parses `wincc.base_url`: an absolute http(s) URL, fragment dropped.
+/// `what` is appended to the error to say which URL is meant.
+pub fn base_url(raw: &str, what: &str) -> Result<reqwest::Url, ConnectError> {
+    let mut url = reqwest::Url::parse(raw).map_err(|e| ConnectError::Setting {
+        key: "wincc.base_url",
+        why: format!("not a URL: {e}"),
+    })?;
+    if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+        return Err(ConnectError::Setting {
+            key: "wincc.base_url",
+            why: format!("must be an http:// or https:// URL{what}"),
+        });
+    }
+    url.set_fragment(None);
+    Ok(url)
+}
+
 /// Builds the HTTP client: per-request timeout, cookie store for cookie
 /// auth, system roots plus `ca_file`, and verification off only when
 /// `accept_invalid_certs` says so (with a warning).

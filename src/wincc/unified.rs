@@ -112,17 +112,10 @@ impl UnifiedClient {
         settings: &WinccSettings,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ConnectError> {
-        let mut url = Url::parse(&settings.base_url).map_err(|e| ConnectError::Setting {
-            key: "wincc.base_url",
-            why: format!("not a URL: {e}"),
-        })?;
-        if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
-            return Err(ConnectError::Setting {
-                key: "wincc.base_url",
-                why: "must be an http:// or https:// URL (the GraphQL endpoint, e.g. https://host/graphql)".into(),
-            });
-        }
-        url.set_fragment(None);
+        let url = http::base_url(
+            &settings.base_url,
+            " (the GraphQL endpoint, e.g. https://host/graphql)",
+        )?;
         if matches!(settings.auth, AuthMode::Basic | AuthMode::Cookie) {
             return Err(ConnectError::Setting {
                 key: "wincc.auth",

@@ -87,18 +87,8 @@ impl WinccV7Client {
     /// Builds the client with its own limiter from `wincc.rate_limit`.
     pub fn new(settings: &Settings) -> Result<Self, ConnectError> {
         let w = &settings.wincc;
-        let mut base = Url::parse(&w.base_url).map_err(|e| ConnectError::Setting {
-            key: "wincc.base_url",
-            why: format!("not a URL: {e}"),
-        })?;
-        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-            return Err(ConnectError::Setting {
-                key: "wincc.base_url",
-                why: "must be an http:// or https:// URL".into(),
-            });
-        }
+        let mut base = http::base_url(&w.base_url, "")?;
         base.set_query(None);
-        base.set_fragment(None);
         let password = match w.auth {
             AuthMode::None => None,
             AuthMode::Basic => resolve_secret("wincc.password", &w.password_env, &w.password_file)
