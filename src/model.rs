@@ -228,9 +228,52 @@ pub fn format_ts(ts: &DateTime<Utc>) -> String {
 
 /// Parses an RFC 3339 timestamp into UTC.
 pub fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s.trim())
+    let s = s.trim();
+    if let Some(t) = parse_utc_fast(s.as_bytes()) {
+        return Some(t);
+    }
+    DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form stations (and the gateway)
+/// write, without chrono's general parser (it is on the path of every
+/// polled row). Anything else (offsets, a leap second, a space instead of
+/// `T`) returns `None` and goes to chrono.
+fn parse_utc_fast(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 20 || !matches!(b.last(), Some(b'Z' | b'z')) {
+        return None;
+    }
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let frac = &b[19..b.len() - 1];
+    let nanos = match frac {
+        [] => 0,
+        [b'.', digits @ ..] if !digits.is_empty() && digits.len() <= 9 => {
+            num(digits)? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    if second > 59 {
+        return None;
+    }
+    chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?
+        .and_hms_nano_opt(hour, minute, second, nanos)
+        .map(|t| t.and_utc())
 }
 
 #[cfg(test)]
@@ -244,6 +287,37 @@ mod tests {
             assert_eq!(TagType::parse(&t.as_str().to_lowercase()), Some(t));
         }
         assert_eq!(TagType::parse("Quaternion"), None);
+    }
+
+    #[test]
+    fn the_fast_timestamp_path_agrees_with_chrono() {
+        let chrono_parse = |s: &str| {
+            DateTime::parse_from_rfc3339(s.trim())
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        };
+        for s in [
+            "2026-01-02T03:04:05.678Z",
+            "2026-01-02T03:04:05Z",
+            "2026-01-02t03:04:05.1z",
+            "2024-02-29T23:59:59.123456789Z",
+            " 2026-12-31T00:00:00.000Z ",
+            "2026-01-02T03:04:05.678+02:00",
+            "2026-01-02 03:04:05.678Z",
+            "2016-12-31T23:59:60.000Z",
+            "2026-02-30T00:00:00Z",
+            "2026-01-02T24:00:00Z",
+            "2026-01-02T03:04:05.Z",
+            "2026-01-02T03:04:05.1234567890Z",
+            "2026-1-02T03:04:05Z",
+            "+026-01-02T03:04:05Z",
+            "2026-01-02T03:04:05,5Z",
+            "not a time at all, really",
+        ] {
+            assert_eq!(parse_ts(s), chrono_parse(s), "{s:?}");
+        }
+        assert!(parse_utc_fast(b"2026-01-02T03:04:05.678Z").is_some());
+        assert!(parse_utc_fast(b"2026-01-02T03:04:05.678+02:00").is_none());
     }
 
     #[test]

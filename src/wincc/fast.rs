@@ -11,20 +11,21 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::parse::{error_value, missing, quality_from_code, quality_word};
 use crate::model::{parse_ts, Quality, Reading};
 
+/// A string borrowed from the body when it has no escapes. (serde borrows
+/// a `Cow<str>` field marked `borrow`, but not one inside an `Option`:
+/// that one would be copied into a fresh `String` for every row.)
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Reply<'a> {
-    #[serde(borrow)]
-    values: Vec<Row<'a>>,
-}
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,25 +35,26 @@ struct Row<'a> {
     #[serde(default)]
     value: Option<Value>,
     #[serde(default, borrow)]
-    quality: Option<Cow<'a, str>>,
+    quality: Option<Str<'a>>,
     #[serde(default, rename = "qualityCode")]
     quality_code: Option<u32>,
     #[serde(default, borrow)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<Str<'a>>,
     #[serde(default)]
     error: Option<Value>,
 }
 
 impl Row<'_> {
-    fn reading(self, name: &str, received: DateTime<Utc>) -> Reading {
+    fn reading(self, received: DateTime<Utc>) -> Reading {
         let timestamp = self
             .timestamp
-            .as_deref()
-            .and_then(parse_ts)
+            .as_ref()
+            .and_then(|t| parse_ts(&t.0))
             .unwrap_or(received);
+        let name = self.name.into_owned();
         if let Some(error) = self.error.as_ref().and_then(error_value) {
             return Reading {
-                name: name.to_string(),
+                name,
                 value: Value::Null,
                 quality: Quality::Bad,
                 quality_code: None,
@@ -61,12 +63,12 @@ impl Row<'_> {
             };
         }
         let quality = match (&self.quality, self.quality_code) {
-            (Some(q), _) => quality_word(q),
+            (Some(q), _) => quality_word(&q.0),
             (None, Some(code)) => quality_from_code(code),
             (None, None) => Quality::Good,
         };
         Reading {
-            name: name.to_string(),
+            name,
             value: self.value.unwrap_or(Value::Null),
             quality,
             quality_code: self.quality_code,
@@ -76,32 +78,97 @@ impl Row<'_> {
     }
 }
 
+/// The reply object: exactly one key, `values`.
+struct ReplySeed {
+    expected: usize,
+    received: DateTime<Utc>,
+}
+
+impl<'de> DeserializeSeed<'de> for ReplySeed {
+    type Value = Vec<Reading>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReplySeed {
+    type Value = Vec<Reading>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with only a `values` array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = None;
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            if key.0 != "values" || out.is_some() {
+                return Err(A::Error::custom("not the contract's reply shape"));
+            }
+            out = Some(map.next_value_seed(RowsSeed {
+                expected: self.expected,
+                received: self.received,
+            })?);
+        }
+        out.ok_or_else(|| A::Error::missing_field("values"))
+    }
+}
+
+/// The `values` array, each row turned into its reading as it is parsed
+/// (no intermediate vector of rows).
+struct RowsSeed {
+    expected: usize,
+    received: DateTime<Utc>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed {
+    type Value = Vec<Reading>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed {
+    type Value = Vec<Reading>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.expected);
+        while let Some(row) = seq.next_element::<Row<'de>>()? {
+            out.push(row.reading(self.received));
+        }
+        Ok(out)
+    }
+}
+
 /// The readings for `names`, or `None` when the body is not exactly in the
 /// contract's shape (the caller then parses it leniently).
 pub fn values(body: &[u8], names: &[String], received: DateTime<Utc>) -> Option<Vec<Reading>> {
-    let reply: Reply = serde_json::from_slice(body).ok()?;
-    let rows = reply.values;
-    let in_order =
-        rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.name == n.as_str());
-    if in_order {
-        return Some(
-            rows.into_iter()
-                .zip(names)
-                .map(|(r, n)| r.reading(n, received))
-                .collect(),
-        );
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let rows = ReplySeed {
+        expected: names.len(),
+        received,
     }
-    let mut by_name: HashMap<Cow<str>, Row> = HashMap::with_capacity(rows.len());
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    let in_order = rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.name == *n);
+    if in_order {
+        return Some(rows);
+    }
+    let mut by_name: HashMap<String, Reading> = HashMap::with_capacity(rows.len());
     for r in rows {
-        if !by_name.contains_key(&r.name) {
-            by_name.insert(r.name.clone(), r);
-        }
+        by_name.entry(r.name.clone()).or_insert(r);
     }
     Some(
         names
             .iter()
             .map(|n| match by_name.remove(n.as_str()) {
-                Some(r) => r.reading(n, received),
+                Some(r) => r,
                 None => missing(n, received),
             })
             .collect(),

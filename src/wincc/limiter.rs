@@ -18,6 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
@@ -89,9 +90,17 @@ impl Limiter {
                     .expect("the semaphore is never closed")
             }
         };
-        if self.rate.check().is_err() {
-            count_wait("rate");
-            self.rate.until_ready().await;
+        // governor's own `until_ready` sleeps on futures-timer's helper
+        // thread (a thread wake-up per waiting request); the tokio timer
+        // wheel is already running on the workers.
+        let mut counted = false;
+        while let Err(not_until) = self.rate.check() {
+            if !counted {
+                count_wait("rate");
+                counted = true;
+            }
+            let wait = not_until.wait_time_from(self.rate.clock().now());
+            tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
         }
         // A Retry-After may have arrived while we queued: honour it too.
         self.wait_pause().await;
