@@ -135,7 +135,7 @@ pub enum BadReason {
 /// One reading of one tag, as delivered by a station client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    pub name: String,
+    pub name: Arc<str>,
     /// `Null` when the station gave no value (per-tag error).
     pub value: serde_json::Value,
     pub quality: Quality,

@@ -188,7 +188,7 @@ async fn refused_login_is_an_auth_error_without_a_tight_loop() {
     let c = UnifiedClient::new(&wincc(&sim, Dialect::Unified, "wrong-password", &dir)).unwrap();
     let names = vec![sim.tag_names()[0].clone()];
     for _ in 0..20 {
-        match c.read_values(&names).await {
+        match c.read_values(&arcs(&names)).await {
             Err(StationError::Auth(m)) => {
                 assert!(m.contains("101"), "{m}");
                 assert!(!m.contains("wrong-password"), "{m}");
@@ -207,14 +207,14 @@ async fn expired_session_means_exactly_one_relogin() {
     let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
     let names = sim.tag_names()[..5].to_vec();
     assert!(c
-        .read_values(&names)
+        .read_values(&arcs(&names))
         .await
         .unwrap()
         .iter()
         .all(|r| r.error.is_none()));
     assert_eq!(sim.stats().logins, 1);
     sim.expire_tokens();
-    let r = c.read_values(&names).await.unwrap();
+    let r = c.read_values(&arcs(&names)).await.unwrap();
     assert!(r
         .iter()
         .all(|r| r.quality == Quality::Good && r.error.is_none()));
@@ -224,7 +224,7 @@ async fn expired_session_means_exactly_one_relogin() {
         3,
         "the rejected read is retried once"
     );
-    c.read_values(&names).await.unwrap();
+    c.read_values(&arcs(&names)).await.unwrap();
     assert_eq!(sim.stats().logins, 2);
     c.logout().await;
     assert_eq!(count(&sim, "logout"), 1);
@@ -236,10 +236,10 @@ async fn session_is_extended_before_it_expires() {
     let (sim, c, _dir) = unified(Duration::from_millis(2000)).await;
     let names = sim.tag_names()[..3].to_vec();
     for _ in 0..3 {
-        c.read_values(&names).await.unwrap();
+        c.read_values(&arcs(&names)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1400)).await;
     }
-    c.read_values(&names).await.unwrap();
+    c.read_values(&arcs(&names)).await.unwrap();
     let st = sim.stats();
     assert_eq!(st.logins, 1, "{st:?}");
     assert!(count(&sim, "extendSession") >= 3, "{st:?}");
@@ -254,10 +254,10 @@ async fn per_name_errors_and_qualities() {
         .unwrap();
     let mut names = all.clone();
     names.insert(5, "HMI_RT_1::Nope".into());
-    let r = c.read_values(&names).await.unwrap();
+    let r = c.read_values(&arcs(&names)).await.unwrap();
     assert_eq!(r.len(), names.len());
     for (reading, name) in r.iter().zip(&names) {
-        assert_eq!(&reading.name, name);
+        assert_eq!(&*reading.name, name.as_str());
         let want = match name.as_str() {
             n if n == all[1] => Quality::Bad,
             n if n == all[2] => Quality::Uncertain,
@@ -456,27 +456,27 @@ async fn simulator_speaks_graphql_strictly() {
 async fn station_faults_become_clear_errors() {
     let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
     let names = sim.tag_names()[..3].to_vec();
-    c.read_values(&names).await.unwrap();
+    c.read_values(&arcs(&names)).await.unwrap();
     sim.set_faults(sim::Faults {
         malformed_body: 1,
         ..sim::Faults::default()
     });
-    let e = c.read_values(&names).await.unwrap_err();
+    let e = c.read_values(&arcs(&names)).await.unwrap_err();
     assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
     sim.set_faults(sim::Faults {
         truncated_body: 1,
         ..sim::Faults::default()
     });
-    let e = c.read_values(&names).await.unwrap_err();
+    let e = c.read_values(&arcs(&names)).await.unwrap_err();
     assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
     sim.set_faults(sim::Faults {
         unavailable: true,
         ..sim::Faults::default()
     });
-    let e = c.read_values(&names).await.unwrap_err();
+    let e = c.read_values(&arcs(&names)).await.unwrap_err();
     assert!(e.is_outage(), "{e:?}");
     sim.set_faults(sim::Faults::default());
-    assert_eq!(c.read_values(&names).await.unwrap().len(), 3);
+    assert_eq!(c.read_values(&arcs(&names)).await.unwrap().len(), 3);
     assert_eq!(sim.stats().logins, 1, "faults are not auth failures");
 }
 
@@ -513,9 +513,9 @@ async fn tag_values_subscription_sends_added_then_modified() {
         .find(|t| t.writable && t.ty == TagType::Int16)
         .unwrap();
     let names = vec![int.name.clone(), "HMI_RT_1::Nope".to_string()];
-    let mut sub = c.subscribe_tag_values(&names).await.unwrap();
+    let mut sub = c.subscribe_tag_values(&arcs(&names)).await.unwrap();
     let added = sub_until(&mut sub, "Added for the unknown tag", |r| {
-        r.name == names[1]
+        *r.name == *names[1]
     })
     .await;
     assert_eq!(added.len(), 2, "{added:?}");
@@ -529,7 +529,10 @@ async fn tag_values_subscription_sends_added_then_modified() {
     };
     sim.set_value(&int.name, json!(v));
     let modified = sub_until(&mut sub, "Modified", |r| r.value == json!(v)).await;
-    assert!(modified.iter().all(|r| r.name == int.name), "{modified:?}");
+    assert!(
+        modified.iter().all(|r| *r.name == *int.name),
+        "{modified:?}"
+    );
     assert_eq!(sim.stats().logins, 1);
     assert_eq!(count_ws(&sim), 1);
     // The station going away ends the subscription with a Closed event.
@@ -563,15 +566,15 @@ fn count_ws(sim: &SimHandle) -> u64 {
 async fn subscription_with_a_dead_session_logs_in_once_more() {
     let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
     let names = sim.tag_names()[..2].to_vec();
-    c.read_values(&names).await.unwrap();
+    c.read_values(&arcs(&names)).await.unwrap();
     sim.expire_tokens();
-    let mut sub = c.subscribe_tag_values(&names).await.unwrap();
-    sub_until(&mut sub, "Added", |r| r.name == names[1]).await;
+    let mut sub = c.subscribe_tag_values(&arcs(&names)).await.unwrap();
+    sub_until(&mut sub, "Added", |r| *r.name == *names[1]).await;
     assert_eq!(sim.stats().logins, 2);
     let dir = tempfile::tempdir().unwrap();
     let bad = UnifiedClient::new(&wincc(&sim, Dialect::Unified, "nope", &dir)).unwrap();
     assert!(matches!(
-        bad.subscribe_tag_values(&names).await,
+        bad.subscribe_tag_values(&arcs(&names)).await,
         Err(StationError::Auth(_))
     ));
 }
@@ -591,7 +594,9 @@ async fn every_graphql_request_goes_through_the_rate_limiter() {
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let (c, names) = (Arc::clone(&c), names.clone());
-        tasks.push(tokio::spawn(async move { c.read_values(&names).await }));
+        tasks.push(tokio::spawn(
+            async move { c.read_values(&arcs(&names)).await },
+        ));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -605,4 +610,9 @@ async fn every_graphql_request_goes_through_the_rate_limiter() {
         "the limit was pressed: {st:?}"
     );
     assert_eq!(st.max_in_flight, 1, "{st:?}");
+}
+
+/// Tag names as the station clients take them.
+fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
+    names.iter().map(|n| n.as_str().into()).collect()
 }

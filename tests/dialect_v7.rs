@@ -339,7 +339,7 @@ async fn mixed_key_case_and_values_as_strings_read_the_same_readings() {
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     let tags = c.list_tags().await.unwrap();
     let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
-    let plain = c.read_values(&names).await.unwrap();
+    let plain = c.read_values(&arcs(&names)).await.unwrap();
     let types: HashSet<TagType> = tags.iter().map(|t| t.ty).collect();
     assert!(types.len() >= 8, "{types:?}");
     for quirk in [
@@ -358,7 +358,7 @@ async fn mixed_key_case_and_values_as_strings_read_the_same_readings() {
         },
     ] {
         sim.set_faults(quirk.clone());
-        let quirky = c.read_values(&names).await.unwrap();
+        let quirky = c.read_values(&arcs(&names)).await.unwrap();
         assert_eq!(plain.len(), quirky.len());
         for (a, b) in plain.iter().zip(&quirky) {
             assert_eq!(a, b, "{quirk:?}");
@@ -379,8 +379,8 @@ async fn a_slow_large_batch_hits_the_timeout_while_small_ones_pass() {
         slow_batch_min_names: 50,
         ..Faults::default()
     });
-    assert_eq!(c.read_values(&names[..10]).await.unwrap().len(), 10);
-    let e = c.read_values(&names[..60]).await.unwrap_err();
+    assert_eq!(c.read_values(&arcs(&names[..10])).await.unwrap().len(), 10);
+    let e = c.read_values(&arcs(&names[..60])).await.unwrap_err();
     assert!(matches!(e, StationError::Timeout(_)), "{e:?}");
     assert!(e.is_outage());
 }
@@ -539,7 +539,10 @@ async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
         }),
         ..Faults::default()
     });
-    assert_eq!(c.read_values(&names).await.unwrap().len(), names.len());
+    assert_eq!(
+        c.read_values(&arcs(&names)).await.unwrap().len(),
+        names.len()
+    );
     let stats = sim.stats();
     assert_eq!(stats.too_many_requests, 1);
     assert_eq!(stats.requests.get("POST /tagManagement/Values"), Some(&2));
@@ -554,11 +557,11 @@ async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
         },
     ] {
         sim.set_faults(faults);
-        let e = c.read_values(&names).await.unwrap_err();
+        let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
         assert!(!e.to_string().contains(PASSWORD));
     }
-    assert!(c.read_values(&names).await.is_ok());
+    assert!(c.read_values(&arcs(&names)).await.is_ok());
 }
 
 /// Counts `wincc_gateway_station_rows_missing_total` increments.
@@ -628,21 +631,21 @@ fn missing_rows_are_counted_in_the_warning_metric() {
             let sim = start_sim(Dialect::WinccV7, 30).await;
             let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
             let names: Vec<String> = sim.tag_names().into_iter().take(6).collect();
-            c.read_values(&names).await.unwrap();
+            c.read_values(&arcs(&names)).await.unwrap();
             sim.set_faults(Faults {
                 drop_rows: 1,
                 ..Faults::default()
             });
-            let r = c.read_values(&names).await.unwrap();
+            let r = c.read_values(&arcs(&names)).await.unwrap();
             assert_eq!(r.iter().filter(|r| r.quality == Quality::Bad).count(), 3);
             sim.set_faults(Faults {
                 empty_body: 1,
                 ..Faults::default()
             });
-            let r = c.read_values(&names).await.unwrap();
+            let r = c.read_values(&arcs(&names)).await.unwrap();
             assert!(r.iter().all(|r| r.quality == Quality::Bad));
             assert!(c
-                .read_values(&names)
+                .read_values(&arcs(&names))
                 .await
                 .unwrap()
                 .iter()
@@ -697,4 +700,9 @@ async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
         .copied()
         .unwrap_or(0);
     assert_eq!(after - before, 1, "one request for the whole batch");
+}
+
+/// Tag names as the station clients take them.
+fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
+    names.iter().map(|n| n.as_str().into()).collect()
 }

@@ -85,9 +85,9 @@ async fn browse_pages_and_hostile_names_read_and_write() {
     for h in &hostile {
         assert!(tags.iter().any(|t| &t.name == h), "{h:?} missing");
     }
-    let readings = c.read_values(&hostile).await.unwrap();
+    let readings = c.read_values(&arcs(&hostile)).await.unwrap();
     for (r, h) in readings.iter().zip(&hostile) {
-        assert_eq!(&r.name, h);
+        assert_eq!(&*r.name, h.as_str());
         assert_eq!(r.quality, Quality::Good, "{h:?}: {:?}", r.error);
         assert_eq!(Some(&r.value), sim.value(h).as_ref(), "{h:?}");
     }
@@ -118,11 +118,11 @@ async fn rows_are_matched_by_name_and_unknown_tags_are_bad() {
     let b = a_tag_of(&sim, TagType::Bool);
     sim.set_value(&a, json!(3.25));
     let names = vec![b.clone(), "No/Such Tag".to_string(), a.clone()];
-    let r = c.read_values(&names).await.unwrap();
+    let r = c.read_values(&arcs(&names)).await.unwrap();
     assert_eq!(r.len(), 3);
-    assert_eq!(r[0].name, b);
+    assert_eq!(&*r[0].name, b.as_str());
     assert_eq!(r[0].quality, Quality::Good);
-    assert_eq!(r[1].name, "No/Such Tag");
+    assert_eq!(&*r[1].name, "No/Such Tag");
     assert_eq!(r[1].quality, Quality::Bad);
     assert!(
         matches!(r[1].error, Some(BadReason::TagError { .. })),
@@ -148,9 +148,10 @@ async fn expired_session_means_exactly_one_login_even_for_concurrent_requests() 
         let dir = tempfile::tempdir().unwrap();
         let c = client(&settings(&sim, mode, PASSWORD, &dir));
         let names = vec![a_tag_of(&sim, TagType::Double)];
-        c.read_values(&names).await.unwrap();
+        c.read_values(&arcs(&names)).await.unwrap();
         assert_eq!(sim.stats().logins, 1, "{mode:?}");
         sim.expire_tokens();
+        let names = arcs(&names);
         let (x, y) = tokio::join!(c.read_values(&names), c.read_values(&names));
         x.unwrap();
         y.unwrap();
@@ -169,18 +170,18 @@ async fn basic_auth_works_and_a_refused_login_backs_off_without_requests() {
     let dir = tempfile::tempdir().unwrap();
     let names = vec![a_tag_of(&sim, TagType::Double)];
     let good = client(&settings(&sim, AuthMode::Basic, PASSWORD, &dir));
-    good.read_values(&names).await.unwrap();
+    good.read_values(&arcs(&names)).await.unwrap();
 
     for mode in [AuthMode::Basic, AuthMode::Session] {
         let sim = sim_with(50, mode).await;
         let bad = client(&settings(&sim, mode, "wrong-password", &dir));
-        let e1 = bad.read_values(&names).await.unwrap_err();
+        let e1 = bad.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e1, StationError::Auth(_)), "{e1:?}");
         let sent = sim.stats().total_requests;
         assert_eq!(sent, 1);
         // Within the backoff (>= 5 s) nothing is sent, the caller still sees Auth.
         for _ in 0..5 {
-            let e = bad.read_values(&names).await.unwrap_err();
+            let e = bad.read_values(&arcs(&names)).await.unwrap_err();
             assert!(matches!(e, StationError::Auth(_)), "{e:?}");
             assert!(e.to_string().contains("next login attempt in"), "{e}");
         }
@@ -194,7 +195,7 @@ async fn retry_after_pauses_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let c = client(&settings(&sim, AuthMode::None, "", &dir));
     let names = vec![a_tag_of(&sim, TagType::Double)];
-    c.read_values(&names).await.unwrap();
+    c.read_values(&arcs(&names)).await.unwrap();
     sim.set_faults(Faults {
         too_many_requests: Some(TooManyRequests {
             count: 1,
@@ -206,7 +207,7 @@ async fn retry_after_pauses_every_request() {
     let first = {
         let (c, names) = (c.clone(), names.clone());
         tokio::spawn(async move {
-            c.read_values(&names).await.unwrap();
+            c.read_values(&arcs(&names)).await.unwrap();
             start.elapsed()
         })
     };
@@ -240,9 +241,9 @@ async fn rate_limit_and_in_flight_hold_under_a_load_that_would_exceed_them() {
     let mut tasks = Vec::new();
     for _ in 0..36 {
         let (c, names) = (c.clone(), names.clone());
-        tasks.push(tokio::spawn(
-            async move { c.read_values(&names).await.unwrap() },
-        ));
+        tasks.push(tokio::spawn(async move {
+            c.read_values(&arcs(&names)).await.unwrap()
+        }));
     }
     for t in tasks {
         t.await.unwrap();
@@ -274,9 +275,9 @@ async fn malformed_and_truncated_replies_are_errors_and_the_next_call_works() {
         },
     ] {
         sim.set_faults(f.clone());
-        let e = c.read_values(&names).await.unwrap_err();
+        let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
-        assert!(c.read_values(&names).await.is_ok());
+        assert!(c.read_values(&arcs(&names)).await.is_ok());
         sim.set_faults(f.clone());
         let e = c.list_tags().await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
@@ -300,10 +301,10 @@ async fn the_password_is_in_no_error() {
         let mut s = settings(&sim, mode, PASSWORD, &dir);
         let other = tempfile::tempdir().unwrap();
         let wrong = settings(&sim, mode, &format!("{PASSWORD}x"), &other);
-        errors.push(client(&wrong).read_values(&names).await.unwrap_err());
+        errors.push(client(&wrong).read_values(&arcs(&names)).await.unwrap_err());
         s.timeout_ms = 300;
         let c = client(&s);
-        c.read_values(&names).await.unwrap();
+        c.read_values(&arcs(&names)).await.unwrap();
         for f in [
             Faults {
                 error_rate: 1.0,
@@ -327,7 +328,7 @@ async fn the_password_is_in_no_error() {
             },
         ] {
             sim.set_faults(f);
-            errors.push(c.read_values(&names).await.unwrap_err());
+            errors.push(c.read_values(&arcs(&names)).await.unwrap_err());
         }
         sim.set_faults(Faults::default());
         errors.push(
@@ -342,7 +343,10 @@ async fn the_password_is_in_no_error() {
             .unwrap_err();
         assert!(echo.to_string().contains("Echo ***"), "{echo}");
         errors.push(echo);
-        let r = c.read_values(&[format!("Echo {PASSWORD}")]).await.unwrap();
+        let r = c
+            .read_values(&[format!("Echo {PASSWORD}").into()])
+            .await
+            .unwrap();
         match &r[0].error {
             Some(BadReason::TagError { message, .. }) => {
                 assert!(!message.contains(PASSWORD), "{message}")
@@ -354,7 +358,7 @@ async fn the_password_is_in_no_error() {
             ..Faults::default()
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        errors.push(c.read_values(&names).await.unwrap_err());
+        errors.push(c.read_values(&arcs(&names)).await.unwrap_err());
         sim.set_faults(Faults::default());
     }
     let kinds: std::collections::BTreeSet<&str> = errors.iter().map(|e| e.kind()).collect();
@@ -375,4 +379,9 @@ async fn the_password_is_in_no_error() {
             assert!(!text.contains(&basic_cred), "{text}");
         }
     }
+}
+
+/// Tag names as the station clients take them.
+fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
+    names.iter().map(|n| n.as_str().into()).collect()
 }

@@ -130,7 +130,7 @@ async fn wincc_v7_over_https_with_a_pinned_certificate() {
     let station = wincc::connect(&s).unwrap();
     let tags = station.list_tags().await.unwrap();
     let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
-    let readings = station.read_values(&names).await.unwrap();
+    let readings = station.read_values(&arcs(&names)).await.unwrap();
     assert_eq!(readings.len(), 50);
     assert!(readings.iter().all(|r| r.error.is_none()));
 }
@@ -141,4 +141,9 @@ fn a_malformed_pin_is_a_located_setting_error() {
     s.wincc.pinned_cert_sha256 = "12:34".into();
     let e = wincc::connect(&s).err().unwrap().to_string();
     assert!(e.starts_with("wincc.pinned_cert_sha256"), "{e}");
+}
+
+/// Tag names as the station clients take them.
+fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
+    names.iter().map(|n| n.as_str().into()).collect()
 }

@@ -52,7 +52,7 @@ pub(crate) struct GroupTask {
     slots: Vec<TagSlot>,
     /// Slot index by tag name (for subscription readings).
     index: HashMap<Arc<str>, usize>,
-    chunks: Vec<Arc<Vec<String>>>,
+    chunks: Vec<Arc<Vec<Arc<str>>>>,
     period: Duration,
 }
 
@@ -266,7 +266,7 @@ impl GroupTask {
         self.chunks = self
             .slots
             .chunks(self.batch)
-            .map(|c| Arc::new(c.iter().map(|s| s.name.to_string()).collect()))
+            .map(|c| Arc::new(c.iter().map(|s| s.name.clone()).collect()))
             .collect();
         let mut removed: Vec<TagChange> = old.values().filter_map(TagSlot::removed).collect();
         if !removed.is_empty() {
@@ -410,11 +410,11 @@ fn match_by_name<'a>(
     readings: Vec<Reading>,
 ) -> Vec<Reading> {
     let in_order = names.clone().count() == readings.len()
-        && names.clone().zip(&readings).all(|(n, r)| n == r.name);
+        && names.clone().zip(&readings).all(|(n, r)| n == &*r.name);
     if in_order {
         return readings;
     }
-    let mut by_name: HashMap<String, Reading> = HashMap::with_capacity(readings.len());
+    let mut by_name: HashMap<Arc<str>, Reading> = HashMap::with_capacity(readings.len());
     for r in readings {
         by_name.entry(r.name.clone()).or_insert(r);
     }
@@ -422,7 +422,7 @@ fn match_by_name<'a>(
     names
         .map(|n| {
             by_name.remove(n).unwrap_or_else(|| Reading {
-                name: n.to_string(),
+                name: Arc::from(n),
                 value: serde_json::Value::Null,
                 quality: crate::model::Quality::Bad,
                 quality_code: None,
@@ -459,7 +459,7 @@ mod tests {
             names.iter().copied(),
             vec![reading("C", 3), reading("A", 1)],
         );
-        assert_eq!(r.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), names);
+        assert_eq!(r.iter().map(|r| &*r.name).collect::<Vec<_>>(), names);
         assert_eq!(r[0].value, 1);
         assert_eq!(r[1].quality, Quality::Bad);
         assert_eq!(r[2].value, 3);

@@ -113,7 +113,7 @@ impl Subscriptions {
 
     /// Drops any current subscription and starts opening one for `chunks`
     /// (nothing when the group has no tags or does not subscribe).
-    pub fn open(&mut self, station: &Arc<dyn Station>, chunks: &[Arc<Vec<String>>]) {
+    pub fn open(&mut self, station: &Arc<dyn Station>, chunks: &[Arc<Vec<Arc<str>>>]) {
         if !self.enabled {
             return;
         }
@@ -227,7 +227,7 @@ pub(crate) fn apply_readings(
 ) -> Vec<TagChange> {
     let mut changes = Vec::new();
     for r in readings {
-        let Some(&i) = index.get(r.name.as_str()) else {
+        let Some(&i) = index.get(&r.name) else {
             tracing::debug!(tag = %r.name, "subscription reading for a tag the group does not hold");
             continue;
         };
@@ -255,7 +255,7 @@ pub(crate) fn heartbeats(
             continue;
         }
         let again = Reading {
-            name: slot.name.to_string(),
+            name: slot.name.clone(),
             value: last.value.clone(),
             quality: last.quality,
             quality_code: last.quality_code,

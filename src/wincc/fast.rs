@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -45,13 +46,18 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn reading(self, received: DateTime<Utc>) -> Reading {
+    /// The row's reading; `name` is the requested name when it is the same
+    /// (shared, not copied), else the row's own.
+    fn reading(self, requested: Option<&Arc<str>>, received: DateTime<Utc>) -> Reading {
         let timestamp = self
             .timestamp
             .as_ref()
             .and_then(|t| parse_ts(&t.0))
             .unwrap_or(received);
-        let name = self.name.into_owned();
+        let name = match requested {
+            Some(n) if **n == *self.name => n.clone(),
+            _ => Arc::from(&*self.name),
+        };
         if let Some(error) = self.error.as_ref().and_then(error_value) {
             return Reading {
                 name,
@@ -79,12 +85,12 @@ impl Row<'_> {
 }
 
 /// The reply object: exactly one key, `values`.
-struct ReplySeed {
-    expected: usize,
+struct ReplySeed<'n> {
+    names: &'n [Arc<str>],
     received: DateTime<Utc>,
 }
 
-impl<'de> DeserializeSeed<'de> for ReplySeed {
+impl<'de> DeserializeSeed<'de> for ReplySeed<'_> {
     type Value = Vec<Reading>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -92,7 +98,7 @@ impl<'de> DeserializeSeed<'de> for ReplySeed {
     }
 }
 
-impl<'de> Visitor<'de> for ReplySeed {
+impl<'de> Visitor<'de> for ReplySeed<'_> {
     type Value = Vec<Reading>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -106,7 +112,7 @@ impl<'de> Visitor<'de> for ReplySeed {
                 return Err(A::Error::custom("not the contract's reply shape"));
             }
             out = Some(map.next_value_seed(RowsSeed {
-                expected: self.expected,
+                names: self.names,
                 received: self.received,
             })?);
         }
@@ -116,12 +122,12 @@ impl<'de> Visitor<'de> for ReplySeed {
 
 /// The `values` array, each row turned into its reading as it is parsed
 /// (no intermediate vector of rows).
-struct RowsSeed {
-    expected: usize,
+struct RowsSeed<'n> {
+    names: &'n [Arc<str>],
     received: DateTime<Utc>,
 }
 
-impl<'de> DeserializeSeed<'de> for RowsSeed {
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
     type Value = Vec<Reading>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -129,7 +135,7 @@ impl<'de> DeserializeSeed<'de> for RowsSeed {
     }
 }
 
-impl<'de> Visitor<'de> for RowsSeed {
+impl<'de> Visitor<'de> for RowsSeed<'_> {
     type Value = Vec<Reading>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -137,9 +143,9 @@ impl<'de> Visitor<'de> for RowsSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(self.expected);
+        let mut out = Vec::with_capacity(self.names.len());
         while let Some(row) = seq.next_element::<Row<'de>>()? {
-            out.push(row.reading(self.received));
+            out.push(row.reading(self.names.get(out.len()), self.received));
         }
         Ok(out)
     }
@@ -147,27 +153,22 @@ impl<'de> Visitor<'de> for RowsSeed {
 
 /// The readings for `names`, or `None` when the body is not exactly in the
 /// contract's shape (the caller then parses it leniently).
-pub fn values(body: &[u8], names: &[String], received: DateTime<Utc>) -> Option<Vec<Reading>> {
+pub fn values(body: &[u8], names: &[Arc<str>], received: DateTime<Utc>) -> Option<Vec<Reading>> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let rows = ReplySeed {
-        expected: names.len(),
-        received,
-    }
-    .deserialize(&mut de)
-    .ok()?;
+    let rows = ReplySeed { names, received }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     let in_order = rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.name == *n);
     if in_order {
         return Some(rows);
     }
-    let mut by_name: HashMap<String, Reading> = HashMap::with_capacity(rows.len());
+    let mut by_name: HashMap<Arc<str>, Reading> = HashMap::with_capacity(rows.len());
     for r in rows {
         by_name.entry(r.name.clone()).or_insert(r);
     }
     Some(
         names
             .iter()
-            .map(|n| match by_name.remove(n.as_str()) {
+            .map(|n| match by_name.remove(n) {
                 Some(r) => r,
                 None => missing(n, received),
             })
@@ -180,8 +181,8 @@ mod tests {
     use super::*;
     use crate::model::BadReason;
 
-    fn names(n: &[&str]) -> Vec<String> {
-        n.iter().map(|s| s.to_string()).collect()
+    fn names(n: &[&str]) -> Vec<Arc<str>> {
+        n.iter().map(|s| Arc::from(*s)).collect()
     }
 
     #[test]

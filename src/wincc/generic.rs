@@ -291,7 +291,7 @@ impl GenericClient {
 /// The body of `POST /tags/values`, serialised without copying the names.
 #[derive(serde::Serialize)]
 struct ReadRequest<'a> {
-    tags: &'a [String],
+    tags: &'a [Arc<str>],
 }
 
 /// A JSON request body, serialised once (and shared by a retry).
@@ -368,7 +368,7 @@ impl Station for GenericClient {
         Err(StationError::Malformed("the tag list never ends".into()))
     }
 
-    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+    async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }

@@ -94,7 +94,7 @@ pub trait Station: Send + Sync + 'static {
     /// Reads the given tags in one request. Rows are matched by name; a tag
     /// that the station reports in error, or leaves out, comes back as a
     /// `Reading` with quality bad and `error` set.
-    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError>;
+    async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError>;
 
     /// Writes one value (already type-checked by `writes.rs`).
     async fn write_value(
@@ -127,7 +127,7 @@ pub trait Station: Send + Sync + 'static {
     /// Opens a subscription to the values of `names`: the station pushes
     /// changes instead of being polled. `Ok(None)` when the dialect (or this
     /// client's settings) has no subscriptions: the caller polls instead.
-    async fn subscribe(&self, names: &[String]) -> Result<Option<TagSubscription>, StationError> {
+    async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
         let _ = names;
         Ok(None)
     }

@@ -4,6 +4,7 @@
 //! body that is not the expected JSON is an error, never a panic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -138,14 +139,14 @@ pub fn quality_from_code(code: u32) -> Quality {
 }
 
 /// One row of a batch-read reply as the reading of `name` (error rows are bad).
-pub fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
+pub fn row_reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])
         .and_then(Value::as_str)
         .and_then(parse_ts)
         .unwrap_or(received);
     if let Some(error) = row_error(row) {
         return Reading {
-            name: name.to_string(),
+            name: name.clone(),
             value: Value::Null,
             quality: Quality::Bad,
             quality_code: None,
@@ -170,7 +171,7 @@ pub fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>
         _ => quality_code.map(quality_from_code).unwrap_or(Quality::Good),
     };
     Reading {
-        name: name.to_string(),
+        name: name.clone(),
         value: get_ci(row, "value").cloned().unwrap_or(Value::Null),
         quality,
         quality_code,
@@ -180,9 +181,9 @@ pub fn row_reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>
 }
 
 /// The reading for a tag the reply left out.
-pub fn missing(name: &str, received: DateTime<Utc>) -> Reading {
+pub fn missing(name: &Arc<str>, received: DateTime<Utc>) -> Reading {
     Reading {
-        name: name.to_string(),
+        name: name.clone(),
         value: Value::Null,
         quality: Quality::Bad,
         quality_code: None,
@@ -198,7 +199,7 @@ pub fn missing(name: &str, received: DateTime<Utc>) -> Reading {
 /// order of `names`, matching rows by name.
 pub fn values(
     body: &[u8],
-    names: &[String],
+    names: &[Arc<str>],
     received: DateTime<Utc>,
 ) -> Result<Vec<Reading>, StationError> {
     if let Some(r) = super::fast::values(body, names, received) {
@@ -221,7 +222,7 @@ pub fn values(
     }
     Ok(names
         .iter()
-        .map(|n| match by_name.get(n.as_str()) {
+        .map(|n| match by_name.get(&**n) {
             Some(row) => row_reading(n, row, received),
             None => missing(n, received),
         })
@@ -345,8 +346,8 @@ pub fn write_result(body: &[u8]) -> Result<(), StationError> {
 mod tests {
     use super::*;
 
-    fn names(n: &[&str]) -> Vec<String> {
-        n.iter().map(|s| s.to_string()).collect()
+    fn names(n: &[&str]) -> Vec<Arc<str>> {
+        n.iter().map(|s| Arc::from(*s)).collect()
     }
 
     #[test]
@@ -357,7 +358,7 @@ mod tests {
             {"name":"X","error":{"code":"404","message":"unknown tag"}}]}"#;
         let now = Utc::now();
         let r = values(body, &names(&["A", "B", "C", "X"]), now).unwrap();
-        assert_eq!(r[0].name, "A");
+        assert_eq!(&*r[0].name, "A");
         assert_eq!(r[0].value, serde_json::json!(1.5));
         assert_eq!(r[0].quality, Quality::Uncertain);
         assert_eq!(r[0].quality_code, Some(72));

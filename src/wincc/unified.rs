@@ -448,7 +448,7 @@ impl Station for UnifiedClient {
         Ok(tags)
     }
 
-    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+    async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -528,7 +528,7 @@ impl Station for UnifiedClient {
 
     /// A `tagValues` subscription over WebSocket; `Ok(None)` when these TLS
     /// settings rule WebSocket subscriptions out (the caller polls).
-    async fn subscribe(&self, names: &[String]) -> Result<Option<TagSubscription>, StationError> {
+    async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
         if self.ws_unsupported.is_some() {
             return Ok(None);
         }

@@ -5,6 +5,7 @@
 //! anything that is not the expected JSON is an error, never a panic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -205,7 +206,7 @@ fn timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
 /// `names`, matched by name; a row with an error code is that tag bad.
 pub fn tag_values(
     v: &Value,
-    names: &[String],
+    names: &[Arc<str>],
     received: DateTime<Utc>,
 ) -> Result<Vec<Reading>, StationError> {
     let rows = rows(v, "tagValues")?;
@@ -224,19 +225,19 @@ pub fn tag_values(
     }
     Ok(names
         .iter()
-        .map(|n| match by_name.get(n.as_str()) {
+        .map(|n| match by_name.get(&**n) {
             None => missing(n, received),
             Some(row) => reading(n, row, received),
         })
         .collect())
 }
 
-fn reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
+fn reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
     let value = get_ci(row, "value").and_then(Value::as_object);
     let ts = value.and_then(|v| timestamp(get_ci(v, "timestamp")));
     if let Some((code, message)) = row_error(row) {
         return Reading {
-            name: name.to_string(),
+            name: name.clone(),
             value: Value::Null,
             quality: Quality::Bad,
             quality_code: None,
@@ -255,7 +256,7 @@ fn reading(name: &str, row: &Map<String, Value>, received: DateTime<Utc>) -> Rea
     };
     let (quality, quality_code) = quality(get_ci(value, "quality"));
     Reading {
-        name: name.to_string(),
+        name: name.clone(),
         value: get_ci(value, "value").cloned().unwrap_or(Value::Null),
         quality,
         quality_code,
@@ -427,9 +428,9 @@ mod tests {
             {"name":"N","value":{"value":3,"quality":{"quality":72}}}
         ]);
         let now = Utc::now();
-        let names: Vec<String> = ["A", "B", "C", "X", "N"]
+        let names: Vec<Arc<str>> = ["A", "B", "C", "X", "N"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| Arc::from(*s))
             .collect();
         let r = tag_values(&v, &names, now).unwrap();
         assert_eq!(

@@ -16,6 +16,7 @@
 //! (1 s..10 s); with no frame at all (pongs included) for that long plus
 //! `timeout_ms`, the subscription ends with a timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -49,7 +50,7 @@ impl UnifiedClient {
     /// Opens a `tagValues` subscription for `names` over WebSocket.
     pub async fn subscribe_tag_values(
         &self,
-        names: &[String],
+        names: &[Arc<str>],
     ) -> Result<TagSubscription, StationError> {
         if let Some(why) = self.ws_unsupported {
             return Err(StationError::Refused {
@@ -160,9 +161,9 @@ fn readings(payload: &Value) -> Result<Vec<Reading>, StationError> {
             ))
         }
     };
-    let names: Vec<String> = rows
+    let names: Vec<Arc<str>> = rows
         .iter()
-        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .filter_map(|r| r["name"].as_str().map(Arc::from))
         .collect();
     up::tag_values(&Value::Array(rows), &names, chrono::Utc::now())
 }

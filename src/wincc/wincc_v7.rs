@@ -331,7 +331,7 @@ impl Station for WinccV7Client {
         ))
     }
 
-    async fn read_values(&self, names: &[String]) -> Result<Vec<Reading>, StationError> {
+    async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }

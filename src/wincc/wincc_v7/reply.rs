@@ -4,6 +4,7 @@
 //! missing or an empty body; rows matched to tags by NAME only.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
@@ -157,7 +158,7 @@ pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
 /// every row is missing. Also returns how many rows were missing.
 pub fn values(
     body: &[u8],
-    names: &[String],
+    names: &[Arc<str>],
     types: &HashMap<String, TagType>,
     received: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<Reading>, usize), StationError> {
@@ -203,7 +204,7 @@ pub fn values(
     let mut missing = 0;
     let readings = names
         .iter()
-        .map(|n| match by_name.get(n.as_str()) {
+        .map(|n| match by_name.get(&**n) {
             None => {
                 missing += 1;
                 parse::missing(n, received)
@@ -228,7 +229,7 @@ pub fn values(
                             r.quality = parse::quality_from_code(c);
                         }
                     }
-                    if let Some(ty) = types.get(n.as_str()).copied().or_else(|| row_type(row)) {
+                    if let Some(ty) = types.get(&**n).copied().or_else(|| row_type(row)) {
                         r.value = convert(ty, std::mem::take(&mut r.value));
                     }
                 }
@@ -323,8 +324,8 @@ mod tests {
     use crate::model::Quality;
     use serde_json::json;
 
-    fn names(n: &[&str]) -> Vec<String> {
-        n.iter().map(|s| s.to_string()).collect()
+    fn names(n: &[&str]) -> Vec<Arc<str>> {
+        n.iter().map(|s| Arc::from(*s)).collect()
     }
 
     #[test]
