@@ -358,7 +358,15 @@ mod tests {
         assert!(response_topic_allowed("gw", "client/7/reply"));
         assert!(response_topic_allowed("gw", "gw/write-result/me/1"));
         assert!(response_topic_allowed("gw", "gwx/status"));
-        for bad in ["gw", "gw/status", "gw/tags/A", "gw/write/A", "a/+/b", "a/#", ""] {
+        for bad in [
+            "gw",
+            "gw/status",
+            "gw/tags/A",
+            "gw/write/A",
+            "a/+/b",
+            "a/#",
+            "",
+        ] {
             assert!(!response_topic_allowed("gw", bad), "{bad:?}");
         }
     }

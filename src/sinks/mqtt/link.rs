@@ -18,8 +18,9 @@ use rumqttc::QoS as QoS4;
 use super::options::{Options, MAX_INFLIGHT};
 use super::outbox::Kind;
 
-/// Quality of service, whatever the protocol.
+/// Quality of service, whatever the protocol (names as in the MQTT spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum Qos {
     AtMostOnce,
     AtLeastOnce,
@@ -135,8 +136,12 @@ impl Client {
     /// Queues a SUBSCRIBE without blocking.
     pub(crate) fn try_subscribe(&self, filter: &str, qos: Qos) -> Result<(), String> {
         match self {
-            Client::V4(c) => c.try_subscribe(filter, qos.into()).map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_subscribe(filter, qos.into()).map_err(|e| e.to_string()),
+            Client::V4(c) => c
+                .try_subscribe(filter, qos.into())
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe(filter, qos.into())
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -196,18 +201,24 @@ pub(crate) enum NetEvent {
     AwaitAck(u16),
     /// The broker finished a QoS 1/2 publish (PUBACK / PUBCOMP), or refused
     /// it with an MQTT 5 reason code (`refused`).
-    Acked { pkid: u16, refused: Option<String> },
+    Acked {
+        pkid: u16,
+        refused: Option<String>,
+    },
     Message(Incoming),
     /// A SUBACK; `refused` when a filter was not granted.
-    SubAck { refused: bool },
+    SubAck {
+        refused: bool,
+    },
     /// The DISCONNECT went out.
     Disconnecting,
     Other,
 }
 
-/// The rumqttc event loop, for either protocol.
+/// The rumqttc event loop, for either protocol (boxed: they are large and
+/// of quite different sizes).
 pub(crate) enum EventLoop {
-    V4(rumqttc::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
     V5(Box<v5::EventLoop>),
 }
 
@@ -221,7 +232,7 @@ pub(crate) fn connect(opts: Options, cap: usize) -> (Client, EventLoop) {
         Options::V4(o) => {
             let (c, mut e) = rumqttc::AsyncClient::new(*o, cap);
             e.set_network_options(net);
-            (Client::V4(c), EventLoop::V4(e))
+            (Client::V4(c), EventLoop::V4(Box::new(e)))
         }
         Options::V5(mut o) => {
             o.set_network_options(net);

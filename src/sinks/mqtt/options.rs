@@ -230,11 +230,13 @@ mod tests {
         let o = build(&settings("mqtt://[::1]"), "p/status").unwrap();
         assert_eq!(o.broker_address(), ("[::1]".to_string(), 1883));
         let e = build(&settings("http://x"), "p/status")
-            .err().unwrap()
+            .err()
+            .unwrap()
             .to_string();
         assert!(e.contains("mqtt.url") && e.contains("http"), "{e}");
         let e = build(&settings("mqtt://u:secret@x"), "p/status")
-            .err().unwrap()
+            .err()
+            .unwrap()
             .to_string();
         assert!(!e.contains("secret"), "{e}");
         let mut s = settings("mqtt://x");
@@ -242,7 +244,8 @@ mod tests {
         for protocol in [MqttProtocol::V311, MqttProtocol::V5] {
             s.protocol = protocol;
             assert!(build(&s, "p/status")
-                .err().unwrap()
+                .err()
+                .unwrap()
                 .to_string()
                 .contains("keep_alive_s"));
         }
@@ -292,7 +295,10 @@ mod tests {
         std::fs::write(&pw, "token\n").unwrap();
         s.password_file = pw.display().to_string();
         let login = v5(&s).credentials().expect("credentials");
-        assert_eq!((login.username.as_str(), login.password.as_str()), ("", "token"));
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("", "token")
+        );
         s.protocol = MqttProtocol::V311;
         let e = build(&s, "p/status").err().unwrap().to_string();
         assert!(e.contains("mqtt.username") && !e.contains("token"), "{e}");
@@ -321,7 +327,8 @@ mod tests {
         let mut s = settings("mqtts://localhost");
         s.ca_file = "/nonexistent/ca.pem".into();
         assert!(build(&s, "p/status")
-            .err().unwrap()
+            .err()
+            .unwrap()
             .to_string()
             .contains("mqtt.ca_file"));
         let dir = tempfile::tempdir().unwrap();
@@ -329,12 +336,14 @@ mod tests {
         std::fs::write(&f, "not a cert").unwrap();
         s.ca_file = f.display().to_string();
         assert!(build(&s, "p/status")
-            .err().unwrap()
+            .err()
+            .unwrap()
             .to_string()
             .contains("no PEM"));
         s.client_cert_file = f.display().to_string();
         assert!(build(&s, "p/status")
-            .err().unwrap()
+            .err()
+            .unwrap()
             .to_string()
             .contains("go together"));
     }

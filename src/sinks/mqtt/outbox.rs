@@ -265,7 +265,9 @@ impl<P: Publisher> Outbox<P> {
                 correlation: slot.correlation.as_ref(),
             };
             let size = self.publisher.packet_size(&msg);
-            let max = self.broker_max_packet.map_or(self.max_packet, |b| b.min(self.max_packet));
+            let max = self
+                .broker_max_packet
+                .map_or(self.max_packet, |b| b.min(self.max_packet));
             if size > max || !crate::topic::is_valid_publish_topic(&slot.topic) {
                 tracing::error!(
                     topic = %slot.topic,
@@ -329,7 +331,12 @@ impl<P: Publisher> Outbox<P> {
     /// would be refused again, so it is dropped (a newer value still goes out).
     pub(crate) fn on_refused(&mut self, pkid: u16, reason: &str) {
         if let Some(sent) = self.inflight.remove(&pkid) {
-            tracing::warn!(pkid, reason, kind = sent.kind.label(), "the MQTT broker refused a message");
+            tracing::warn!(
+                pkid,
+                reason,
+                kind = sent.kind.label(),
+                "the MQTT broker refused a message"
+            );
             metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => sent.kind.label(), "reason" => "refused")
                 .increment(1);
             self.confirm(sent, false);

@@ -214,6 +214,9 @@ mod tests {
         s.client_key_file = k.display().to_string();
         s.client_cert_file = junk.display().to_string();
         let e = client_config(&s).err().unwrap().to_string();
-        assert!(e.contains("mqtt.client_cert_file") && e.contains("no PEM"), "{e}");
+        assert!(
+            e.contains("mqtt.client_cert_file") && e.contains("no PEM"),
+            "{e}"
+        );
     }
 }
