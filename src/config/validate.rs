@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{resolve_secret, AuthMode, Dialect, MqttProtocol, PollMode, Problem, Settings};
+use super::{resolve_secret, AuthMode, Dialect, PollMode, Problem, Settings};
 use crate::glob;
 
 impl Settings {
@@ -222,13 +222,6 @@ impl Settings {
                     "mqtt.client_key_file".into(),
                     q(&m.client_key_file),
                     "client_cert_file and client_key_file go together",
-                ));
-            }
-            if m.protocol == MqttProtocol::V5 {
-                p.push(prob(
-                    "mqtt.protocol".into(),
-                    "\"5\"".into(),
-                    "MQTT 5 is not supported yet; use \"3.1.1\"",
                 ));
             }
             if m.keep_alive_s == 0 {

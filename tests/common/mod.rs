@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod outage;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -6,17 +6,23 @@
 //! stay in order, a slow station never stalls the event loop, and at most
 //! `WORKERS` station writes run at once. When a worker's queue is full the
 //! command is refused at once with a reason.
+//!
+//! Under MQTT 5 a command may carry a response topic (and correlation data):
+//! its result then also goes there, with the correlation data, in addition
+//! to `write-result/{tag}`. Response topics inside the gateway's own
+//! `{prefix}/` tree are ignored, except under `{prefix}/write-result/`, so a
+//! command cannot make the gateway publish on its state topics.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttc::QoS;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::link::{Incoming, Qos, Reply};
 use super::outbox::Kind;
 use super::SharedOutbox;
 use crate::writes::{WritePolicy, Writer};
@@ -127,10 +133,12 @@ struct Job {
     value: Value,
     id: Value,
     topic: Arc<str>,
+    reply: Option<Reply>,
 }
 
 /// Routes incoming commands to the write workers.
 pub(crate) struct Commands {
+    prefix: String,
     write_prefix: String,
     result_prefix: String,
     outbox: SharedOutbox,
@@ -157,12 +165,13 @@ impl Commands {
                         .write(&policy, &job.tag, &job.value)
                         .await
                         .map_err(|e| e.to_string());
-                    publish_result(&outbox, job.topic, &job.id, r);
+                    publish_result(&outbox, job.topic, job.reply, &job.id, r);
                 }
             }));
             workers.push(tx);
         }
         let c = Commands {
+            prefix: prefix.to_string(),
             write_prefix: format!("{prefix}/write/"),
             result_prefix: format!("{prefix}/write-result/"),
             outbox,
@@ -176,13 +185,29 @@ impl Commands {
         format!("{}#", self.write_prefix)
     }
 
+    /// The MQTT 5 response topic of a command, if one is set and allowed.
+    fn reply(&self, topic: &str, reply: Option<&Reply>) -> Option<Reply> {
+        let r = reply?;
+        if !response_topic_allowed(&self.prefix, &r.topic) {
+            tracing::warn!(
+                topic,
+                response_topic = %r.topic,
+                "ignoring an MQTT 5 response topic (invalid, or one of the gateway's own topics)"
+            );
+            return None;
+        }
+        Some(r.clone())
+    }
+
     /// Handles one incoming publish; never blocks.
-    pub(crate) fn handle(&self, topic: &str, payload: &[u8], retained: bool) {
+    pub(crate) fn handle(&self, msg: &Incoming) {
+        let topic = msg.topic.as_str();
         let Some(suffix) = topic.strip_prefix(&self.write_prefix) else {
             tracing::debug!(topic, "ignoring a message outside the write topics");
             return;
         };
-        let (id, parsed) = parse(suffix, payload, retained);
+        let reply = self.reply(topic, msg.reply.as_ref());
+        let (id, parsed) = parse(suffix, &msg.payload, msg.retain);
         let result_topic = |tag: Option<&str>| -> Arc<str> {
             let level = tag
                 .map(crate::topic::encode)
@@ -195,7 +220,7 @@ impl Commands {
                 tracing::warn!(topic, error = %e, "MQTT write command refused");
                 metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => "malformed")
                     .increment(1);
-                publish_result(&self.outbox, result_topic(None), &id, Err(e));
+                publish_result(&self.outbox, result_topic(None), reply, &id, Err(e));
                 return;
             }
         };
@@ -208,6 +233,7 @@ impl Commands {
             value: p.value,
             id,
             topic,
+            reply,
         };
         if let Err(e) = worker.try_send(job) {
             let job = match e {
@@ -219,6 +245,7 @@ impl Commands {
             publish_result(
                 &self.outbox,
                 job.topic,
+                job.reply,
                 &job.id,
                 Err("station unavailable: too many writes in progress, try again later".into()),
             );
@@ -226,10 +253,43 @@ impl Commands {
     }
 }
 
-fn publish_result(outbox: &SharedOutbox, topic: Arc<str>, id: &Value, r: Result<(), String>) {
+/// A response topic must be a valid topic name outside the gateway's own
+/// `{prefix}/` tree, or under `{prefix}/write-result/`.
+pub(crate) fn response_topic_allowed(prefix: &str, topic: &str) -> bool {
+    let own = topic == prefix
+        || topic
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/') && !rest.starts_with("/write-result/"));
+    !own && crate::topic::is_valid_publish_topic(topic)
+}
+
+/// Queues the result on `topic` and, for an MQTT 5 command with a response
+/// topic, also there with its correlation data.
+fn publish_result(
+    outbox: &SharedOutbox,
+    topic: Arc<str>,
+    reply: Option<Reply>,
+    id: &Value,
+    r: Result<(), String>,
+) {
     let payload = Bytes::from(result_json(id, r));
     let mut o = outbox.lock().unwrap_or_else(|e| e.into_inner());
-    o.push_stream(Kind::WriteResult, topic, payload, QoS::AtLeastOnce);
+    o.push_stream(
+        Kind::WriteResult,
+        topic,
+        payload.clone(),
+        Qos::AtLeastOnce,
+        None,
+    );
+    if let Some(reply) = reply {
+        o.push_stream(
+            Kind::WriteResult,
+            Arc::from(reply.topic),
+            payload,
+            Qos::AtLeastOnce,
+            reply.correlation,
+        );
+    }
     o.pump();
 }
 
@@ -291,5 +351,23 @@ mod tests {
         let v: Value =
             serde_json::from_slice(&result_json(&Value::Null, Err("nope".into()))).unwrap();
         assert_eq!(v, json!({"id":null,"ok":false,"error":"nope"}));
+    }
+
+    #[test]
+    fn response_topics_stay_out_of_the_gateways_own_topics() {
+        assert!(response_topic_allowed("gw", "client/7/reply"));
+        assert!(response_topic_allowed("gw", "gw/write-result/me/1"));
+        assert!(response_topic_allowed("gw", "gwx/status"));
+        for bad in [
+            "gw",
+            "gw/status",
+            "gw/tags/A",
+            "gw/write/A",
+            "a/+/b",
+            "a/#",
+            "",
+        ] {
+            assert!(!response_topic_allowed("gw", bad), "{bad:?}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The rumqttc event loop, in its own task.
+//! The rumqttc event loop, in its own task, for MQTT 3.1.1 and 5 alike
+//! (the protocol is hidden behind [`super::link`]).
 //!
 //! It polls, feeds delivery events to the outbox, hands incoming write
 //! commands to their workers and reconnects with capped, jittered
@@ -12,12 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttState, Outgoing, QoS};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::Commands;
-use super::options::MAX_INFLIGHT;
+use super::link::{Client, EventLoop, NetEvent, Qos};
 use super::outbox::Kind;
 use super::{MqttStatus, SharedOutbox};
 
@@ -28,7 +28,7 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct Driver {
     pub eventloop: EventLoop,
-    pub client: AsyncClient,
+    pub client: Client,
     pub outbox: SharedOutbox,
     pub commands: Option<Arc<Commands>>,
     pub status_topic: Arc<str>,
@@ -68,13 +68,16 @@ impl Driver {
                 }
             };
             match polled {
-                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                Ok(NetEvent::ConnAck {
+                    session_present,
+                    max_packet,
+                }) => {
                     connected = true;
                     failures = 0;
                     delays = backoff();
                     let mut o = self.lock();
                     if let Some(c) = &self.commands {
-                        if let Err(e) = self.client.try_subscribe(c.filter(), QoS::AtLeastOnce) {
+                        if let Err(e) = self.client.try_subscribe(&c.filter(), Qos::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe to the MQTT write topics");
                         }
                     }
@@ -83,11 +86,12 @@ impl Driver {
                             Kind::Status,
                             self.status_topic.clone(),
                             bytes::Bytes::from_static(b"online"),
-                            QoS::AtLeastOnce,
+                            Qos::AtLeastOnce,
                             true,
                             None,
                         );
                     }
+                    o.set_broker_max_packet(max_packet);
                     o.on_connected(&self.status_topic);
                     o.pump();
                     let pending = o.unconfirmed();
@@ -97,12 +101,12 @@ impl Driver {
                     self.state.send_replace(MqttStatus::Connected);
                     tracing::info!(
                         broker = %self.broker,
-                        session_present = ack.session_present,
+                        session_present,
                         pending,
                         "connected to the MQTT broker"
                     );
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                Ok(NetEvent::Published(pkid)) => {
                     let mut o = self.lock();
                     o.on_outgoing_publish(pkid);
                     o.pump();
@@ -110,27 +114,18 @@ impl Driver {
                         metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => self.lock().on_await_ack(pkid),
-                Ok(Event::Incoming(Incoming::PubAck(ack))) => self.acked(ack.pkid),
-                Ok(Event::Incoming(Incoming::PubComp(ack))) => self.acked(ack.pkid),
-                Ok(Event::Incoming(Incoming::Publish(p))) => match &self.commands {
-                    Some(c) => c.handle(&p.topic, &p.payload, p.retain),
+                Ok(NetEvent::AwaitAck(pkid)) => self.lock().on_await_ack(pkid),
+                Ok(NetEvent::Acked { pkid, refused }) => self.acked(pkid, refused.as_deref()),
+                Ok(NetEvent::Message(m)) => match &self.commands {
+                    Some(c) => c.handle(&m),
                     None => {
-                        tracing::debug!(topic = %p.topic, "ignoring an unexpected MQTT message")
+                        tracing::debug!(topic = %m.topic, "ignoring an unexpected MQTT message")
                     }
                 },
-                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
-                        tracing::error!(
-                            "the MQTT broker refused the subscription to the write topics"
-                        );
-                    }
+                Ok(NetEvent::SubAck { refused: true }) => {
+                    tracing::error!("the MQTT broker refused the subscription to the write topics");
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) if self.stopping.is_cancelled() => break,
+                Ok(NetEvent::Disconnecting) if self.stopping.is_cancelled() => break,
                 Ok(_) => {}
                 Err(e) => {
                     {
@@ -138,9 +133,7 @@ impl Driver {
                         let mut o = outbox.lock().unwrap_or_else(|e| e.into_inner());
                         o.on_disconnected();
                         // Drop rumqttc's own retry queue: the outbox resends.
-                        self.eventloop.clean();
-                        self.eventloop.pending.clear();
-                        self.eventloop.state = MqttState::new(MAX_INFLIGHT, false);
+                        self.eventloop.reset();
                         metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
                     }
                     if connected {
@@ -184,9 +177,12 @@ impl Driver {
             .send_replace(MqttStatus::Disconnected("stopped".into()));
     }
 
-    fn acked(&self, pkid: u16) {
+    fn acked(&self, pkid: u16, refused: Option<&str>) {
         let mut o = self.lock();
-        o.on_ack(pkid);
+        match refused {
+            None => o.on_ack(pkid),
+            Some(reason) => o.on_refused(pkid, reason),
+        }
         o.pump();
         metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
     }

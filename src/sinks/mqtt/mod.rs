@@ -17,13 +17,24 @@
 //! Delivery is tracked by the gateway itself ([`outbox`]), not trusted to
 //! rumqttc: while the broker is away only the newest value of each tag is
 //! kept, and after each reconnect everything not confirmed is published again.
-//! MQTT 3.1.1 only; `protocol = "5"` is refused with a configuration error.
+//!
+//! `protocol = "3.1.1"` (default) or `"5"`: topics, payloads and delivery
+//! rules are the same for both ([`link`] hides the protocol). Under MQTT 5
+//! each publish also says what its payload is (`content_type`
+//! `application/json`, or `text/plain` for `status`; payload format
+//! indicator 1 = UTF-8), a persistent session (`clean_session = false`)
+//! gets a session expiry interval, and a write command's response topic and
+//! correlation data are honoured (see [`commands`]).
+//!
+//! `mqtts://` trusts the system's certificate store plus `ca_file`.
 
 mod commands;
 mod connection;
+mod link;
 mod options;
 mod outbox;
 mod retained;
+mod tls;
 
 pub use retained::announced_alarms;
 
@@ -32,18 +43,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{AlarmEventKind, Event, Subscriber};
 use crate::config::MqttSettings;
 use crate::writes::{WritePolicy, Writer};
+use link::{Client, Qos};
 use outbox::Kind;
 
 pub use commands::MAX_COMMAND_BYTES;
 
-type Outbox = outbox::Outbox<AsyncClient>;
+type Outbox = outbox::Outbox<Client>;
 type SharedOutbox = Arc<Mutex<Outbox>>;
 
 /// rumqttc request channel size; the outbox holds everything beyond it.
@@ -101,11 +112,11 @@ impl MqttStatus {
 /// for health reporting, then [`MqttSink::run`] it.
 pub struct MqttSink {
     prefix: String,
-    tag_qos: QoS,
+    tag_qos: Qos,
     tag_retain: bool,
     broker: String,
-    client: AsyncClient,
-    eventloop: rumqttc::EventLoop,
+    client: Client,
+    eventloop: link::EventLoop,
     outbox: SharedOutbox,
     writes: Option<(Writer, WritePolicy)>,
     state: watch::Sender<MqttStatus>,
@@ -135,11 +146,7 @@ impl MqttSink {
         } else {
             None
         };
-        let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
-        let mut net = rumqttc::NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(5);
-        eventloop.set_network_options(net);
+        let (client, eventloop) = link::connect(opts, REQUEST_CHANNEL);
         let outbox = Arc::new(Mutex::new(outbox::Outbox::new(
             client.clone(),
             settings.max_packet_size,
@@ -231,7 +238,7 @@ impl MqttSink {
                     Kind::Status,
                     status_topic.clone(),
                     Bytes::from_static(b"offline"),
-                    QoS::AtLeastOnce,
+                    Qos::AtLeastOnce,
                     true,
                     None,
                 );
@@ -246,7 +253,7 @@ impl MqttSink {
             .await;
         }
         stopping.cancel();
-        let _ = client.try_disconnect();
+        client.try_disconnect();
         if tokio::time::timeout(Duration::from_secs(2), &mut driver.0)
             .await
             .is_err()
@@ -287,7 +294,7 @@ impl Drop for AbortOnDrop {
 /// Turns bus events into outbox entries.
 struct Publisher {
     prefix: String,
-    tag_qos: QoS,
+    tag_qos: Qos,
     tag_retain: bool,
     outbox: SharedOutbox,
     /// Tag name → topic, so each name is escaped once.
@@ -337,7 +344,7 @@ impl Publisher {
                 let payload = Bytes::from(s.to_json().to_string());
                 let topic = Arc::from(format!("{}/station", self.prefix));
                 let mut o = lock(&self.outbox);
-                o.set(Kind::Station, topic, payload, QoS::AtLeastOnce, true, None);
+                o.set(Kind::Station, topic, payload, Qos::AtLeastOnce, true, None);
                 o.pump();
             }
             Event::Tags(tags) => {
@@ -363,7 +370,7 @@ impl Publisher {
                         Kind::AlarmActive,
                         topic,
                         active,
-                        QoS::AtLeastOnce,
+                        Qos::AtLeastOnce,
                         true,
                         None,
                     );
@@ -372,7 +379,8 @@ impl Publisher {
                         Kind::AlarmEvent,
                         events_topic.clone(),
                         Bytes::from(event.to_string()),
-                        QoS::AtLeastOnce,
+                        Qos::AtLeastOnce,
+                        None,
                     );
                 }
                 o.pump();

@@ -17,14 +17,16 @@
 //! Delivery is matched by packet id: rumqttc reports
 //! `Outgoing::Publish(pkid)` for each publish it takes from its request
 //! channel, in channel order, so the outbox keeps the messages it handed
-//! over in the same order and pairs them up.
+//! over in the same order and pairs them up. The outbox knows no protocol:
+//! MQTT 3.1.1 and 5 are the same to it ([`super::link`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rumqttc::QoS;
+
+use super::link::{Message, Publisher, Qos};
 
 /// Non-state messages kept while the broker is away; older ones are dropped.
 pub(crate) const STREAM_CAPACITY: usize = 10_000;
@@ -53,19 +55,6 @@ impl Kind {
     }
 }
 
-/// Where rumqttc requests go. Implemented by `rumqttc::AsyncClient`; the
-/// call must never block.
-pub(crate) trait Publisher {
-    /// Hands a publish over; `false` when the request channel is full.
-    fn try_publish(&self, topic: &str, qos: QoS, retain: bool, payload: &Bytes) -> bool;
-}
-
-impl Publisher for rumqttc::AsyncClient {
-    fn try_publish(&self, topic: &str, qos: QoS, retain: bool, payload: &Bytes) -> bool {
-        rumqttc::AsyncClient::try_publish(self, topic, qos, retain, payload.to_vec()).is_ok()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Topic(Arc<str>),
@@ -76,9 +65,11 @@ enum Key {
 struct Slot {
     kind: Kind,
     topic: Arc<str>,
-    qos: QoS,
+    qos: Qos,
     retain: bool,
     payload: Bytes,
+    /// MQTT 5 correlation data (replies to a command's response topic).
+    correlation: Option<Bytes>,
     /// Version of `payload` (global counter, so it only grows).
     version: u64,
     /// Newest version the broker confirmed (0: none).
@@ -108,6 +99,8 @@ pub(crate) struct Outbox<P> {
     publisher: P,
     connected: bool,
     max_packet: usize,
+    /// The broker's own limit, from its CONNACK (MQTT 5).
+    broker_max_packet: Option<usize>,
     stream_capacity: usize,
     topics: HashMap<Arc<str>, Slot>,
     streams: BTreeMap<u64, Slot>,
@@ -128,6 +121,7 @@ impl<P: Publisher> Outbox<P> {
             publisher,
             connected: false,
             max_packet,
+            broker_max_packet: None,
             stream_capacity: STREAM_CAPACITY,
             topics: HashMap::new(),
             streams: BTreeMap::new(),
@@ -167,7 +161,7 @@ impl<P: Publisher> Outbox<P> {
         kind: Kind,
         topic: Arc<str>,
         payload: Bytes,
-        qos: QoS,
+        qos: Qos,
         retain: bool,
         received_at: Option<Instant>,
     ) {
@@ -178,6 +172,7 @@ impl<P: Publisher> Outbox<P> {
             qos,
             retain,
             payload: Bytes::new(),
+            correlation: None,
             version: 0,
             delivered: 0,
             queued: false,
@@ -199,7 +194,14 @@ impl<P: Publisher> Outbox<P> {
     }
 
     /// Queues a non-state message (kept in order until confirmed).
-    pub(crate) fn push_stream(&mut self, kind: Kind, topic: Arc<str>, payload: Bytes, qos: QoS) {
+    pub(crate) fn push_stream(
+        &mut self,
+        kind: Kind,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: Qos,
+        correlation: Option<Bytes>,
+    ) {
         let version = self.bump();
         if self.streams.len() >= self.stream_capacity {
             if let Some((_, old)) = self.streams.pop_first() {
@@ -216,6 +218,7 @@ impl<P: Publisher> Outbox<P> {
                 qos,
                 retain: false,
                 payload,
+                correlation,
                 version,
                 delivered: 0,
                 queued: true,
@@ -253,13 +256,23 @@ impl<P: Publisher> Outbox<P> {
                 kind: slot.kind,
                 received_at: slot.received_at,
             };
-            // Fixed header (5) + topic length (2) + packet id (2).
-            let size = slot.topic.len() + slot.payload.len() + 9;
-            if size > self.max_packet || !crate::topic::is_valid_publish_topic(&slot.topic) {
+            let msg = Message {
+                kind: slot.kind,
+                topic: &slot.topic,
+                qos: slot.qos,
+                retain: slot.retain,
+                payload: &slot.payload,
+                correlation: slot.correlation.as_ref(),
+            };
+            let size = self.publisher.packet_size(&msg);
+            let max = self
+                .broker_max_packet
+                .map_or(self.max_packet, |b| b.min(self.max_packet));
+            if size > max || !crate::topic::is_valid_publish_topic(&slot.topic) {
                 tracing::error!(
                     topic = %slot.topic,
                     size,
-                    max_packet_size = self.max_packet,
+                    max_packet_size = max,
                     "MQTT message dropped: larger than max_packet_size or invalid topic"
                 );
                 metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => slot.kind.label(), "reason" => "invalid")
@@ -269,10 +282,7 @@ impl<P: Publisher> Outbox<P> {
                 self.confirm(sent, false);
                 continue;
             }
-            if !self
-                .publisher
-                .try_publish(&slot.topic, slot.qos, slot.retain, &slot.payload)
-            {
+            if !self.publisher.try_publish(&msg) {
                 break;
             }
             slot.queued = false;
@@ -315,6 +325,28 @@ impl<P: Publisher> Outbox<P> {
         if let Some(sent) = self.inflight.remove(&pkid) {
             self.confirm(sent, true);
         }
+    }
+
+    /// The broker refused `pkid` with an MQTT 5 reason code. Sending it again
+    /// would be refused again, so it is dropped (a newer value still goes out).
+    pub(crate) fn on_refused(&mut self, pkid: u16, reason: &str) {
+        if let Some(sent) = self.inflight.remove(&pkid) {
+            tracing::warn!(
+                pkid,
+                reason,
+                kind = sent.kind.label(),
+                "the MQTT broker refused a message"
+            );
+            metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => sent.kind.label(), "reason" => "refused")
+                .increment(1);
+            self.confirm(sent, false);
+        }
+    }
+
+    /// The broker's maximum packet size from its CONNACK (MQTT 5), if any;
+    /// larger messages are dropped like those above `max_packet_size`.
+    pub(crate) fn set_broker_max_packet(&mut self, max: Option<u32>) {
+        self.broker_max_packet = max.map(|m| m as usize);
     }
 
     fn confirm(&mut self, sent: Sent, delivered: bool) {
@@ -392,224 +424,5 @@ impl<P: Publisher> Outbox<P> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    /// Records what would go on the wire; `room` is the channel's free space.
-    #[derive(Clone, Default)]
-    struct Wire {
-        sent: Rc<RefCell<Vec<(String, String, QoS)>>>,
-        room: Rc<RefCell<usize>>,
-    }
-
-    impl Publisher for Wire {
-        fn try_publish(&self, topic: &str, qos: QoS, _retain: bool, payload: &Bytes) -> bool {
-            let mut room = self.room.borrow_mut();
-            if *room == 0 {
-                return false;
-            }
-            *room -= 1;
-            self.sent.borrow_mut().push((
-                topic.to_string(),
-                String::from_utf8_lossy(payload).into_owned(),
-                qos,
-            ));
-            true
-        }
-    }
-
-    fn outbox(room: usize) -> (Outbox<Wire>, Wire) {
-        let w = Wire::default();
-        *w.room.borrow_mut() = room;
-        (Outbox::new(w.clone(), 1 << 20), w)
-    }
-
-    fn set(o: &mut Outbox<Wire>, t: &str, v: &str) {
-        o.set(
-            Kind::Tag,
-            t.into(),
-            Bytes::from(v.to_string()),
-            QoS::AtLeastOnce,
-            true,
-            None,
-        );
-    }
-
-    #[test]
-    fn nothing_is_sent_while_disconnected_and_only_the_newest_value_after() {
-        let (mut o, w) = outbox(100);
-        set(&mut o, "a", "1");
-        set(&mut o, "a", "2");
-        set(&mut o, "b", "1");
-        o.pump();
-        assert!(w.sent.borrow().is_empty());
-        assert_eq!(o.unconfirmed(), 2);
-        o.on_connected("status");
-        o.pump();
-        let sent: Vec<_> = w
-            .sent
-            .borrow()
-            .iter()
-            .map(|(t, p, _)| format!("{t}={p}"))
-            .collect();
-        assert_eq!(sent.len(), 2);
-        assert!(sent.contains(&"a=2".to_string()) && sent.contains(&"b=1".to_string()));
-    }
-
-    #[test]
-    fn confirmed_only_after_ack_and_resent_after_reconnect() {
-        let (mut o, w) = outbox(100);
-        o.on_connected("status");
-        set(&mut o, "a", "1");
-        set(&mut o, "b", "1");
-        o.pump();
-        o.on_outgoing_publish(1);
-        o.on_outgoing_publish(2);
-        o.on_ack(1);
-        assert_eq!(o.unconfirmed(), 1);
-        assert!(o.is_confirmed("a") && !o.is_confirmed("b"));
-        // The connection drops before b's PUBACK; a new value for a arrives.
-        o.on_disconnected();
-        set(&mut o, "a", "2");
-        o.on_ack(2); // a late ack from the old connection means nothing
-        assert_eq!(o.unconfirmed(), 2);
-        w.sent.borrow_mut().clear();
-        o.on_connected("status");
-        o.pump();
-        let mut sent: Vec<_> = w
-            .sent
-            .borrow()
-            .iter()
-            .map(|(t, p, _)| format!("{t}={p}"))
-            .collect();
-        sent.sort();
-        assert_eq!(sent, ["a=2", "b=1"]);
-    }
-
-    #[test]
-    fn an_ack_of_an_older_version_does_not_confirm_a_newer_one() {
-        let (mut o, _w) = outbox(100);
-        o.on_connected("status");
-        set(&mut o, "a", "1");
-        o.pump();
-        set(&mut o, "a", "2");
-        o.pump();
-        o.on_outgoing_publish(1);
-        o.on_outgoing_publish(2);
-        o.on_ack(1);
-        assert!(!o.is_confirmed("a"));
-        o.on_ack(2);
-        assert!(o.is_confirmed("a"));
-        assert_eq!(o.unconfirmed(), 0);
-    }
-
-    #[test]
-    fn full_channel_keeps_messages_queued_and_coalesces() {
-        let (mut o, w) = outbox(1);
-        o.on_connected("status");
-        set(&mut o, "a", "1");
-        set(&mut o, "b", "1");
-        o.pump();
-        assert_eq!(w.sent.borrow().len(), 1);
-        set(&mut o, "b", "2");
-        set(&mut o, "b", "3");
-        *w.room.borrow_mut() = 10;
-        o.pump();
-        let sent: Vec<_> = w
-            .sent
-            .borrow()
-            .iter()
-            .map(|(t, p, _)| format!("{t}={p}"))
-            .collect();
-        assert_eq!(sent, ["a=1", "b=3"]);
-    }
-
-    #[test]
-    fn qos0_counts_as_delivered_once_written() {
-        let (mut o, _w) = outbox(10);
-        o.on_connected("status");
-        o.set(
-            Kind::Tag,
-            "a".into(),
-            Bytes::from_static(b"1"),
-            QoS::AtMostOnce,
-            false,
-            None,
-        );
-        o.pump();
-        assert_eq!(o.unconfirmed(), 1);
-        o.on_outgoing_publish(0);
-        assert_eq!(o.unconfirmed(), 0);
-    }
-
-    #[test]
-    fn collided_publish_is_matched_when_it_finally_goes_out() {
-        let (mut o, _w) = outbox(10);
-        o.on_connected("status");
-        set(&mut o, "a", "1");
-        set(&mut o, "b", "1");
-        o.pump();
-        o.on_outgoing_publish(1);
-        o.on_await_ack(1);
-        o.on_ack(1);
-        o.on_outgoing_publish(1);
-        assert!(o.is_confirmed("a") && !o.is_confirmed("b"));
-        o.on_ack(1);
-        assert!(o.is_confirmed("b"));
-    }
-
-    #[test]
-    fn streams_are_bounded_kept_in_order_and_resent() {
-        let (mut o, w) = outbox(100);
-        o.stream_capacity = 3;
-        for i in 0..5 {
-            o.push_stream(
-                Kind::AlarmEvent,
-                "ev".into(),
-                Bytes::from(i.to_string()),
-                QoS::AtLeastOnce,
-            );
-        }
-        assert_eq!(o.unconfirmed(), 3);
-        o.on_connected("status");
-        o.pump();
-        let sent: Vec<_> = w.sent.borrow().iter().map(|(_, p, _)| p.clone()).collect();
-        assert_eq!(sent, ["2", "3", "4"]);
-        o.on_outgoing_publish(1);
-        o.on_ack(1);
-        assert_eq!(o.unconfirmed(), 2);
-    }
-
-    #[test]
-    fn cleared_alarm_is_forgotten_once_delivered_and_oversized_messages_are_dropped() {
-        let w = Wire::default();
-        *w.room.borrow_mut() = 10;
-        let mut o = Outbox::new(w.clone(), 64);
-        o.on_connected("status");
-        o.set(
-            Kind::AlarmActive,
-            "al/1".into(),
-            Bytes::new(),
-            QoS::AtLeastOnce,
-            true,
-            None,
-        );
-        o.set(
-            Kind::Tag,
-            "big".into(),
-            Bytes::from(vec![b'x'; 100]),
-            QoS::AtLeastOnce,
-            true,
-            None,
-        );
-        o.pump();
-        assert_eq!(w.sent.borrow().len(), 1);
-        assert_eq!(o.unconfirmed(), 1);
-        o.on_outgoing_publish(1);
-        o.on_ack(1);
-        assert_eq!(o.unconfirmed(), 0);
-        assert!(!o.topics.contains_key("al/1"));
-    }
-}
+#[path = "outbox_tests.rs"]
+mod tests;

@@ -3,11 +3,13 @@
 //! them, so that after a restart alarms still active are not announced twice
 //! and alarms that cleared meanwhile are cleared (their retained topic
 //! emptied) — the reconciliation of contract §3.
+//!
+//! It speaks the configured protocol (3.1.1 or 5), with the same
+//! credentials and TLS settings as the sink.
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Packet, QoS};
-
+use super::link::{self, NetEvent, Qos};
 use super::{options, MqttError};
 use crate::config::MqttSettings;
 use crate::model::Alarm;
@@ -23,7 +25,7 @@ pub async fn announced_alarms(
     seed_settings.client_id = format!("{}-alarm-seed", settings.client_id);
     seed_settings.clean_session = true;
     let opts = options::build(&seed_settings, &format!("{prefix}/status"))?;
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let (client, mut eventloop) = link::connect(opts, 16);
     let filter = format!("{prefix}/alarms/active/#");
     let topic_start = format!("{prefix}/alarms/active/");
 
@@ -42,14 +44,13 @@ pub async fn announced_alarms(
                 eventloop.poll().await
             };
             match next {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(NetEvent::ConnAck { .. }) => {
                     client
-                        .subscribe(filter.clone(), QoS::AtLeastOnce)
-                        .await
-                        .map_err(|e| MqttError::Broker(e.to_string()))?;
+                        .try_subscribe(&filter, Qos::AtLeastOnce)
+                        .map_err(MqttError::Broker)?;
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed = true,
-                Ok(Event::Incoming(Packet::Publish(p))) if p.retain && !p.payload.is_empty() => {
+                Ok(NetEvent::SubAck { .. }) => subscribed = true,
+                Ok(NetEvent::Message(p)) if p.retain && !p.payload.is_empty() => {
                     if !p.topic.starts_with(&topic_start) {
                         continue;
                     }
@@ -61,7 +62,7 @@ pub async fn announced_alarms(
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return Err(MqttError::Broker(e.to_string())),
+                Err(e) => return Err(MqttError::Broker(e)),
             }
         }
         Ok(alarms)
@@ -71,7 +72,7 @@ pub async fn announced_alarms(
         Err(_) => Err(MqttError::Broker(format!("no answer within {wait:?}"))),
     };
     // A clean disconnect, so the will is not published.
-    let _ = client.try_disconnect();
+    client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
     result
 }
