@@ -7,6 +7,8 @@
 //!    p50 / p99 / max from the batch's `received_at` to the subscriber's
 //!    receipt (same process, same clock).
 //!
+//! Both protocols: MQTT 3.1.1 and MQTT 5 (`protocol = "5"`).
+//!
 //! Run: `cargo bench --bench mqtt` (needs mosquitto: scripts/setup.sh).
 
 #[path = "../tests/common/mod.rs"]
@@ -20,6 +22,7 @@ use common::mosquitto::Mosquitto;
 use common::{change, mqtt_settings, Gateway, TestSubscriber};
 use serde_json::json;
 use wincc_gateway::bus::Event;
+use wincc_gateway::config::MqttProtocol::{self, V311, V5};
 use wincc_gateway::model::ChangeBatch;
 
 fn names(n: usize) -> Vec<String> {
@@ -32,11 +35,12 @@ fn names(n: usize) -> Vec<String> {
 /// batch changing every tag) for `secs` s and reports how many changes per
 /// second reached the subscriber; what the sink cannot send in time is
 /// coalesced per tag, and every tag's final value must still arrive.
-async fn throughput(qos: u8, rate: usize, secs: usize) {
+async fn throughput(qos: u8, protocol: MqttProtocol, rate: usize, secs: usize) {
     let broker = Mosquitto::start();
     let sub = TestSubscriber::connect(broker.port, "b/tags/#").await;
     let mut s = mqtt_settings(broker.port, "b");
     s.qos = qos;
+    s.protocol = protocol;
     let mut gw = Gateway::start(&s, None);
     gw.wait_connected().await;
     let tags = rate / 100;
@@ -75,8 +79,9 @@ async fn throughput(qos: u8, rate: usize, secs: usize) {
     let delivered = sub.messages().len();
     let offered = tags * rounds;
     println!(
-        "throughput qos={qos} offered {rate}/s for {secs} s: {delivered} of {offered} changes delivered in {:.2} s \
+        "throughput {} qos={qos} offered {rate}/s for {secs} s: {delivered} of {offered} changes delivered in {:.2} s \
          => {:.0} changes/s delivered, {} coalesced, every final value arrived: {done}",
+        proto(protocol),
         elapsed.as_secs_f64(),
         delivered as f64 / elapsed.as_secs_f64(),
         offered - delivered,
@@ -84,16 +89,24 @@ async fn throughput(qos: u8, rate: usize, secs: usize) {
     gw.stop().await;
 }
 
+fn proto(p: MqttProtocol) -> &'static str {
+    match p {
+        MqttProtocol::V311 => "mqtt3.1.1",
+        MqttProtocol::V5 => "mqtt5",
+    }
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
 
-async fn latency(qos: u8, rate: usize, secs: usize) {
+async fn latency(qos: u8, protocol: MqttProtocol, rate: usize, secs: usize) {
     let broker = Mosquitto::start();
     let sub = TestSubscriber::connect(broker.port, "l/tags/#").await;
     let mut s = mqtt_settings(broker.port, "l");
     s.qos = qos;
+    s.protocol = protocol;
     let mut gw = Gateway::start(&s, None);
     gw.wait_connected().await;
     let per_batch = rate / 100;
@@ -129,8 +142,9 @@ async fn latency(qos: u8, rate: usize, secs: usize) {
         .collect();
     lat.sort_by(f64::total_cmp);
     println!(
-        "latency qos={qos} at {rate} changes/s for {secs} s: {} of {offered} delivered (all: {all}) in {:.2} s; \
+        "latency {} qos={qos} at {rate} changes/s for {secs} s: {} of {offered} delivered (all: {all}) in {:.2} s; \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        proto(protocol),
         lat.len(),
         elapsed.as_secs_f64(),
         pct(&lat, 0.50),
@@ -150,13 +164,13 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before the run: {}", load.trim());
     rt.block_on(async {
-        for qos in [1, 0] {
+        for (qos, protocol) in [(1, V311), (0, V311), (1, V5)] {
             for rate in [20_000, 50_000, 100_000] {
-                throughput(qos, rate, 3).await;
+                throughput(qos, protocol, rate, 3).await;
             }
         }
-        for qos in [1, 0] {
-            latency(qos, 10_000, 5).await;
+        for (qos, protocol) in [(1, V311), (0, V311), (1, V5), (0, V5)] {
+            latency(qos, protocol, 10_000, 5).await;
         }
     });
 }
