@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mosquitto::Mosquitto;
+use common::mosquitto::{Mosquitto, MosquittoOptions};
 use common::{change, mqtt_settings, Gateway, TestSubscriber};
 use serde_json::json;
 use wincc_gateway::bus::Event;
@@ -102,7 +102,12 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn latency(qos: u8, protocol: MqttProtocol, rate: usize, secs: usize) {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start_with(MosquittoOptions {
+        extra_config: std::env::var("MQTT_BENCH_BROKER_CONF")
+            .map(|c| c.split(';').map(str::to_string).collect())
+            .unwrap_or_default(),
+        ..MosquittoOptions::default()
+    });
     let sub = TestSubscriber::connect(broker.port, "l/tags/#").await;
     let mut s = mqtt_settings(broker.port, "l");
     s.qos = qos;
