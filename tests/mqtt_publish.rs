@@ -7,27 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
+use common::rig::alarm;
 use common::{change, mqtt_settings, Gateway, TestSubscriber};
 use serde_json::json;
 use wincc_gateway::bus::{AlarmEvent, AlarmEventKind, Event};
-use wincc_gateway::model::{Alarm, AlarmState, StationStatus};
+use wincc_gateway::model::{AlarmState, StationStatus};
 use wincc_gateway::topic;
 
 const T: Duration = Duration::from_secs(10);
-
-fn alarm(id: &str, state: AlarmState) -> Alarm {
-    Alarm {
-        id: id.into(),
-        name: "Tank1.High".into(),
-        text: "Tank 1 level high".into(),
-        class: "Alarm".into(),
-        priority: 3,
-        state,
-        raised_at: "2026-01-01T00:00:00.000Z".into(),
-        acknowledged_at: None,
-        cleared_at: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_station_and_alarms_reach_their_topics_and_stay_retained() {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,16 +18,13 @@ use tokio::task::JoinHandle;
 
 use common::mosquitto::Mosquitto;
 use common::outage::outage;
+use common::rig::{alarm, sim_with_writer};
 use common::{change, mqtt_settings, rand_id, Gateway};
 use wincc_gateway::bus::{AlarmEvent, AlarmEventKind, Event as BusEvent};
-use wincc_gateway::config::{MqttProtocol, MqttSettings, WinccSettings};
-use wincc_gateway::model::{Alarm, AlarmState, StationStatus, TagInfo, TagType};
-use wincc_gateway::sim::{self, SimOptions};
+use wincc_gateway::config::{MqttProtocol, MqttSettings};
+use wincc_gateway::model::{AlarmState, StationStatus, TagType};
 use wincc_gateway::sinks::mqtt::announced_alarms;
 use wincc_gateway::topic;
-use wincc_gateway::wincc::generic::GenericClient;
-use wincc_gateway::wincc::Station;
-use wincc_gateway::writes::Writer;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -145,20 +141,6 @@ fn v5_settings(port: u16, prefix: &str) -> MqttSettings {
     MqttSettings {
         protocol: MqttProtocol::V5,
         ..mqtt_settings(port, prefix)
-    }
-}
-
-fn alarm(id: &str, state: AlarmState) -> Alarm {
-    Alarm {
-        id: id.into(),
-        name: "Tank1.High".into(),
-        text: "Tank 1 level high".into(),
-        class: "Alarm".into(),
-        priority: 3,
-        state,
-        raised_at: "2026-01-01T00:00:00.000Z".into(),
-        acknowledged_at: None,
-        cleared_at: None,
     }
 }
 
@@ -281,43 +263,14 @@ async fn restarted_broker_with_persistent_v5_session_gets_every_newest_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_answer_on_the_contract_topic_and_on_the_v5_response_topic() {
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags: 2,
-            change_rate: 0.0,
-            alarms: false,
-            ..SimOptions::default()
-        },
+    let (sim, writer) = sim_with_writer(
+        2,
+        &[
+            ("Setpoints/Speed", TagType::Int16, true, json!(0)),
+            ("Other/Level", TagType::Double, true, json!(0.0)),
+        ],
     )
-    .await
-    .expect("simulator");
-    for (name, ty, v) in [
-        ("Setpoints/Speed", TagType::Int16, json!(0)),
-        ("Other/Level", TagType::Double, json!(0.0)),
-    ] {
-        let info = TagInfo {
-            name: name.into(),
-            ty,
-            writable: true,
-        };
-        sim.add_tag(info, v);
-    }
-    let wincc = WinccSettings {
-        base_url: sim.base_url(),
-        timeout_ms: 1000,
-        ..WinccSettings::default()
-    };
-    let client = GenericClient::new(&wincc).expect("generic client");
-    let tags: HashMap<String, TagInfo> = client
-        .list_tags()
-        .await
-        .expect("browse the simulator")
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let (_tx, dir) = tokio::sync::watch::channel(Arc::new(tags));
-    let writer = Writer::new(Arc::new(client), dir);
+    .await;
 
     let broker = Mosquitto::start();
     let sub = Sub5::connect(broker.port, &["w5/#", "replies/#"]).await;

@@ -5,22 +5,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
+use common::rig::sim_with_writer;
 use common::{mqtt_settings, Gateway, Msg, TestSubscriber};
 use rumqttc::QoS;
 use serde_json::{json, Value};
-use wincc_gateway::config::WinccSettings;
-use wincc_gateway::model::{TagInfo, TagType};
-use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
+use wincc_gateway::model::TagType;
+use wincc_gateway::sim::{Faults, SimHandle};
 use wincc_gateway::sinks::mqtt::{MqttSink, MAX_COMMAND_BYTES};
 use wincc_gateway::topic;
-use wincc_gateway::wincc::generic::GenericClient;
-use wincc_gateway::wincc::Station;
-use wincc_gateway::writes::Writer;
 
 const T: Duration = Duration::from_secs(10);
 const HOSTILE: &str = "Setpoints/a+b #%/ü\u{1}";
@@ -36,50 +31,18 @@ struct Rig {
 /// `retained_before` is published (retained) to a write topic before the sink
 /// connects, so the sink gets it as a replay on subscribe.
 async fn rig(retained_before: Option<(&str, &[u8])>) -> Rig {
-    let sim = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags: 5,
-            change_rate: 0.0,
-            alarms: false,
-            ..SimOptions::default()
-        },
+    let (sim, writer) = sim_with_writer(
+        5,
+        &[
+            ("Setpoints/Speed", TagType::Int16, true, json!(0)),
+            ("Setpoints/Temp", TagType::Double, true, json!(0.0)),
+            ("Setpoints/Flag", TagType::Bool, true, json!(false)),
+            ("Setpoints/Locked", TagType::Int16, false, json!(0)),
+            ("Other/Level", TagType::Double, true, json!(0.0)),
+            (HOSTILE, TagType::String, true, json!("")),
+        ],
     )
-    .await
-    .expect("simulator");
-    for (name, ty, writable, v) in [
-        ("Setpoints/Speed", TagType::Int16, true, json!(0)),
-        ("Setpoints/Temp", TagType::Double, true, json!(0.0)),
-        ("Setpoints/Flag", TagType::Bool, true, json!(false)),
-        ("Setpoints/Locked", TagType::Int16, false, json!(0)),
-        ("Other/Level", TagType::Double, true, json!(0.0)),
-        (HOSTILE, TagType::String, true, json!("")),
-    ] {
-        sim.add_tag(
-            TagInfo {
-                name: name.into(),
-                ty,
-                writable,
-            },
-            v,
-        );
-    }
-    let wincc = WinccSettings {
-        base_url: sim.base_url(),
-        timeout_ms: 1000,
-        ..WinccSettings::default()
-    };
-    let client = GenericClient::new(&wincc).expect("generic client");
-    // The tag directory, as discovery would publish it.
-    let tags: HashMap<String, TagInfo> = client
-        .list_tags()
-        .await
-        .expect("browse the simulator")
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let (_tx, dir) = tokio::sync::watch::channel(Arc::new(tags));
-    let writer = Writer::new(Arc::new(client), dir);
+    .await;
 
     let broker = Mosquitto::start();
     let sub = TestSubscriber::connect(broker.port, "w/write-result/#").await;

@@ -31,12 +31,13 @@ use tokio::sync::Mutex;
 
 mod auth;
 
+use super::gate::LoginGate;
 use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::{parse, ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
 use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
-use auth::{login_backoff, LoginGate, Session, Ticket};
+use auth::{Session, Ticket};
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -48,10 +49,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Page size for `GET /tags`.
 pub const TAG_PAGE: usize = 1000;
 
-/// First wait after a refused login (contract §7: at least 5 s).
-pub const LOGIN_BACKOFF_MIN: Duration = Duration::from_secs(5);
-/// Longest wait between refused logins (contract §7: growing to 60 s).
-pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub use super::gate::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
 
 /// A client for the `generic` REST dialect. Cheap to share (`Arc`).
 pub struct GenericClient {
@@ -65,7 +63,7 @@ pub struct GenericClient {
     timeout: Duration,
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
-    gate: std::sync::Mutex<LoginGate>,
+    gate: LoginGate,
 }
 
 /// A reply that passed the status checks.
@@ -114,11 +112,7 @@ impl GenericClient {
             timeout: Duration::from_millis(settings.timeout_ms.max(1)),
             limiter,
             session: Mutex::new(Session::default()),
-            gate: std::sync::Mutex::new(LoginGate {
-                closed_until: None,
-                backoff: login_backoff(),
-                last_refusal: String::new(),
-            }),
+            gate: LoginGate::default(),
         })
     }
 

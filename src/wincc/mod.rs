@@ -174,6 +174,7 @@ impl Drop for TagSubscription {
 }
 
 mod fast;
+pub mod gate;
 pub mod generic;
 mod http;
 pub mod limiter;

@@ -20,14 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::Utc;
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
+use super::gate::LoginGate;
 use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::parse;
@@ -60,7 +59,7 @@ pub struct UnifiedClient {
     timeout: Duration,
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
-    gate: std::sync::Mutex<LoginGate>,
+    gate: LoginGate,
     /// Why subscriptions cannot be used with these TLS settings, if so.
     ws_unsupported: Option<&'static str>,
 }
@@ -74,12 +73,6 @@ struct Session {
     refresh_at: Option<Instant>,
 }
 
-struct LoginGate {
-    closed_until: Option<Instant>,
-    backoff: ExponentialBackoff,
-    last_refusal: String,
-}
-
 struct Ticket {
     bearer: Option<String>,
     generation: u64,
@@ -89,15 +82,6 @@ struct Ticket {
 enum Outcome {
     Data(Value),
     AuthFailed(String),
-}
-
-fn login_backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(LOGIN_BACKOFF_MIN)
-        .with_max_delay(LOGIN_BACKOFF_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
 }
 
 impl UnifiedClient {
@@ -149,11 +133,7 @@ impl UnifiedClient {
             timeout: Duration::from_millis(settings.timeout_ms.max(1)),
             limiter,
             session: Mutex::new(Session::default()),
-            gate: std::sync::Mutex::new(LoginGate {
-                closed_until: None,
-                backoff: login_backoff(),
-                last_refusal: String::new(),
-            }),
+            gate: LoginGate::default(),
         })
     }
 
@@ -170,36 +150,9 @@ impl UnifiedClient {
         e.scrubbed(&[self.password.as_ref()])
     }
 
-    fn check_gate(&self) -> Result<(), StationError> {
-        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        match g.closed_until {
-            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
-                "{}; next login attempt in {:.0} s",
-                g.last_refusal,
-                (until - Instant::now()).as_secs_f64().ceil()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
+    /// The station refused the login: the gate closes (see `wincc::gate`).
     fn refused(&self, why: String) -> StationError {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
-        g.closed_until = Some(Instant::now() + wait);
-        g.last_refusal = self.scrub(why);
-        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
-        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
-        StationError::Auth(format!(
-            "{}; next login attempt in {} s",
-            g.last_refusal,
-            wait.as_secs()
-        ))
-    }
-
-    fn login_accepted(&self) {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        g.closed_until = None;
-        g.backoff = login_backoff();
+        self.gate.refuse(&self.username, self.scrub(why))
     }
 
     /// One POST under a limiter permit: status, headers, body.
@@ -286,7 +239,7 @@ impl UnifiedClient {
 
     /// The `login` mutation: the token and its lifetime (if `expires` parses).
     async fn login(&self) -> Result<(String, Option<Duration>), StationError> {
-        self.check_gate()?;
+        self.gate.check()?;
         let pw = self
             .password
             .as_ref()
@@ -298,7 +251,7 @@ impl UnifiedClient {
             Outcome::AuthFailed(why) => format!("login as {:?} refused: {why}", self.username),
             Outcome::Data(session) => match up::session(&session) {
                 Ok((token, lifetime)) => {
-                    self.login_accepted();
+                    self.gate.accept();
                     tracing::info!(user = %self.username, "logged in to the station");
                     metrics::counter!("wincc_gateway_station_logins_total").increment(1);
                     return Ok((token, lifetime));

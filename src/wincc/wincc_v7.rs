@@ -23,14 +23,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
-use super::generic::{LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
+use super::gate::LoginGate;
 use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::parse;
@@ -61,26 +59,11 @@ pub struct WinccV7Client {
     basic: Option<Secret>,
     timeout: Duration,
     limiter: Arc<Limiter>,
-    gate: std::sync::Mutex<Gate>,
+    gate: LoginGate,
     alarm_filter: String,
     warned_no_filter: AtomicBool,
     /// Tag types learnt from browsing, for converting values.
     types: RwLock<HashMap<String, TagType>>,
-}
-
-struct Gate {
-    closed_until: Option<Instant>,
-    backoff: ExponentialBackoff,
-    last_refusal: String,
-}
-
-fn backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(LOGIN_BACKOFF_MIN)
-        .with_max_delay(LOGIN_BACKOFF_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
 }
 
 impl WinccV7Client {
@@ -116,11 +99,7 @@ impl WinccV7Client {
             basic,
             timeout: Duration::from_millis(w.timeout_ms.max(1)),
             limiter: Arc::new(Limiter::new(&w.rate_limit)),
-            gate: std::sync::Mutex::new(Gate {
-                closed_until: None,
-                backoff: backoff(),
-                last_refusal: String::new(),
-            }),
+            gate: LoginGate::default(),
             alarm_filter: settings.alarms.filter.trim().to_string(),
             warned_no_filter: AtomicBool::new(false),
             types: RwLock::new(HashMap::new()),
@@ -153,42 +132,14 @@ impl WinccV7Client {
         e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
     }
 
-    fn check_gate(&self) -> Result<(), StationError> {
-        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        match g.closed_until {
-            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
-                "{}; next attempt in {:.0} s",
-                g.last_refusal,
-                (until - Instant::now()).as_secs_f64().ceil()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
+    /// A 401: the credentials were refused and the gate closes (see `wincc::gate`).
     fn refused(&self) -> StationError {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
-        g.closed_until = Some(Instant::now() + wait);
-        g.last_refusal = if self.basic.is_some() {
+        let why = if self.basic.is_some() {
             format!("basic auth as {:?} refused (HTTP 401)", self.username)
         } else {
             "the station requires authentication (HTTP 401); set wincc.auth = \"basic\"".into()
         };
-        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the credentials");
-        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
-        StationError::Auth(format!(
-            "{}; next attempt in {} s",
-            g.last_refusal,
-            wait.as_secs()
-        ))
-    }
-
-    fn accepted(&self) {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if g.closed_until.is_some() {
-            g.closed_until = None;
-            g.backoff = backoff();
-        }
+        self.gate.refuse(&self.username, why)
     }
 
     /// One HTTP exchange under a limiter permit.
@@ -229,7 +180,7 @@ impl WinccV7Client {
         client_errors: bool,
     ) -> Result<(StatusCode, Vec<u8>), StationError> {
         let result = async {
-            self.check_gate()?;
+            self.gate.check()?;
             let mut waited = false;
             loop {
                 let (status, headers, bytes) = self
@@ -238,7 +189,7 @@ impl WinccV7Client {
                 if status == StatusCode::UNAUTHORIZED {
                     return Err(self.refused());
                 }
-                self.accepted();
+                self.gate.accept();
                 if status == StatusCode::TOO_MANY_REQUESTS
                     || status == StatusCode::SERVICE_UNAVAILABLE
                 {

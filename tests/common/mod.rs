@@ -5,6 +5,7 @@
 
 pub mod mosquitto;
 pub mod outage;
+pub mod rig;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -92,7 +92,7 @@ impl Driver {
                         );
                     }
                     o.set_broker_max_packet(max_packet);
-                    o.on_connected(&self.status_topic);
+                    o.on_connected(&self.status_topic, session_present);
                     o.pump();
                     let pending = o.unconfirmed();
                     drop(o);

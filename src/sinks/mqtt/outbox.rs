@@ -387,12 +387,26 @@ impl<P: Publisher> Outbox<P> {
     /// A new connection is up: queue every unconfirmed message again, the
     /// status topic (already set by the caller) first, then state topics,
     /// then non-state messages in order.
-    pub(crate) fn on_connected(&mut self, status_topic: &str) {
+    ///
+    /// Without a session (`session_present` false) the broker may also have
+    /// lost its retained messages (a restart without persistence), so every
+    /// retained topic counts as unconfirmed again and its newest payload is
+    /// republished: a subscriber that arrives later still finds every tag's
+    /// newest value (much like a Sparkplug rebirth). Never an older one.
+    pub(crate) fn on_connected(&mut self, status_topic: &str, session_present: bool) {
         self.connected = true;
         self.handed.clear();
         self.inflight.clear();
         self.collided = None;
         self.dirty.clear();
+        if !session_present {
+            for s in self.topics.values_mut() {
+                if s.retain && s.confirmed() {
+                    s.delivered = 0;
+                    self.unconfirmed += 1;
+                }
+            }
+        }
         if let Some(s) = self.topics.get_mut(status_topic) {
             s.queued = !s.confirmed();
             if s.queued {

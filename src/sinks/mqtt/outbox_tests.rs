@@ -53,7 +53,7 @@ fn nothing_is_sent_while_disconnected_and_only_the_newest_value_after() {
     o.pump();
     assert!(w.sent.borrow().is_empty());
     assert_eq!(o.unconfirmed(), 2);
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.pump();
     let sent: Vec<_> = w
         .sent
@@ -68,7 +68,7 @@ fn nothing_is_sent_while_disconnected_and_only_the_newest_value_after() {
 #[test]
 fn confirmed_only_after_ack_and_resent_after_reconnect() {
     let (mut o, w) = outbox(100);
-    o.on_connected("status");
+    o.on_connected("status", true);
     set(&mut o, "a", "1");
     set(&mut o, "b", "1");
     o.pump();
@@ -83,7 +83,7 @@ fn confirmed_only_after_ack_and_resent_after_reconnect() {
     o.on_ack(2); // a late ack from the old connection means nothing
     assert_eq!(o.unconfirmed(), 2);
     w.sent.borrow_mut().clear();
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.pump();
     let mut sent: Vec<_> = w
         .sent
@@ -98,7 +98,7 @@ fn confirmed_only_after_ack_and_resent_after_reconnect() {
 #[test]
 fn an_ack_of_an_older_version_does_not_confirm_a_newer_one() {
     let (mut o, _w) = outbox(100);
-    o.on_connected("status");
+    o.on_connected("status", true);
     set(&mut o, "a", "1");
     o.pump();
     set(&mut o, "a", "2");
@@ -115,7 +115,7 @@ fn an_ack_of_an_older_version_does_not_confirm_a_newer_one() {
 #[test]
 fn full_channel_keeps_messages_queued_and_coalesces() {
     let (mut o, w) = outbox(1);
-    o.on_connected("status");
+    o.on_connected("status", true);
     set(&mut o, "a", "1");
     set(&mut o, "b", "1");
     o.pump();
@@ -136,7 +136,7 @@ fn full_channel_keeps_messages_queued_and_coalesces() {
 #[test]
 fn qos0_counts_as_delivered_once_written() {
     let (mut o, _w) = outbox(10);
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.set(
         Kind::Tag,
         "a".into(),
@@ -154,7 +154,7 @@ fn qos0_counts_as_delivered_once_written() {
 #[test]
 fn collided_publish_is_matched_when_it_finally_goes_out() {
     let (mut o, _w) = outbox(10);
-    o.on_connected("status");
+    o.on_connected("status", true);
     set(&mut o, "a", "1");
     set(&mut o, "b", "1");
     o.pump();
@@ -181,7 +181,7 @@ fn streams_are_bounded_kept_in_order_and_resent() {
         );
     }
     assert_eq!(o.unconfirmed(), 3);
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.pump();
     let sent: Vec<_> = w.sent.borrow().iter().map(|(_, p, _)| p.clone()).collect();
     assert_eq!(sent, ["2", "3", "4"]);
@@ -195,7 +195,7 @@ fn cleared_alarm_is_forgotten_once_delivered_and_oversized_messages_are_dropped(
     let w = Wire::default();
     *w.room.borrow_mut() = 10;
     let mut o = Outbox::new(w.clone(), 64);
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.set(
         Kind::AlarmActive,
         "al/1".into(),
@@ -224,7 +224,7 @@ fn cleared_alarm_is_forgotten_once_delivered_and_oversized_messages_are_dropped(
 #[test]
 fn refused_messages_and_those_over_the_brokers_limit_are_not_retried() {
     let (mut o, w) = outbox(10);
-    o.on_connected("status");
+    o.on_connected("status", true);
     set(&mut o, "a", "1");
     o.pump();
     o.on_outgoing_publish(1);
@@ -235,7 +235,59 @@ fn refused_messages_and_those_over_the_brokers_limit_are_not_retried() {
     o.pump();
     assert_eq!(o.unconfirmed(), 0);
     o.on_disconnected();
-    o.on_connected("status");
+    o.on_connected("status", true);
     o.pump();
     assert_eq!(w.sent.borrow().len(), 1);
+}
+
+#[test]
+fn retained_topics_are_republished_after_a_reconnect_without_session() {
+    let (mut o, w) = outbox(100);
+    o.on_connected("status", false);
+    set(&mut o, "a", "1");
+    o.set(
+        Kind::Tag,
+        "live".into(),
+        Bytes::from_static(b"7"),
+        Qos::AtLeastOnce,
+        false,
+        None,
+    );
+    o.pump();
+    o.on_outgoing_publish(1);
+    o.on_outgoing_publish(2);
+    o.on_ack(1);
+    o.on_ack(2);
+    assert_eq!(o.unconfirmed(), 0);
+    set(&mut o, "a", "2");
+    o.pump();
+    o.on_outgoing_publish(3);
+    o.on_ack(3);
+    assert!(o.is_confirmed("a"));
+    w.sent.borrow_mut().clear();
+
+    // Same broker, session kept: nothing to send again.
+    o.on_disconnected();
+    o.on_connected("status", true);
+    o.pump();
+    assert!(w.sent.borrow().is_empty());
+    assert_eq!(o.unconfirmed(), 0);
+
+    // No session: the retained store may be gone; its newest payload goes
+    // out again (not the non-retained one) and counts until acknowledged.
+    o.on_disconnected();
+    o.on_connected("status", false);
+    assert_eq!(o.unconfirmed(), 1);
+    assert!(!o.is_confirmed("a"));
+    o.pump();
+    let sent: Vec<_> = w
+        .sent
+        .borrow()
+        .iter()
+        .map(|(t, p, _)| format!("{t}={p}"))
+        .collect();
+    assert_eq!(sent, ["a=2"]);
+    o.on_outgoing_publish(1);
+    o.on_ack(1);
+    assert_eq!(o.unconfirmed(), 0);
 }

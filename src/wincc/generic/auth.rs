@@ -1,16 +1,15 @@
 //! Sessions and logins of the generic client: the bearer token or cookie
 //! session with its generation (so that a 401 discards only the session it
 //! was sent with, and concurrent requests share one re-login), and the
-//! login gate that holds refused logins back for 5 s, growing to 60 s.
+//! use of the login gate (`wincc::gate`) that holds refused logins back.
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{busy_or_error, to_body, GenericClient, LOGIN_BACKOFF_MAX, LOGIN_BACKOFF_MIN};
+use super::{busy_or_error, to_body, GenericClient};
 use crate::config::{AuthMode, Secret};
 use crate::wincc::{parse, StationError};
 
@@ -23,59 +22,16 @@ pub(super) struct Session {
     pub(super) expires_at: Option<Instant>,
 }
 
-pub(super) struct LoginGate {
-    pub(super) closed_until: Option<Instant>,
-    pub(super) backoff: ExponentialBackoff,
-    pub(super) last_refusal: String,
-}
-
 /// What a request carries for auth, and which session it belongs to.
 pub(super) struct Ticket {
     pub(super) bearer: Option<String>,
     pub(super) generation: u64,
 }
 
-pub(super) fn login_backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(LOGIN_BACKOFF_MIN)
-        .with_max_delay(LOGIN_BACKOFF_MAX)
-        .with_factor(2.0)
-        .without_max_times()
-        .build()
-}
-
 impl GenericClient {
-    /// Fails fast while a refused login's backoff is running.
-    pub(super) fn check_gate(&self) -> Result<(), StationError> {
-        let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        match g.closed_until {
-            Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
-                "{}; next login attempt in {:.0} s",
-                g.last_refusal,
-                (until - Instant::now()).as_secs_f64().ceil()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
+    /// The station refused the login: the gate closes (see `wincc::gate`).
     pub(super) fn refused(&self, why: String) -> StationError {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
-        g.closed_until = Some(Instant::now() + wait);
-        g.last_refusal = self.scrub(why);
-        tracing::warn!(user = %self.username, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
-        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
-        StationError::Auth(format!(
-            "{}; next login attempt in {} s",
-            g.last_refusal,
-            wait.as_secs()
-        ))
-    }
-
-    pub(super) fn login_accepted(&self) {
-        let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        g.closed_until = None;
-        g.backoff = login_backoff();
+        self.gate.refuse(&self.username, self.scrub(why))
     }
 
     /// The auth for the next request. In session/cookie mode this logs in
@@ -88,7 +44,7 @@ impl GenericClient {
                 generation: 0,
             }),
             AuthMode::Basic => {
-                self.check_gate()?;
+                self.gate.check()?;
                 Ok(Ticket {
                     bearer: None,
                     generation: 0,
@@ -101,7 +57,7 @@ impl GenericClient {
                 }
                 let expired = s.expires_at.is_some_and(|t| Instant::now() >= t);
                 if s.token.is_none() || expired {
-                    self.check_gate()?;
+                    self.gate.check()?;
                     let (token, expires_in) = self.login().await?;
                     s.generation += 1;
                     s.token = Some(token);
@@ -161,7 +117,7 @@ impl GenericClient {
             }
             _ => String::new(),
         };
-        self.login_accepted();
+        self.gate.accept();
         tracing::info!(user = %self.username, "logged in to the station");
         Ok((token, expires_in))
     }
