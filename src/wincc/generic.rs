@@ -250,26 +250,18 @@ impl GenericClient {
                     }
                 }
             }
-            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-            {
-                let ra = retry_after(&headers);
-                if let Some(d) = ra {
-                    tracing::warn!(
-                        endpoint,
-                        status = status.as_u16(),
-                        pause_ms = d.as_millis() as u64,
-                        "station asked to retry later; pausing all requests"
-                    );
-                    self.limiter.pause_for(d);
-                    if !waited && d <= self.timeout {
-                        waited = true;
-                        continue;
-                    }
+            if http::is_busy(status) {
+                match http::busy(
+                    &self.limiter,
+                    endpoint,
+                    status,
+                    &headers,
+                    self.timeout,
+                    &mut waited,
+                ) {
+                    None => continue,
+                    Some(e) => return Err(e),
                 }
-                return Err(StationError::Busy {
-                    status: status.as_u16(),
-                    retry_after: ra,
-                });
             }
             if status.is_success() || (client_errors && status.is_client_error()) {
                 return Ok(Reply {

@@ -166,6 +166,44 @@ pub async fn exchange(
     result
 }
 
+/// True for the statuses a station uses to say "not now" (429, 503).
+pub fn is_busy(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// A 429/503 reply: its `Retry-After` pauses every request of the client
+/// (through the limiter). `None` means "send it again now": the pause was
+/// no longer than the request timeout and this request had not waited yet
+/// (`waited` is set). Otherwise the `Busy` error to return.
+pub fn busy(
+    limiter: &super::limiter::Limiter,
+    endpoint: &'static str,
+    status: reqwest::StatusCode,
+    headers: &HeaderMap,
+    timeout: Duration,
+    waited: &mut bool,
+) -> Option<StationError> {
+    let ra = retry_after(headers);
+    if let Some(d) = ra {
+        tracing::warn!(
+            endpoint,
+            status = status.as_u16(),
+            pause_ms = d.as_millis() as u64,
+            "station asked to retry later; pausing all requests"
+        );
+        limiter.pause_for(d);
+        if !*waited && d <= timeout {
+            *waited = true;
+            return None;
+        }
+    }
+    Some(StationError::Busy {
+        status: status.as_u16(),
+        retry_after: ra,
+    })
+}
+
 /// `Retry-After` as seconds or an HTTP date; `None` when absent or unreadable.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();

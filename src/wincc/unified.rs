@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::gate::LoginGate;
-use super::http::{self, retry_after};
+use super::http;
 use super::limiter::Limiter;
 use super::parse;
 use super::unified_parse as up;
@@ -189,26 +189,18 @@ impl UnifiedClient {
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Ok(Outcome::AuthFailed(format!("HTTP {}", status.as_u16())));
             }
-            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-            {
-                let ra = retry_after(&headers);
-                if let Some(d) = ra {
-                    tracing::warn!(
-                        endpoint,
-                        status = status.as_u16(),
-                        pause_ms = d.as_millis() as u64,
-                        "station asked to retry later; pausing all requests"
-                    );
-                    self.limiter.pause_for(d);
-                    if !waited && d <= self.timeout {
-                        waited = true;
-                        continue;
-                    }
+            if http::is_busy(status) {
+                match http::busy(
+                    &self.limiter,
+                    endpoint,
+                    status,
+                    &headers,
+                    self.timeout,
+                    &mut waited,
+                ) {
+                    None => continue,
+                    Some(e) => return Err(e),
                 }
-                return Err(StationError::Busy {
-                    status: status.as_u16(),
-                    retry_after: ra,
-                });
             }
             let v = parse::json(&bytes);
             if !status.is_success() {

@@ -29,7 +29,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 
 use super::gate::LoginGate;
-use super::http::{self, retry_after};
+use super::http;
 use super::limiter::Limiter;
 use super::parse;
 use super::{ConnectError, Station, StationError};
@@ -190,27 +190,18 @@ impl WinccV7Client {
                     return Err(self.refused());
                 }
                 self.gate.accept();
-                if status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::SERVICE_UNAVAILABLE
-                {
-                    let ra = retry_after(&headers);
-                    if let Some(d) = ra {
-                        tracing::warn!(
-                            endpoint,
-                            status = status.as_u16(),
-                            pause_ms = d.as_millis() as u64,
-                            "station asked to retry later; pausing all requests"
-                        );
-                        self.limiter.pause_for(d);
-                        if !waited && d <= self.timeout {
-                            waited = true;
-                            continue;
-                        }
+                if http::is_busy(status) {
+                    match http::busy(
+                        &self.limiter,
+                        endpoint,
+                        status,
+                        &headers,
+                        self.timeout,
+                        &mut waited,
+                    ) {
+                        None => continue,
+                        Some(e) => return Err(e),
                     }
-                    return Err(StationError::Busy {
-                        status: status.as_u16(),
-                        retry_after: ra,
-                    });
                 }
                 if status.is_success() || (client_errors && status.is_client_error()) {
                     return Ok((status, bytes));
