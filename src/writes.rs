@@ -144,25 +144,78 @@ impl Writer {
                 .station
                 .write_value(tag, info.ty, &value)
                 .await
-                .map_err(|e| match e {
-                    StationError::Refused { code, message } => {
-                        WriteError::StationRefused(format!("{code}: {message}"))
-                    }
-                    other => WriteError::Station(other.to_string()),
-                }),
+                .map_err(station_error),
             Err(e) => Err(e),
         };
-        let label = match &result {
-            Ok(()) => "ok",
-            Err(e) => e.kind(),
-        };
-        metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label)
-            .increment(1);
-        match &result {
-            Ok(()) => tracing::info!(sink = policy.sink, tag, "write accepted by the station"),
-            Err(e) => tracing::warn!(sink = policy.sink, tag, error = %e, "write refused"),
-        }
+        record(policy, tag, &result);
         result
+    }
+
+    /// Checks every write, then hands those that pass to the station
+    /// together: one request where the dialect has a batch write (an OPC UA
+    /// client writing a recipe of many setpoints in one Write call), one at
+    /// a time otherwise. One result per write, in order; a write that fails
+    /// the checks never reaches the station and does not stop the others.
+    pub async fn write_many(
+        &self,
+        policy: &WritePolicy,
+        writes: &[(String, Value)],
+    ) -> Vec<Result<(), WriteError>> {
+        let mut results: Vec<Option<Result<(), WriteError>>> = Vec::with_capacity(writes.len());
+        let mut batch = Vec::new();
+        let mut positions = Vec::new();
+        for (i, (tag, value)) in writes.iter().enumerate() {
+            match self.check(policy, tag, value) {
+                Ok((info, value)) => {
+                    batch.push((tag.clone(), info.ty, value));
+                    positions.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !batch.is_empty() {
+            let answers = self.station.write_values(&batch).await;
+            for (i, answer) in positions.into_iter().zip(answers) {
+                results[i] = Some(answer.map_err(station_error));
+            }
+        }
+        results
+            .into_iter()
+            .zip(writes)
+            .map(|(r, (tag, _))| {
+                let r = r.unwrap_or_else(|| {
+                    Err(WriteError::Station(
+                        "the station client gave no result for this write".into(),
+                    ))
+                });
+                record(policy, tag, &r);
+                r
+            })
+            .collect()
+    }
+}
+
+fn station_error(e: StationError) -> WriteError {
+    match e {
+        StationError::Refused { code, message } => {
+            WriteError::StationRefused(format!("{code}: {message}"))
+        }
+        other => WriteError::Station(other.to_string()),
+    }
+}
+
+/// One log line and one count per write, whatever path it took.
+fn record(policy: &WritePolicy, tag: &str, result: &Result<(), WriteError>) {
+    let label = match result {
+        Ok(()) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label)
+        .increment(1);
+    match result {
+        Ok(()) => tracing::info!(sink = policy.sink, tag, "write accepted by the station"),
+        Err(e) => tracing::warn!(sink = policy.sink, tag, error = %e, "write refused"),
     }
 }
 

@@ -17,12 +17,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wincc_gateway::bus::Bus;
-use wincc_gateway::config::Settings;
+use wincc_gateway::config::{Dialect, Settings};
 use wincc_gateway::model::{TagInfo, TagType};
 use wincc_gateway::poll::Poller;
 use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
-use wincc_gateway::wincc::generic::GenericClient;
-use wincc_gateway::wincc::Station;
 use wincc_gateway::writes::{TagMap, Writer};
 
 struct Plant {
@@ -33,12 +31,19 @@ struct Plant {
 }
 
 async fn plant() -> Plant {
+    plant_with(Dialect::Generic).await
+}
+
+/// The simulator speaking `dialect`, the matching station client, the
+/// poller and the OPC UA sink with writes enabled.
+async fn plant_with(dialect: Dialect) -> Plant {
     let sim = sim::start(
         "127.0.0.1:0".parse().unwrap(),
         SimOptions {
             tags: 20,
             change_rate: 0.0,
             alarms: false,
+            dialect,
             ..SimOptions::default()
         },
     )
@@ -61,11 +66,24 @@ async fn plant() -> Plant {
         );
     }
     let pki = tempfile::tempdir().unwrap();
+    // A V7 station always wants Basic auth (the simulator's default user).
+    let (base, auth) = match dialect {
+        Dialect::WinccV7 => {
+            let pw = pki.path().join("station-password");
+            std::fs::write(&pw, "gateway").unwrap();
+            (
+                format!("{}/WinCCRestService", sim.base_url()),
+                format!("auth = \"basic\"\nusername = \"gateway\"\npassword_file = {pw:?}"),
+            )
+        }
+        _ => (sim.base_url(), "auth = \"none\"".to_string()),
+    };
     let toml = format!(
         r#"
 [wincc]
 base_url = "{base}"
-auth = "none"
+dialect = "{dialect}"
+{auth}
 timeout_ms = 1000
 [wincc.rate_limit]
 requests_per_second = 500
@@ -88,13 +106,15 @@ writable_tags = ["Plant/Set*", "Plant/Mode", "Plant/ReadOnly"]
 [http]
 enabled = false
 "#,
-        base = sim.base_url(),
+        base = base,
+        auth = auth,
+        dialect = dialect.as_str(),
         ns = NS,
         pki = pki.path().display(),
     );
     let settings =
         Settings::from_toml_with_env(&toml, "test", std::iter::empty()).expect("valid settings");
-    let station: Arc<dyn Station> = Arc::new(GenericClient::new(&settings.wincc).unwrap());
+    let station = wincc_gateway::wincc::connect(&settings).expect("station client");
     let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
     let writer = Writer::new(station.clone(), tags_rx);
     let bus = Bus::new();
@@ -332,4 +352,79 @@ async fn station_outage_is_bad_communication_for_values_and_writes() {
     p.poll_stop.cancel();
     p.gw.shutdown().await;
     p.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_call_for_many_nodes_is_one_batch_request_to_a_v7_station() {
+    let p = plant_with(Dialect::WinccV7).await;
+    let client_pki = tempfile::tempdir().unwrap();
+    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let ns = c.session.get_namespace_index(NS).await.unwrap();
+    let id = |n: &str| NodeId::new(ns, n);
+    eventually_read(&c.session, &id("Plant/Setpoint"), |dv| {
+        dv.value == Some(Variant::Double(1.0))
+    })
+    .await;
+    let batches = |p: &Plant| {
+        let st = p.sim.stats();
+        let n = |k: &str| st.requests.get(k).copied().unwrap_or(0);
+        (
+            n("PUT /tagManagement/Values"),
+            n("PUT /tagManagement/Value/{name}"),
+        )
+    };
+    let before = batches(&p);
+
+    // A recipe: three good setpoints, one refused by the allow-list and one
+    // of the wrong type, in ONE Write call.
+    let statuses = c
+        .session
+        .write(&[
+            write_value(&id("Plant/Setpoint"), Variant::Double(12.5)),
+            write_value(&id("Plant/NotListed"), Variant::Double(3.0)),
+            write_value(&id("Plant/Mode"), Variant::Int16(7)),
+            write_value(&id("Plant/SetFloat"), Variant::String("fast".into())),
+            write_value(&id("Plant/SetFloat"), Variant::Float(0.25)),
+        ])
+        .await
+        .expect("write service");
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::Good,
+            StatusCode::BadUserAccessDenied,
+            StatusCode::Good,
+            StatusCode::BadTypeMismatch,
+            StatusCode::Good,
+        ]
+    );
+    // The three that passed went to the station in one batch request; the
+    // two refusals never reached it.
+    let after = batches(&p);
+    assert_eq!(
+        after.0 - before.0,
+        1,
+        "one batch write: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.1, before.1, "no single writes");
+    assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(12.5)));
+    assert_eq!(p.sim.value("Plant/Mode"), Some(json!(7)));
+    assert_eq!(p.sim.value("Plant/SetFloat"), Some(json!(0.25)));
+    assert_eq!(p.sim.value("Plant/NotListed"), Some(json!(7.0)));
+    // Clients see the written values at once.
+    let values: Vec<_> = read(
+        &c.session,
+        &[id("Plant/Setpoint"), id("Plant/Mode")],
+        AttributeId::Value,
+    )
+    .await
+    .into_iter()
+    .map(|dv| dv.value)
+    .collect();
+    assert_eq!(
+        values,
+        [Some(Variant::Double(12.5)), Some(Variant::Int16(7))]
+    );
+    p.poll_stop.cancel();
+    p.gw.shutdown().await;
 }

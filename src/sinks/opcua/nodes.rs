@@ -133,35 +133,18 @@ impl GatewayNodes {
         Ok((name, ty, json))
     }
 
-    async fn write_one(
+    /// The station took `json` for the node: show the written value (and
+    /// notify monitored items) until the next poll brings the station's own.
+    fn show_written(
         &self,
         context: &RequestContext,
         space_lock: &RwLock<AddressSpace>,
-        write: &mut WriteNode,
+        node_id: &NodeId,
+        ty: TagType,
+        json: &serde_json::Value,
     ) {
-        let prepared = {
-            let space = space_lock.read();
-            self.prepare(context, &space, write.value())
-        };
-        let (name, ty, json) = match prepared {
-            Ok(p) => p,
-            Err(status) => {
-                write.set_status(status);
-                return;
-            }
-        };
-        let Some(target) = &self.writes else {
-            write.set_status(StatusCode::BadUserAccessDenied);
-            return;
-        };
-        // No lock is held while the station answers.
-        if let Err(e) = target.writer.write(&target.policy, &name, &json).await {
-            write.set_status(write_error_status(&e));
-            return;
-        }
-        // The station took it: show the written value until the next poll.
         let now = DateTime::now();
-        let written = json_to_variant(ty, &json).unwrap_or_default();
+        let written = json_to_variant(ty, json).unwrap_or_default();
         let dv = DataValue {
             value: Some(written),
             status: Some(StatusCode::Good),
@@ -170,10 +153,9 @@ impl GatewayNodes {
             server_timestamp: Some(now),
             server_picoseconds: None,
         };
-        let node_id: NodeId = write.value().node_id.clone();
         let notified = {
             let mut space = space_lock.write();
-            match space.find_mut(&node_id) {
+            match space.find_mut(node_id) {
                 Some(NodeType::Variable(v)) => {
                     v.set_data_value(dv);
                     v.get_attribute(
@@ -189,11 +171,10 @@ impl GatewayNodes {
         if let Some(value) = notified {
             context.subscriptions.notify_data_change(std::iter::once((
                 value,
-                &node_id,
+                node_id,
                 AttributeId::Value,
             )));
         }
-        write.set_status(StatusCode::Good);
     }
 }
 
@@ -215,8 +196,41 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         address_space: &RwLock<AddressSpace>,
         nodes_to_write: &mut [&mut WriteNode],
     ) -> Result<(), StatusCode> {
-        for write in nodes_to_write.iter_mut() {
-            self.write_one(context, address_space, write).await;
+        // Every node is checked first (under the read lock); the ones that
+        // pass go to the station together (one batch request where the
+        // dialect has one), with no lock held while it answers.
+        let mut pending = Vec::new();
+        {
+            let space = address_space.read();
+            for (i, write) in nodes_to_write.iter_mut().enumerate() {
+                match self.prepare(context, &space, write.value()) {
+                    Ok(p) if self.writes.is_some() => pending.push((i, p)),
+                    Ok(_) => write.set_status(StatusCode::BadUserAccessDenied),
+                    Err(status) => write.set_status(status),
+                }
+            }
+        }
+        let Some(target) = &self.writes else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(String, serde_json::Value)> = pending
+            .iter()
+            .map(|(_, (name, _, json))| (name.clone(), json.clone()))
+            .collect();
+        let results = target.writer.write_many(&target.policy, &batch).await;
+        for ((i, (_, ty, json)), result) in pending.into_iter().zip(results) {
+            let write = &mut nodes_to_write[i];
+            match result {
+                Ok(()) => {
+                    let node_id = write.value().node_id.clone();
+                    self.show_written(context, address_space, &node_id, ty, &json);
+                    write.set_status(StatusCode::Good);
+                }
+                Err(e) => write.set_status(write_error_status(&e)),
+            }
         }
         Ok(())
     }
