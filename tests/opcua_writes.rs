@@ -66,17 +66,18 @@ async fn plant_with(dialect: Dialect) -> Plant {
         );
     }
     let pki = tempfile::tempdir().unwrap();
-    // A V7 station always wants Basic auth (the simulator's default user).
+    // V7 always wants Basic auth, Unified a session (the simulator's default user).
+    let pw = pki.path().join("station-password");
+    std::fs::write(&pw, "gateway").unwrap();
+    let login =
+        |mode: &str| format!("auth = \"{mode}\"\nusername = \"gateway\"\npassword_file = {pw:?}");
     let (base, auth) = match dialect {
-        Dialect::WinccV7 => {
-            let pw = pki.path().join("station-password");
-            std::fs::write(&pw, "gateway").unwrap();
-            (
-                format!("{}/WinCCRestService", sim.base_url()),
-                format!("auth = \"basic\"\nusername = \"gateway\"\npassword_file = {pw:?}"),
-            )
-        }
-        _ => (sim.base_url(), "auth = \"none\"".to_string()),
+        Dialect::WinccV7 => (
+            format!("{}/WinCCRestService", sim.base_url()),
+            login("basic"),
+        ),
+        Dialect::Unified => (format!("{}/graphql", sim.base_url()), login("session")),
+        Dialect::Generic => (sim.base_url(), "auth = \"none\"".to_string()),
     };
     let toml = format!(
         r#"
@@ -356,7 +357,19 @@ async fn station_outage_is_bad_communication_for_values_and_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_call_for_many_nodes_is_one_batch_request_to_a_v7_station() {
-    let p = plant_with(Dialect::WinccV7).await;
+    batch_write(Dialect::WinccV7, "PUT /tagManagement/Values").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_call_for_many_nodes_is_one_mutation_to_a_unified_station() {
+    batch_write(Dialect::Unified, "POST /graphql writeTagValues").await;
+}
+
+/// One OPC UA Write call with five nodes against `dialect`: the three that
+/// pass the checks reach the station in ONE request (`endpoint` in the
+/// simulator's statistics), the two refusals never do.
+async fn batch_write(dialect: Dialect, endpoint: &str) {
+    let p = plant_with(dialect).await;
     let client_pki = tempfile::tempdir().unwrap();
     let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
@@ -368,10 +381,8 @@ async fn one_write_call_for_many_nodes_is_one_batch_request_to_a_v7_station() {
     let batches = |p: &Plant| {
         let st = p.sim.stats();
         let n = |k: &str| st.requests.get(k).copied().unwrap_or(0);
-        (
-            n("PUT /tagManagement/Values"),
-            n("PUT /tagManagement/Value/{name}"),
-        )
+        // (a unified station has one mutation for one or many writes)
+        (n(endpoint), n("PUT /tagManagement/Value/{name}"))
     };
     let before = batches(&p);
 

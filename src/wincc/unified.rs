@@ -438,6 +438,40 @@ impl Station for UnifiedClient {
         up::write_result(&rows, name).map_err(|e| self.scrub_err(e))
     }
 
+    /// All writes in one `writeTagValues` mutation (its input is a list);
+    /// each result is matched by name.
+    async fn write_values(
+        &self,
+        writes: &[(String, TagType, Value)],
+    ) -> Vec<Result<(), StationError>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let input: Vec<Value> = writes
+            .iter()
+            .map(|(name, _, value)| json!({"name": name, "value": value}))
+            .collect();
+        match self
+            .call(
+                "write_values",
+                "WriteTagValues",
+                WRITE,
+                "writeTagValues",
+                json!({ "input": input }),
+            )
+            .await
+        {
+            Ok(rows) => writes
+                .iter()
+                .map(|(name, _, _)| up::write_result(&rows, name).map_err(|e| self.scrub_err(e)))
+                .collect(),
+            Err(e) => {
+                let e = self.scrub_err(e);
+                writes.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
         let rows = self
             .call(
