@@ -138,6 +138,29 @@ pub fn quality_from_code(code: u32) -> Quality {
     }
 }
 
+/// Reply rows (objects) by name as `name_of` finds it; the first row of a
+/// name wins. An error when there are rows but none has a name.
+pub fn rows_by_name<'a>(
+    rows: &'a [Value],
+    what: &str,
+    name_of: impl Fn(&'a Map<String, Value>) -> Option<&'a str>,
+) -> Result<HashMap<&'a str, &'a Map<String, Value>>, StationError> {
+    let mut by_name = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let Value::Object(o) = row else { continue };
+        if let Some(n) = name_of(o) {
+            by_name.entry(n).or_insert(o);
+        }
+    }
+    if by_name.is_empty() && !rows.is_empty() {
+        return Err(StationError::Malformed(format!(
+            "none of the {} {what} rows has a name",
+            rows.len()
+        )));
+    }
+    Ok(by_name)
+}
+
 /// One row of a batch-read reply as the reading of `name` (error rows are bad).
 pub fn row_reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])
@@ -207,19 +230,9 @@ pub fn values(
     }
     let v = json(body)?;
     let rows = rows(&v, "values")?;
-    let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let Value::Object(o) = row else { continue };
-        if let Some(Value::String(n)) = get_any(o, &["name", "variableName"]) {
-            by_name.entry(n.as_str()).or_insert(o);
-        }
-    }
-    if by_name.is_empty() && !rows.is_empty() {
-        return Err(StationError::Malformed(format!(
-            "none of the {} rows has a \"name\"",
-            rows.len()
-        )));
-    }
+    let by_name = rows_by_name(rows, "values", |o| {
+        get_any(o, &["name", "variableName"]).and_then(Value::as_str)
+    })?;
     Ok(names
         .iter()
         .map(|n| match by_name.get(&**n) {

@@ -4,7 +4,6 @@
 //! error codes are strings ("0" or a null error means success), and
 //! anything that is not the expected JSON is an error, never a panic.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,19 +209,9 @@ pub fn tag_values(
     received: DateTime<Utc>,
 ) -> Result<Vec<Reading>, StationError> {
     let rows = rows(v, "tagValues")?;
-    let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let Value::Object(o) = row else { continue };
-        if let Some(Value::String(n)) = get_ci(o, "name") {
-            by_name.entry(n.as_str()).or_insert(o);
-        }
-    }
-    if by_name.is_empty() && !rows.is_empty() {
-        return Err(StationError::Malformed(format!(
-            "none of the {} tagValues rows has a name",
-            rows.len()
-        )));
-    }
+    let by_name = super::parse::rows_by_name(rows, "tagValues", |o| {
+        get_ci(o, "name").and_then(Value::as_str)
+    })?;
     Ok(names
         .iter()
         .map(|n| match by_name.get(&**n) {

@@ -186,21 +186,11 @@ pub fn values(
             ))
         }
     };
-    let mut by_name: HashMap<&str, &Map<String, Value>> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        if let Value::Object(o) = row {
-            if let Some(Value::String(n)) = get_ci(o, "variableName").or_else(|| get_ci(o, "name"))
-            {
-                by_name.entry(n.as_str()).or_insert(o);
-            }
-        }
-    }
-    if by_name.is_empty() && !rows.is_empty() {
-        return Err(StationError::Malformed(format!(
-            "none of the {} rows has a \"variableName\"",
-            rows.len()
-        )));
-    }
+    let by_name = parse::rows_by_name(rows, "tagManagement/Values", |o| {
+        get_ci(o, "variableName")
+            .or_else(|| get_ci(o, "name"))
+            .and_then(Value::as_str)
+    })?;
     let mut missing = 0;
     let readings = names
         .iter()
