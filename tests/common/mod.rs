@@ -6,6 +6,7 @@
 pub mod mosquitto;
 pub mod outage;
 pub mod rig;
+pub mod station;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
