@@ -6,6 +6,7 @@
 pub mod mosquitto;
 pub mod outage;
 pub mod rig;
+pub mod sim;
 pub mod station;
 
 use std::sync::{Arc, Mutex};
