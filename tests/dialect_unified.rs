@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::station::{
-    arcs, logging_in, poll_group, quiet, requests, start_sim, wincc_settings, Polling,
+    arcs, logging_in, poll_group, quiet, requests, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
 use serde_json::{json, Value};
 use wincc_gateway::bus::Event;
@@ -247,30 +248,17 @@ async fn browse_writes_and_their_refusals() {
         .unwrap();
     c.write_value(&int.name, int.ty, &json!(5)).await.unwrap();
     assert_eq!(sim.value(&int.name), Some(json!(5)));
-    let e = c
-        .write_value(&int.name, int.ty, &json!("five"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "201"),
-        "{e:?}"
-    );
-    let e = c
-        .write_value(&int.name, int.ty, &json!(70000))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "201"),
-        "{e:?}"
-    );
-    let e = c
-        .write_value("HMI_RT_1::Nope", TagType::Bool, &json!(true))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "2"),
-        "{e:?}"
-    );
+    for (name, ty, value, want) in [
+        (&*int.name, int.ty, json!("five"), "201"),
+        (&*int.name, int.ty, json!(70000), "201"),
+        ("HMI_RT_1::Nope", TagType::Bool, json!(true), "2"),
+    ] {
+        let e = c.write_value(name, ty, &value).await.unwrap_err();
+        assert!(
+            matches!(&e, StationError::Refused { code, .. } if code == want),
+            "{name:?} = {value}: {e:?}"
+        );
+    }
     let ro = tags.iter().find(|t| !t.writable).unwrap();
     let before = sim.value(&ro.name);
     assert!(matches!(
@@ -408,18 +396,11 @@ async fn station_faults_become_clear_errors() {
     let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
     let names = sim.tag_names()[..3].to_vec();
     c.read_values(&arcs(&names)).await.unwrap();
-    sim.set_faults(sim::Faults {
-        malformed_body: 1,
-        ..sim::Faults::default()
-    });
-    let e = c.read_values(&arcs(&names)).await.unwrap_err();
-    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
-    sim.set_faults(sim::Faults {
-        truncated_body: 1,
-        ..sim::Faults::default()
-    });
-    let e = c.read_values(&arcs(&names)).await.unwrap_err();
-    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+    for f in spoiled_bodies() {
+        sim.set_faults(f.clone());
+        let e = c.read_values(&arcs(&names)).await.unwrap_err();
+        assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
+    }
     sim.set_faults(sim::Faults {
         unavailable: true,
         ..sim::Faults::default()

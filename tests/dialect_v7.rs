@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::station::{
-    arcs, logging_in, poll_group, quiet, requests, start_sim, wincc_settings, Polling,
+    arcs, logging_in, poll_group, quiet, requests, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
 use serde_json::{json, Value};
 use wincc_gateway::config::{AuthMode, Dialect, Settings};
@@ -450,16 +451,7 @@ async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
     let stats = sim.stats();
     assert_eq!(stats.too_many_requests, 1);
     assert_eq!(stats.requests.get("POST /tagManagement/Values"), Some(&2));
-    for faults in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for faults in spoiled_bodies() {
         sim.set_faults(faults);
         let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{e:?}");

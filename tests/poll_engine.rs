@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::station::{
-    a_tag_of, is_station, logging_in, poll_group, quiet, start_sim, wincc_settings, Polling,
+    a_tag_of, is_station, logging_in, poll_group, quiet, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
 use serde_json::{json, Value};
 use wincc_gateway::bus::Event;
@@ -35,6 +36,13 @@ fn settings(sim: &SimHandle, groups: Vec<PollGroup>) -> Settings {
         max_in_flight: 2,
     };
     common::station::settings(w, groups)
+}
+
+/// Every tag each 50 ms, logging in to a session with `password`.
+fn session_settings(sim: &SimHandle, password: &str, dir: &tempfile::TempDir) -> Settings {
+    let mut s = settings(sim, vec![group(&["**"], 50)]);
+    s.wincc = logging_in(s.wincc, AuthMode::Session, password, dir.path());
+    s
 }
 
 #[tokio::test]
@@ -238,16 +246,7 @@ async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
     let mut rig = Polling::start(&settings(&sim, vec![group(&["**"], 100)]));
     rig.all_with(&names, Quality::Good, Duration::from_secs(5))
         .await;
-    for f in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for f in spoiled_bodies() {
         sim.set_faults(f);
         let bad = rig
             .all_with(&names, Quality::Bad, Duration::from_secs(3))
@@ -265,9 +264,7 @@ async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
 async fn an_expired_session_costs_exactly_one_login() {
     let sim = sim_with(30, AuthMode::Session).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&sim, vec![group(&["**"], 50)]);
-    s.wincc = logging_in(s.wincc, AuthMode::Session, "pw", dir.path());
-    let mut rig = Polling::start(&s);
+    let mut rig = Polling::start(&session_settings(&sim, "pw", &dir));
     rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
         .await;
     assert_eq!(sim.stats().logins, 1);
@@ -384,9 +381,7 @@ async fn a_station_down_at_start_is_reported_and_picked_up_later() {
 async fn a_refused_login_reports_disconnected_without_a_tight_loop() {
     let sim = sim_with(30, AuthMode::Session).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&sim, vec![group(&["**"], 50)]);
-    s.wincc = logging_in(s.wincc, AuthMode::Session, "not-the-password", dir.path());
-    let mut rig = Polling::start(&s);
+    let mut rig = Polling::start(&session_settings(&sim, "not-the-password", &dir));
     match rig.next(Duration::from_secs(3)).await {
         Some(Event::Station(st)) => {
             assert!(!st.connected);

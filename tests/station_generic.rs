@@ -7,7 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::station::{a_tag_of, arcs, logging_in, quiet, start_sim, wincc_settings};
+use common::station::{
+    a_tag_of, arcs, logging_in, quiet, spoiled_bodies, start_sim, wincc_settings,
+};
 use serde_json::json;
 use wincc_gateway::config::{AuthMode, Dialect, RateLimit, WinccSettings};
 use wincc_gateway::model::{BadReason, Quality, TagType};
@@ -231,16 +233,7 @@ async fn malformed_and_truncated_replies_are_errors_and_the_next_call_works() {
     let dir = tempfile::tempdir().unwrap();
     let c = client(&settings(&sim, AuthMode::None, "", &dir));
     let names = vec![a_tag_of(&sim, TagType::Double)];
-    for f in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for f in spoiled_bodies() {
         sim.set_faults(f.clone());
         let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
@@ -272,7 +265,7 @@ async fn the_password_is_in_no_error() {
         s.timeout_ms = 300;
         let c = client(&s);
         c.read_values(&arcs(&names)).await.unwrap();
-        for f in [
+        let failing = [
             Faults {
                 error_rate: 1.0,
                 ..Faults::default()
@@ -281,19 +274,12 @@ async fn the_password_is_in_no_error() {
                 unavailable: true,
                 ..Faults::default()
             },
-            Faults {
-                malformed_body: 1,
-                ..Faults::default()
-            },
-            Faults {
-                truncated_body: 1,
-                ..Faults::default()
-            },
-            Faults {
-                latency_ms: 600,
-                ..Faults::default()
-            },
-        ] {
+        ];
+        let slow = Faults {
+            latency_ms: 600,
+            ..Faults::default()
+        };
+        for f in failing.into_iter().chain(spoiled_bodies()).chain([slow]) {
             sim.set_faults(f);
             errors.push(c.read_values(&arcs(&names)).await.unwrap_err());
         }

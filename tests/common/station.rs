@@ -16,7 +16,7 @@ use wincc_gateway::config::{
 };
 use wincc_gateway::model::{Quality, TagChange, TagType};
 use wincc_gateway::poll::Poller;
-use wincc_gateway::sim::{self, SimHandle, SimOptions};
+use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
 use wincc_gateway::writes::TagMap;
 
 /// The user every station test logs in as.
@@ -125,6 +125,21 @@ pub fn a_tag_of(sim: &SimHandle, ty: TagType) -> String {
         })
         .unwrap()
         .name
+}
+
+/// The two one-shot faults that spoil a reply body: malformed JSON, then
+/// a body cut off short.
+pub fn spoiled_bodies() -> [Faults; 2] {
+    [
+        Faults {
+            malformed_body: 1,
+            ..Faults::default()
+        },
+        Faults {
+            truncated_body: 1,
+            ..Faults::default()
+        },
+    ]
 }
 
 /// Tag names as the station clients take them.
