@@ -4,19 +4,20 @@
 //! one re-login after expiry, extendSession, per-name errors, writes,
 //! alarms, and the simulator's GraphQL rules.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use wincc_gateway::bus::{Bus, Event};
-use wincc_gateway::config::{
-    AlarmSettings, AuthMode, Dialect, PollGroup, PollMode, RateLimit, Settings, WinccSettings,
+use common::station::{
+    arcs, logging_in, poll_group, quiet, requests, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
+use serde_json::{json, Value};
+use wincc_gateway::bus::Event;
+use wincc_gateway::config::{AuthMode, Dialect, RateLimit, WinccSettings};
 use wincc_gateway::model::{AlarmState, BadReason, Quality, TagChange, TagType};
-use wincc_gateway::poll::Poller;
 use wincc_gateway::sim::{self, AlarmAction, AlarmCommand, SimHandle, SimOptions};
 use wincc_gateway::wincc::unified::UnifiedClient;
 use wincc_gateway::wincc::{Station, StationError};
@@ -24,22 +25,13 @@ use wincc_gateway::wincc::{Station, StationError};
 const PASSWORD: &str = "Un1f1ed-Pa55!";
 
 async fn sim_with(dialect: Dialect, tags: usize, ttl: Duration) -> SimHandle {
-    sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags,
-            change_rate: 0.0,
-            auth: AuthMode::Session,
-            users: vec![("gateway".into(), PASSWORD.into())],
-            token_ttl: ttl,
-            alarms: false,
-            seed: 7,
-            dialect,
-            ..SimOptions::default()
-        },
-    )
+    start_sim(SimOptions {
+        token_ttl: ttl,
+        seed: 7,
+        dialect,
+        ..quiet(tags, AuthMode::Session, PASSWORD)
+    })
     .await
-    .unwrap()
 }
 
 fn wincc(
@@ -48,26 +40,12 @@ fn wincc(
     password: &str,
     dir: &tempfile::TempDir,
 ) -> WinccSettings {
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, format!("{password}\n")).unwrap();
-    let base_url = match dialect {
-        Dialect::Unified => format!("{}/graphql", sim.base_url()),
-        _ => sim.base_url(),
-    };
-    WinccSettings {
-        base_url,
-        dialect,
-        auth: AuthMode::Session,
-        username: "gateway".into(),
-        password_file: pw.to_string_lossy().into_owned(),
-        timeout_ms: 2000,
-        rate_limit: RateLimit {
-            requests_per_second: 1000,
-            burst: 100,
-            max_in_flight: 4,
-        },
-        ..WinccSettings::default()
-    }
+    logging_in(
+        wincc_settings(sim, dialect),
+        AuthMode::Session,
+        password,
+        dir.path(),
+    )
 }
 
 async fn unified(ttl: Duration) -> (SimHandle, Arc<UnifiedClient>, tempfile::TempDir) {
@@ -78,11 +56,7 @@ async fn unified(ttl: Duration) -> (SimHandle, Arc<UnifiedClient>, tempfile::Tem
 }
 
 fn count(sim: &SimHandle, op: &str) -> u64 {
-    sim.stats()
-        .requests
-        .get(&format!("POST /graphql {op}"))
-        .copied()
-        .unwrap_or(0)
+    requests(sim, &format!("POST /graphql {op}"))
 }
 
 /// What the poller published for one station: every tag's last change
@@ -92,37 +66,16 @@ async fn poller_output(
     dialect: Dialect,
 ) -> (BTreeMap<String, TagChange>, Vec<(String, TagType)>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Settings {
-        wincc: wincc(sim, dialect, PASSWORD, &dir),
-        poll_groups: vec![PollGroup {
-            name: "all".into(),
-            interval_ms: 100,
-            tags: vec!["**".into()],
-            deadband_abs: 0.0,
-            deadband_pct: 0.0,
-            heartbeat_s: 0,
-            mode: PollMode::Poll,
-        }],
-        alarms: AlarmSettings {
-            enabled: false,
-            ..AlarmSettings::default()
-        },
-        mqtt: Default::default(),
-        opcua: Default::default(),
-        http: Default::default(),
-        log: Default::default(),
-    };
-    let station = wincc_gateway::wincc::connect(&s).unwrap();
-    let bus = Bus::new();
-    let mut sub = bus.subscribe("test", 10_000);
-    let (tx, _rx) = watch::channel(Arc::new(wincc_gateway::writes::TagMap::new()));
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(Poller::new(&s, station, bus, tx).run(cancel.clone()));
+    let s = common::station::settings(
+        wincc(sim, dialect, PASSWORD, &dir),
+        vec![poll_group("all", &["**"], 100)],
+    );
+    let mut poller = Polling::start(&s);
     let mut changes = BTreeMap::new();
     let mut tags = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(700), sub.recv()).await {
+        match tokio::time::timeout(Duration::from_millis(700), poller.sub.recv()).await {
             Ok(Some(Event::Changes(b))) => {
                 for c in &b.changes {
                     changes.insert(c.name.to_string(), c.clone());
@@ -137,8 +90,7 @@ async fn poller_output(
             Err(_) => {}
         }
     }
-    cancel.cancel();
-    let _ = task.await;
+    poller.stop().await;
     tags.sort_by(|a, b| a.0.cmp(&b.0));
     (changes, tags)
 }
@@ -296,30 +248,17 @@ async fn browse_writes_and_their_refusals() {
         .unwrap();
     c.write_value(&int.name, int.ty, &json!(5)).await.unwrap();
     assert_eq!(sim.value(&int.name), Some(json!(5)));
-    let e = c
-        .write_value(&int.name, int.ty, &json!("five"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "201"),
-        "{e:?}"
-    );
-    let e = c
-        .write_value(&int.name, int.ty, &json!(70000))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "201"),
-        "{e:?}"
-    );
-    let e = c
-        .write_value("HMI_RT_1::Nope", TagType::Bool, &json!(true))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, StationError::Refused { code, .. } if code == "2"),
-        "{e:?}"
-    );
+    for (name, ty, value, want) in [
+        (&*int.name, int.ty, json!("five"), "201"),
+        (&*int.name, int.ty, json!(70000), "201"),
+        ("HMI_RT_1::Nope", TagType::Bool, json!(true), "2"),
+    ] {
+        let e = c.write_value(name, ty, &value).await.unwrap_err();
+        assert!(
+            matches!(&e, StationError::Refused { code, .. } if code == want),
+            "{name:?} = {value}: {e:?}"
+        );
+    }
     let ro = tags.iter().find(|t| !t.writable).unwrap();
     let before = sim.value(&ro.name);
     assert!(matches!(
@@ -457,18 +396,11 @@ async fn station_faults_become_clear_errors() {
     let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
     let names = sim.tag_names()[..3].to_vec();
     c.read_values(&arcs(&names)).await.unwrap();
-    sim.set_faults(sim::Faults {
-        malformed_body: 1,
-        ..sim::Faults::default()
-    });
-    let e = c.read_values(&arcs(&names)).await.unwrap_err();
-    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
-    sim.set_faults(sim::Faults {
-        truncated_body: 1,
-        ..sim::Faults::default()
-    });
-    let e = c.read_values(&arcs(&names)).await.unwrap_err();
-    assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
+    for f in spoiled_bodies() {
+        sim.set_faults(f.clone());
+        let e = c.read_values(&arcs(&names)).await.unwrap_err();
+        assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
+    }
     sim.set_faults(sim::Faults {
         unavailable: true,
         ..sim::Faults::default()
@@ -534,7 +466,7 @@ async fn tag_values_subscription_sends_added_then_modified() {
         "{modified:?}"
     );
     assert_eq!(sim.stats().logins, 1);
-    assert_eq!(count_ws(&sim), 1);
+    assert_eq!(requests(&sim, "WS subscribe tagValues"), 1);
     // The station going away ends the subscription with a Closed event.
     sim.set_faults(sim::Faults {
         outage_s: 1.0,
@@ -552,14 +484,6 @@ async fn tag_values_subscription_sends_added_then_modified() {
     .await
     .unwrap();
     assert!(end.is_outage(), "{end:?}");
-}
-
-fn count_ws(sim: &SimHandle) -> u64 {
-    sim.stats()
-        .requests
-        .get("WS subscribe tagValues")
-        .copied()
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -610,9 +534,4 @@ async fn every_graphql_request_goes_through_the_rate_limiter() {
         "the limit was pressed: {st:?}"
     );
     assert_eq!(st.max_in_flight, 1, "{st:?}");
-}
-
-/// Tag names as the station clients take them.
-fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
-    names.iter().map(|n| n.as_str().into()).collect()
 }

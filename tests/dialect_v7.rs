@@ -4,140 +4,45 @@
 //! as strings, slow large batches); writes; browse paging; Basic auth;
 //! alarms through a REST filter.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use wincc_gateway::bus::{Bus, Event, Subscriber};
-use wincc_gateway::config::{
-    AlarmSettings, AuthMode, Dialect, PollGroup, PollMode, RateLimit, Settings, WinccSettings,
+use common::station::{
+    arcs, logging_in, poll_group, quiet, requests, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
+use serde_json::{json, Value};
+use wincc_gateway::config::{AuthMode, Dialect, Settings};
 use wincc_gateway::model::{BadReason, Quality, TagChange, TagType};
-use wincc_gateway::poll::Poller;
 use wincc_gateway::sim::{self, AlarmAction, AlarmCommand, Faults, SimHandle, SimOptions};
 use wincc_gateway::wincc::{self, Station, StationError};
-use wincc_gateway::writes::TagMap;
 
 const PASSWORD: &str = "V7-Pa55word";
 
-async fn start_sim(dialect: Dialect, tags: usize) -> SimHandle {
-    sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags,
-            change_rate: 0.0,
-            auth: AuthMode::Basic,
-            users: vec![("gateway".into(), PASSWORD.into())],
-            alarms: false,
-            seed: 7,
-            dialect,
-            ..SimOptions::default()
-        },
-    )
+async fn sim_with(dialect: Dialect, tags: usize) -> SimHandle {
+    start_sim(SimOptions {
+        seed: 7,
+        dialect,
+        ..quiet(tags, AuthMode::Basic, PASSWORD)
+    })
     .await
-    .unwrap()
 }
 
-fn base_url(sim: &SimHandle, dialect: Dialect) -> String {
-    match dialect {
-        Dialect::WinccV7 => format!("{}/WinCCRestService", sim.base_url()),
-        _ => sim.base_url(),
-    }
-}
-
+/// Basic auth with `pw`, polling `tags` every 100 ms, 2 in flight.
 fn settings(sim: &SimHandle, dialect: Dialect, pw: &str, tags: &[&str]) -> Settings {
+    // The client reads the password when it is made: a file per station.
     let dir = std::env::temp_dir().join(format!(
         "v7-pw-{}-{}",
         std::process::id(),
         sim.addr().port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pw");
-    std::fs::write(&file, pw).unwrap();
-    Settings {
-        wincc: WinccSettings {
-            base_url: base_url(sim, dialect),
-            dialect,
-            auth: AuthMode::Basic,
-            username: "gateway".into(),
-            password_file: file.to_string_lossy().into_owned(),
-            timeout_ms: 2000,
-            rate_limit: RateLimit {
-                requests_per_second: 1000,
-                burst: 100,
-                max_in_flight: 2,
-            },
-            ..WinccSettings::default()
-        },
-        poll_groups: vec![PollGroup {
-            name: "g".into(),
-            interval_ms: 100,
-            tags: tags.iter().map(|s| s.to_string()).collect(),
-            deadband_abs: 0.0,
-            deadband_pct: 0.0,
-            heartbeat_s: 0,
-            mode: PollMode::Poll,
-        }],
-        alarms: AlarmSettings {
-            enabled: false,
-            ..AlarmSettings::default()
-        },
-        mqtt: Default::default(),
-        opcua: Default::default(),
-        http: Default::default(),
-        log: Default::default(),
-    }
-}
-
-struct Rig {
-    sub: Subscriber,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    _tags: watch::Receiver<Arc<TagMap>>,
-}
-
-impl Rig {
-    fn start(s: &Settings) -> Rig {
-        let station = wincc::connect(s).unwrap();
-        let bus = Bus::new();
-        let sub = bus.subscribe("test", 100_000);
-        let (tx, rx) = watch::channel(Arc::new(TagMap::new()));
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(Poller::new(s, station, bus, tx).run(cancel.clone()));
-        Rig {
-            sub,
-            cancel,
-            task,
-            _tags: rx,
-        }
-    }
-
-    /// Every tag change within `within`, or until `enough` holds.
-    async fn changes_until(
-        &mut self,
-        within: Duration,
-        mut enough: impl FnMut(&[TagChange]) -> bool,
-    ) -> Vec<TagChange> {
-        let deadline = Instant::now() + within;
-        let mut out = Vec::new();
-        while !enough(&out) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.sub.recv()).await {
-                Ok(Some(Event::Changes(b))) => out.extend(b.changes.iter().cloned()),
-                Ok(Some(_)) => {}
-                _ => break,
-            }
-        }
-        out
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
+    let mut w = logging_in(wincc_settings(sim, dialect), AuthMode::Basic, pw, &dir);
+    w.rate_limit.max_in_flight = 2;
+    common::station::settings(w, vec![poll_group("g", tags, 100)])
 }
 
 /// A change without its timestamp (the only thing allowed to differ).
@@ -183,10 +88,10 @@ fn script(sim: &SimHandle, phase: usize) {
 }
 
 async fn output(dialect: Dialect) -> Vec<BTreeMap<String, String>> {
-    let sim = start_sim(dialect, 120).await;
+    let sim = sim_with(dialect, 120).await;
     let n = sim.tags().len();
     script(&sim, 0);
-    let mut rig = Rig::start(&settings(&sim, dialect, PASSWORD, &["**"]));
+    let mut rig = Polling::start(&settings(&sim, dialect, PASSWORD, &["**"]));
     let mut phases = Vec::new();
     for phase in 0..2 {
         if phase == 1 {
@@ -246,10 +151,10 @@ fn plain_tags(sim: &SimHandle, n: usize) -> Vec<String> {
 /// Runs the poller over `names`, switches `faults` on once all are good,
 /// and returns the changes seen afterwards (until every bad tag is good again).
 async fn quirk_cycle(faults: Faults) -> (Vec<String>, Vec<TagChange>) {
-    let sim = start_sim(Dialect::WinccV7, 60).await;
+    let sim = sim_with(Dialect::WinccV7, 60).await;
     let names = plain_tags(&sim, 4);
     let globs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut rig = Rig::start(&settings(&sim, Dialect::WinccV7, PASSWORD, &globs));
+    let mut rig = Polling::start(&settings(&sim, Dialect::WinccV7, PASSWORD, &globs));
     let first = rig
         .changes_until(Duration::from_secs(5), |c| c.len() >= names.len())
         .await;
@@ -335,7 +240,7 @@ fn client(s: &Settings) -> Arc<dyn Station> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_key_case_and_values_as_strings_read_the_same_readings() {
-    let sim = start_sim(Dialect::WinccV7, 200).await;
+    let sim = sim_with(Dialect::WinccV7, 200).await;
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     let tags = c.list_tags().await.unwrap();
     let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
@@ -371,7 +276,7 @@ async fn mixed_key_case_and_values_as_strings_read_the_same_readings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_large_batch_hits_the_timeout_while_small_ones_pass() {
-    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let sim = sim_with(Dialect::WinccV7, 100).await;
     let c = client(&client_settings(&sim, PASSWORD, 400, ""));
     let names = sim.tag_names();
     sim.set_faults(Faults {
@@ -387,7 +292,7 @@ async fn a_slow_large_batch_hits_the_timeout_while_small_ones_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_accepted_or_refused_with_the_station_code() {
-    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let sim = sim_with(Dialect::WinccV7, 100).await;
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     let tags = sim.tags();
     let w = tags
@@ -433,7 +338,7 @@ async fn writes_are_accepted_or_refused_with_the_station_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_follows_continuation_points_to_the_end() {
-    let sim = start_sim(Dialect::WinccV7, 2500).await;
+    let sim = sim_with(Dialect::WinccV7, 2500).await;
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     sim.reset_stats();
     let tags = c.list_tags().await.unwrap();
@@ -446,7 +351,7 @@ async fn browse_follows_continuation_points_to_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_on_every_request_and_no_login_route() {
-    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let sim = sim_with(Dialect::WinccV7, 30).await;
     let http = reqwest::Client::new();
     let url = format!("{}/winccrestservice/TAGMANAGEMENT/values", sim.base_url());
     let r = http
@@ -495,7 +400,7 @@ async fn basic_auth_on_every_request_and_no_login_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarms_come_from_the_configured_rest_filter() {
-    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let sim = sim_with(Dialect::WinccV7, 30).await;
     sim.alarm(AlarmCommand {
         action: AlarmAction::Raise,
         id: Some(json!("A1")),
@@ -528,7 +433,7 @@ async fn alarms_come_from_the_configured_rest_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
-    let sim = start_sim(Dialect::WinccV7, 30).await;
+    let sim = sim_with(Dialect::WinccV7, 30).await;
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     let names = sim.tag_names();
     sim.reset_stats();
@@ -546,16 +451,7 @@ async fn retry_after_is_obeyed_and_garbage_is_an_error_not_a_panic() {
     let stats = sim.stats();
     assert_eq!(stats.too_many_requests, 1);
     assert_eq!(stats.requests.get("POST /tagManagement/Values"), Some(&2));
-    for faults in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for faults in spoiled_bodies() {
         sim.set_faults(faults);
         let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{e:?}");
@@ -628,7 +524,7 @@ fn missing_rows_are_counted_in_the_warning_metric() {
         .unwrap();
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
-            let sim = start_sim(Dialect::WinccV7, 30).await;
+            let sim = sim_with(Dialect::WinccV7, 30).await;
             let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
             let names: Vec<String> = sim.tag_names().into_iter().take(6).collect();
             c.read_values(&arcs(&names)).await.unwrap();
@@ -657,7 +553,7 @@ fn missing_rows_are_counted_in_the_warning_metric() {
 
 #[tokio::test]
 async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
-    let sim = start_sim(Dialect::WinccV7, 100).await;
+    let sim = sim_with(Dialect::WinccV7, 100).await;
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     let tags = sim.tags();
     let doubles: Vec<_> = tags
@@ -674,12 +570,7 @@ async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
         ("No.Such::Tag".to_string(), TagType::Int32, json!(1)),
         (doubles[1].name.clone(), TagType::Double, json!("nope")),
     ];
-    let before = sim
-        .stats()
-        .requests
-        .get("PUT /tagManagement/Values")
-        .copied()
-        .unwrap_or(0);
+    let before = requests(&sim, "PUT /tagManagement/Values");
     let results = c.write_values(&writes).await;
     assert_eq!(results.len(), writes.len());
     let code = |r: &Result<(), StationError>| match r {
@@ -693,16 +584,6 @@ async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
     assert_eq!(code(&results[3]), "3");
     assert_eq!(sim.value(&doubles[0].name), Some(json!(1.25)));
     assert_eq!(sim.value(&ro.name), ro_before);
-    let after = sim
-        .stats()
-        .requests
-        .get("PUT /tagManagement/Values")
-        .copied()
-        .unwrap_or(0);
+    let after = requests(&sim, "PUT /tagManagement/Values");
     assert_eq!(after - before, 1, "one request for the whole batch");
-}
-
-/// Tag names as the station clients take them.
-fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
-    names.iter().map(|n| n.as_str().into()).collect()
 }

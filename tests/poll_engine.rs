@@ -3,201 +3,46 @@
 //! errors, removed tags, malformed replies, re-login, Retry-After, the rate
 //! limit under load and overrunning cycles.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use wincc_gateway::bus::{Bus, Event, Subscriber};
-use wincc_gateway::config::{
-    AlarmSettings, AuthMode, PollGroup, PollMode, RateLimit, Settings, WinccSettings,
+use common::station::{
+    a_tag_of, is_station, logging_in, poll_group, quiet, spoiled_bodies, start_sim, wincc_settings,
+    Polling,
 };
-use wincc_gateway::model::{BadReason, Quality, TagChange, TagInfo, TagType};
-use wincc_gateway::poll::Poller;
-use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions, TooManyRequests};
-use wincc_gateway::writes::TagMap;
+use serde_json::{json, Value};
+use wincc_gateway::bus::Event;
+use wincc_gateway::config::{AuthMode, Dialect, PollGroup, RateLimit, Settings};
+use wincc_gateway::model::{BadReason, Quality, TagInfo, TagType};
+use wincc_gateway::sim::{Faults, SimHandle, TooManyRequests};
 
 async fn sim_with(tags: usize, auth: AuthMode) -> SimHandle {
-    sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags,
-            change_rate: 0.0,
-            auth,
-            users: vec![("gateway".into(), "pw".into())],
-            alarms: false,
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    start_sim(quiet(tags, auth, "pw")).await
 }
 
 fn group(tags: &[&str], interval_ms: u64) -> PollGroup {
-    PollGroup {
-        name: "g".into(),
-        interval_ms,
-        tags: tags.iter().map(|s| s.to_string()).collect(),
-        deadband_abs: 0.0,
-        deadband_pct: 0.0,
-        heartbeat_s: 0,
-        mode: PollMode::Poll,
-    }
+    poll_group("g", tags, interval_ms)
 }
 
+/// The generic client without login: 500 ms timeout, 500 requests a
+/// second (burst 50), 2 in flight.
 fn settings(sim: &SimHandle, groups: Vec<PollGroup>) -> Settings {
-    Settings {
-        wincc: WinccSettings {
-            base_url: sim.base_url(),
-            timeout_ms: 500,
-            rate_limit: RateLimit {
-                requests_per_second: 500,
-                burst: 50,
-                max_in_flight: 2,
-            },
-            ..WinccSettings::default()
-        },
-        poll_groups: groups,
-        alarms: AlarmSettings {
-            enabled: false,
-            ..AlarmSettings::default()
-        },
-        mqtt: Default::default(),
-        opcua: Default::default(),
-        http: Default::default(),
-        log: Default::default(),
-    }
+    let mut w = wincc_settings(sim, Dialect::Generic);
+    w.timeout_ms = 500;
+    w.rate_limit = RateLimit {
+        requests_per_second: 500,
+        burst: 50,
+        max_in_flight: 2,
+    };
+    common::station::settings(w, groups)
 }
 
-struct Rig {
-    sub: Subscriber,
-    tags: watch::Receiver<Arc<TagMap>>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Rig {
-    fn start(s: &Settings) -> Rig {
-        let station = wincc_gateway::wincc::connect(s).unwrap();
-        let bus = Bus::new();
-        let sub = bus.subscribe("test", 10_000);
-        let (tx, rx) = watch::channel(Arc::new(TagMap::new()));
-        let cancel = CancellationToken::new();
-        let poller = Poller::new(s, station, bus, tx);
-        let task = tokio::spawn(poller.run(cancel.clone()));
-        Rig {
-            sub,
-            tags: rx,
-            cancel,
-            task,
-        }
-    }
-
-    /// The next event, or `None` after `within`.
-    async fn next(&mut self, within: Duration) -> Option<Event> {
-        tokio::time::timeout(within, self.sub.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Skips events until `pred` holds; panics after `within`.
-    async fn until(
-        &mut self,
-        within: Duration,
-        what: &str,
-        mut pred: impl FnMut(&Event) -> bool,
-    ) -> Event {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(e) if pred(&e) => return e,
-                Some(_) => {}
-                None => panic!("no {what} within {within:?}"),
-            }
-        }
-    }
-
-    /// Every tag change seen within `within` (and the station events).
-    async fn drain(&mut self, within: Duration) -> (Vec<TagChange>, Vec<bool>) {
-        let deadline = Instant::now() + within;
-        let (mut changes, mut station) = (Vec::new(), Vec::new());
-        while let Some(e) = self
-            .next(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            match e {
-                Event::Changes(b) => changes.extend(b.changes.iter().cloned()),
-                Event::Station(s) => station.push(s.connected),
-                _ => {}
-            }
-        }
-        (changes, station)
-    }
-
-    /// Changes until every one of `names` has been seen once with `quality`.
-    async fn all_with(
-        &mut self,
-        names: &[String],
-        quality: Quality,
-        within: Duration,
-    ) -> HashMap<String, TagChange> {
-        let mut got: HashMap<String, TagChange> = HashMap::new();
-        let deadline = Instant::now() + within;
-        while got.len() < names.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(Event::Changes(b)) => {
-                    for c in &b.changes {
-                        if c.quality == quality {
-                            assert!(
-                                got.insert(c.name.to_string(), c.clone()).is_none(),
-                                "{} published {quality:?} twice",
-                                c.name
-                            );
-                        }
-                    }
-                }
-                Some(_) => {}
-                None => panic!(
-                    "only {} of {} tags became {quality:?}",
-                    got.len(),
-                    names.len()
-                ),
-            }
-        }
-        got
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("the poller stops on cancel")
-            .unwrap();
-    }
-}
-
-fn is_station(connected: bool) -> impl FnMut(&Event) -> bool {
-    move |e| matches!(e, Event::Station(s) if s.connected == connected)
-}
-
-/// A plain-named read-only tag of type `ty` (safe to use as a glob).
-fn plain_tag(sim: &SimHandle, ty: TagType) -> String {
-    sim.tags()
-        .into_iter()
-        .find(|t| {
-            t.ty == ty
-                && !t.writable
-                && t.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "/._".contains(c))
-        })
-        .unwrap()
-        .name
+/// Every tag each 50 ms, logging in to a session with `password`.
+fn session_settings(sim: &SimHandle, password: &str, dir: &tempfile::TempDir) -> Settings {
+    let mut s = settings(sim, vec![group(&["**"], 50)]);
+    s.wincc = logging_in(s.wincc, AuthMode::Session, password, dir.path());
+    s
 }
 
 #[tokio::test]
@@ -205,7 +50,7 @@ async fn discovery_then_one_batched_cycle() {
     let sim = sim_with(1030, AuthMode::None).await;
     let mut s = settings(&sim, vec![group(&["**"], 60_000)]);
     s.wincc.max_tags_per_request = 300;
-    let mut rig = Rig::start(&s);
+    let mut rig = Polling::start(&s);
     rig.until(Duration::from_secs(5), "connected", is_station(true))
         .await;
     match rig.next(Duration::from_secs(5)).await {
@@ -238,11 +83,11 @@ async fn discovery_then_one_batched_cycle() {
 #[tokio::test]
 async fn deadband_and_quality_changes() {
     let sim = sim_with(40, AuthMode::None).await;
-    let tag = plain_tag(&sim, TagType::Double);
+    let tag = a_tag_of(&sim, TagType::Double);
     sim.set_value(&tag, json!(10.0));
     let mut g = group(&[&tag], 50);
     g.deadband_abs = 1.0;
-    let mut rig = Rig::start(&settings(&sim, vec![g]));
+    let mut rig = Polling::start(&settings(&sim, vec![g]));
     let mut published = Vec::new();
     let step = |v: Value| {
         sim.set_value(&tag, v);
@@ -267,10 +112,10 @@ async fn deadband_and_quality_changes() {
 #[tokio::test]
 async fn heartbeat_republishes_an_unchanged_value() {
     let sim = sim_with(40, AuthMode::None).await;
-    let tag = plain_tag(&sim, TagType::Int32);
+    let tag = a_tag_of(&sim, TagType::Int32);
     let mut g = group(&[&tag], 50);
     g.heartbeat_s = 1;
-    let mut rig = Rig::start(&settings(&sim, vec![g]));
+    let mut rig = Polling::start(&settings(&sim, vec![g]));
     let is_change = |e: &Event| matches!(e, Event::Changes(_));
     rig.until(Duration::from_secs(5), "first value", is_change)
         .await;
@@ -293,7 +138,7 @@ async fn heartbeat_republishes_an_unchanged_value() {
 async fn outage_marks_every_tag_bad_once_with_its_last_value_then_recovers() {
     let sim = sim_with(30, AuthMode::None).await;
     let names = sim.tag_names();
-    let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
+    let mut rig = Polling::start(&settings(&sim, vec![group(&["**"], 100)]));
     let before = rig
         .all_with(&names, Quality::Good, Duration::from_secs(5))
         .await;
@@ -356,10 +201,10 @@ async fn outage_marks_every_tag_bad_once_with_its_last_value_then_recovers() {
 async fn unknown_tags_are_bad_and_removed_tags_are_reported_once() {
     let sim = sim_with(40, AuthMode::None).await;
     let names = sim.tag_names();
-    let victim = plain_tag(&sim, TagType::Double);
+    let victim = a_tag_of(&sim, TagType::Double);
     let mut s = settings(&sim, vec![group(&["**"], 100)]);
     s.wincc.discovery_interval_s = 1;
-    let mut rig = Rig::start(&s);
+    let mut rig = Polling::start(&s);
     rig.all_with(&names, Quality::Good, Duration::from_secs(5))
         .await;
     assert!(sim.remove_tag(&victim));
@@ -398,19 +243,10 @@ async fn unknown_tags_are_bad_and_removed_tags_are_reported_once() {
 async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
     let sim = sim_with(30, AuthMode::None).await;
     let names = sim.tag_names();
-    let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
+    let mut rig = Polling::start(&settings(&sim, vec![group(&["**"], 100)]));
     rig.all_with(&names, Quality::Good, Duration::from_secs(5))
         .await;
-    for f in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for f in spoiled_bodies() {
         sim.set_faults(f);
         let bad = rig
             .all_with(&names, Quality::Bad, Duration::from_secs(3))
@@ -428,13 +264,7 @@ async fn malformed_or_truncated_replies_mean_bad_quality_then_recovery() {
 async fn an_expired_session_costs_exactly_one_login() {
     let sim = sim_with(30, AuthMode::Session).await;
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "pw").unwrap();
-    let mut s = settings(&sim, vec![group(&["**"], 50)]);
-    s.wincc.auth = AuthMode::Session;
-    s.wincc.username = "gateway".into();
-    s.wincc.password_file = pw.to_string_lossy().into_owned();
-    let mut rig = Rig::start(&s);
+    let mut rig = Polling::start(&session_settings(&sim, "pw", &dir));
     rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
         .await;
     assert_eq!(sim.stats().logins, 1);
@@ -455,7 +285,7 @@ async fn retry_after_pauses_all_polling() {
     let sim = sim_with(30, AuthMode::None).await;
     let mut s = settings(&sim, vec![group(&["**"], 50)]);
     s.wincc.timeout_ms = 2000;
-    let mut rig = Rig::start(&s);
+    let mut rig = Polling::start(&s);
     rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
         .await;
     let before = sim.stats().total_requests;
@@ -490,7 +320,7 @@ async fn the_rate_limit_holds_when_the_groups_want_more() {
         burst: 5,
         max_in_flight: 2,
     };
-    let rig = Rig::start(&s);
+    let rig = Polling::start(&s);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let st = sim.stats();
     assert!(st.max_requests_per_second <= 25, "{st:?}");
@@ -506,7 +336,7 @@ async fn the_rate_limit_holds_when_the_groups_want_more() {
 #[tokio::test]
 async fn an_overrunning_cycle_skips_instead_of_stacking() {
     let sim = sim_with(30, AuthMode::None).await;
-    let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
+    let mut rig = Polling::start(&settings(&sim, vec![group(&["**"], 100)]));
     rig.all_with(&sim.tag_names(), Quality::Good, Duration::from_secs(5))
         .await;
     // Each cycle takes 120 ms of a 100 ms interval: the tick that falls
@@ -535,7 +365,7 @@ async fn a_station_down_at_start_is_reported_and_picked_up_later() {
         outage_s: 1.0,
         ..Faults::default()
     });
-    let mut rig = Rig::start(&settings(&sim, vec![group(&["**"], 100)]));
+    let mut rig = Polling::start(&settings(&sim, vec![group(&["**"], 100)]));
     match rig.next(Duration::from_secs(3)).await {
         Some(Event::Station(s)) => assert!(!s.connected && s.error.is_some(), "{s:?}"),
         other => panic!("{other:?}"),
@@ -551,13 +381,7 @@ async fn a_station_down_at_start_is_reported_and_picked_up_later() {
 async fn a_refused_login_reports_disconnected_without_a_tight_loop() {
     let sim = sim_with(30, AuthMode::Session).await;
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "not-the-password").unwrap();
-    let mut s = settings(&sim, vec![group(&["**"], 50)]);
-    s.wincc.auth = AuthMode::Session;
-    s.wincc.username = "gateway".into();
-    s.wincc.password_file = pw.to_string_lossy().into_owned();
-    let mut rig = Rig::start(&s);
+    let mut rig = Polling::start(&session_settings(&sim, "not-the-password", &dir));
     match rig.next(Duration::from_secs(3)).await {
         Some(Event::Station(st)) => {
             assert!(!st.connected);

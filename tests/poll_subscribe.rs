@@ -5,99 +5,63 @@
 //! value, station disconnected) and the group subscribes again afterwards;
 //! a station without subscriptions is simply polled.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::station::{
+    logging_in, poll_group, quiet, requests, start_sim, wincc_settings, Polling,
+};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use wincc_gateway::bus::{Bus, Event, Subscriber};
-use wincc_gateway::config::{
-    AlarmSettings, AuthMode, Dialect, PollGroup, PollMode, RateLimit, Settings, WinccSettings,
-};
+use wincc_gateway::bus::Event;
+use wincc_gateway::config::{AuthMode, Dialect, PollGroup, PollMode, Settings};
 use wincc_gateway::model::{BadReason, Quality, TagChange, TagType};
-use wincc_gateway::poll::Poller;
 use wincc_gateway::sim::{self, SimHandle, SimOptions};
 
 const PASSWORD: &str = "Sub5cr1be-Pa55!";
 
 async fn sim_with(dialect: Dialect, tags: usize) -> SimHandle {
-    sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags,
-            change_rate: 0.0,
-            auth: AuthMode::Session,
-            users: vec![("gateway".into(), PASSWORD.into())],
-            token_ttl: Duration::from_secs(3600),
-            alarms: false,
-            seed: 11,
-            dialect,
-            ..SimOptions::default()
-        },
-    )
+    start_sim(SimOptions {
+        token_ttl: Duration::from_secs(3600),
+        seed: 11,
+        dialect,
+        ..quiet(tags, AuthMode::Session, PASSWORD)
+    })
     .await
-    .unwrap()
 }
 
+/// One subscribed group over every tag (100 ms fallback polls), 1 s timeout.
 fn settings(
     sim: &SimHandle,
     dialect: Dialect,
     heartbeat_s: u64,
     dir: &tempfile::TempDir,
 ) -> Settings {
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let base_url = match dialect {
-        Dialect::Unified => format!("{}/graphql", sim.base_url()),
-        _ => sim.base_url(),
+    let mut w = logging_in(
+        wincc_settings(sim, dialect),
+        AuthMode::Session,
+        PASSWORD,
+        dir.path(),
+    );
+    w.timeout_ms = 1000;
+    let group = PollGroup {
+        heartbeat_s,
+        mode: PollMode::Subscribe,
+        ..poll_group("pushed", &["**"], 100)
     };
-    Settings {
-        wincc: WinccSettings {
-            base_url,
-            dialect,
-            auth: AuthMode::Session,
-            username: "gateway".into(),
-            password_file: pw.to_string_lossy().into_owned(),
-            timeout_ms: 1000,
-            rate_limit: RateLimit {
-                requests_per_second: 1000,
-                burst: 100,
-                max_in_flight: 4,
-            },
-            ..WinccSettings::default()
-        },
-        poll_groups: vec![PollGroup {
-            name: "pushed".into(),
-            interval_ms: 100,
-            tags: vec!["**".into()],
-            deadband_abs: 0.0,
-            deadband_pct: 0.0,
-            heartbeat_s,
-            mode: PollMode::Subscribe,
-        }],
-        alarms: AlarmSettings {
-            enabled: false,
-            ..AlarmSettings::default()
-        },
-        mqtt: Default::default(),
-        opcua: Default::default(),
-        http: Default::default(),
-        log: Default::default(),
-    }
+    common::station::settings(w, vec![group])
 }
 
 struct Running {
-    sub: Subscriber,
+    poller: Polling,
     /// Every tag's last published change.
     last: HashMap<String, TagChange>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,17 +78,9 @@ async fn start_with(
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(sim, dialect, heartbeat_s, &dir);
     tweak(&mut s);
-    let station = wincc_gateway::wincc::connect(&s).unwrap();
-    let bus = Bus::new();
-    let sub = bus.subscribe("test", 100_000);
-    let (tx, _rx) = watch::channel(Arc::new(wincc_gateway::writes::TagMap::new()));
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(Poller::new(&s, station, bus, tx).run(cancel.clone()));
     Running {
-        sub,
+        poller: Polling::start(&s),
         last: HashMap::new(),
-        cancel,
-        task,
         _dir: dir,
     }
 }
@@ -142,7 +98,7 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.sub.recv()).await {
+            match tokio::time::timeout(left, self.poller.sub.recv()).await {
                 Ok(Some(Event::Changes(b))) => {
                     let hit = b.changes.iter().any(&mut pred);
                     self.remember(&b.changes);
@@ -170,7 +126,7 @@ impl Running {
     async fn collect(&mut self, d: Duration) -> Vec<TagChange> {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.sub.recv()).await {
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.poller.sub.recv()).await {
             if let Event::Changes(b) = ev {
                 self.remember(&b.changes);
                 seen.extend(b.changes.iter().cloned());
@@ -186,13 +142,8 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        self.task.await.unwrap();
+        self.poller.stop().await;
     }
-}
-
-fn count(sim: &SimHandle, key: &str) -> u64 {
-    sim.stats().requests.get(key).copied().unwrap_or(0)
 }
 
 const POLLS: &str = "POST /graphql tagValues";
@@ -240,11 +191,11 @@ async fn subscribed_group_gets_changes_and_heartbeats_without_polling() {
         s.wincc.max_tags_per_request = 8
     })
     .await;
-    wait_for("the subscriptions", || count(&sim, SUBSCRIBES) >= 4).await;
+    wait_for("the subscriptions", || requests(&sim, SUBSCRIBES) >= 4).await;
     // Every tag's first value arrives (from the first poll or from Added).
     run.collect(Duration::from_millis(600)).await;
     assert_eq!(run.last.len(), sim.tag_names().len());
-    let polls = count(&sim, POLLS);
+    let polls = requests(&sim, POLLS);
     // The subscription is up: changes flow while nothing polls.
     for (a, b) in [(111, 222), (333, 444), (555, 666), (777, 888)] {
         let v = other_value(&sim, &tag, a, b);
@@ -262,11 +213,11 @@ async fn subscribed_group_gets_changes_and_heartbeats_without_polling() {
     let again = quiet.iter().find(|c| c.name.as_ref() == tag).unwrap();
     assert_eq!(Some(&again.value), sim.value(&tag).as_ref());
     assert_eq!(
-        count(&sim, POLLS),
+        requests(&sim, POLLS),
         polls,
         "no tagValues polls while subscribed"
     );
-    assert_eq!(count(&sim, SUBSCRIBES), 4);
+    assert_eq!(requests(&sim, SUBSCRIBES), 4);
     assert_eq!(sim.stats().logins, 1);
     run.stop().await;
 }
@@ -276,7 +227,7 @@ async fn outage_falls_back_to_polling_then_subscribes_again() {
     let sim = sim_with(Dialect::Unified, 30).await;
     let tag = int_tag(&sim);
     let mut run = start(&sim, Dialect::Unified, 0).await;
-    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    wait_for("the subscription", || requests(&sim, SUBSCRIBES) >= 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let v = other_value(&sim, &tag, 1234, 4321);
     change_and_see(&mut run, &sim, &tag, v).await;
@@ -319,15 +270,19 @@ async fn outage_falls_back_to_polling_then_subscribes_again() {
     assert_eq!(bad[tag.as_str()][0].value, json!(v), "last value kept");
 
     // Back: values flow and the group subscribes again, then stops polling.
-    wait_for("a new subscription", || count(&sim, SUBSCRIBES) >= 2).await;
+    wait_for("a new subscription", || requests(&sim, SUBSCRIBES) >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let polls = count(&sim, POLLS);
+    let polls = requests(&sim, POLLS);
     let v2 = other_value(&sim, &tag, 5678, 8765);
     change_and_see(&mut run, &sim, &tag, v2).await;
     let later = run.collect(Duration::from_millis(800)).await;
     assert!(later.iter().all(|c| c.quality != Quality::Bad), "{later:?}");
-    assert_eq!(count(&sim, POLLS), polls, "no polls once subscribed again");
-    assert_eq!(count(&sim, SUBSCRIBES), 2);
+    assert_eq!(
+        requests(&sim, POLLS),
+        polls,
+        "no polls once subscribed again"
+    );
+    assert_eq!(requests(&sim, SUBSCRIBES), 2);
     run.stop().await;
 }
 
@@ -340,12 +295,12 @@ async fn station_without_subscriptions_is_polled() {
     let mut run = start(&sim, Dialect::Generic, 0).await;
     let v = other_value(&sim, &tag, 42, 24);
     change_and_see(&mut run, &sim, &tag, v).await;
-    let before = count(&sim, "POST /tags/values");
+    let before = requests(&sim, "POST /tags/values");
     let v = other_value(&sim, &tag, 42, 24);
     change_and_see(&mut run, &sim, &tag, v).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        count(&sim, "POST /tags/values") >= before + 3,
+        requests(&sim, "POST /tags/values") >= before + 3,
         "polled on its 100 ms interval: {:?}",
         sim.stats().requests
     );
@@ -359,7 +314,7 @@ async fn new_station_tags_are_subscribed_after_rediscovery() {
         s.wincc.discovery_interval_s = 1
     })
     .await;
-    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    wait_for("the subscription", || requests(&sim, SUBSCRIBES) >= 1).await;
     run.collect(Duration::from_millis(300)).await;
     let name = "HMI_RT_1::Added/Level";
     sim.add_tag(
@@ -375,15 +330,15 @@ async fn new_station_tags_are_subscribed_after_rediscovery() {
     })
     .await;
     wait_for("a subscription with the new tag", || {
-        count(&sim, SUBSCRIBES) >= 2
+        requests(&sim, SUBSCRIBES) >= 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let polls = count(&sim, POLLS);
+    let polls = requests(&sim, POLLS);
     change_and_see(&mut run, &sim, name, 8).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        count(&sim, POLLS),
+        requests(&sim, POLLS),
         polls,
         "the new tag comes by subscription"
     );
@@ -440,12 +395,12 @@ async fn silent_station_is_an_outage_while_subscribed() {
     let p = proxy(sim.addr()).await;
     let url = format!("http://{}/graphql", p.addr);
     let mut run = start_with(&sim, Dialect::Unified, 0, |s| s.wincc.base_url = url).await;
-    wait_for("the subscription", || count(&sim, SUBSCRIBES) >= 1).await;
+    wait_for("the subscription", || requests(&sim, SUBSCRIBES) >= 1).await;
     // Quiet for longer than the keepalive allows silence: pongs keep it up.
     let quiet = run.collect(Duration::from_millis(3500)).await;
     assert!(quiet.iter().all(|c| c.quality != Quality::Bad), "{quiet:?}");
     assert_eq!(
-        count(&sim, SUBSCRIBES),
+        requests(&sim, SUBSCRIBES),
         1,
         "the quiet subscription stayed up"
     );
@@ -463,6 +418,6 @@ async fn silent_station_is_an_outage_while_subscribed() {
 
     p.frozen.store(false, Ordering::SeqCst);
     run.until("the reconnect", Some(true), |_| false).await;
-    wait_for("a new subscription", || count(&sim, SUBSCRIBES) >= 2).await;
+    wait_for("a new subscription", || requests(&sim, SUBSCRIBES) >= 2).await;
     run.stop().await;
 }

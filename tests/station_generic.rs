@@ -2,32 +2,25 @@
 //! paging, name matching, auth modes, re-login, Retry-After, the rate
 //! limiter, malformed and truncated replies, and secrets in errors.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::station::{
+    a_tag_of, arcs, logging_in, quiet, spoiled_bodies, start_sim, wincc_settings,
+};
 use serde_json::json;
-use wincc_gateway::config::{AuthMode, RateLimit, WinccSettings};
+use wincc_gateway::config::{AuthMode, Dialect, RateLimit, WinccSettings};
 use wincc_gateway::model::{BadReason, Quality, TagType};
-use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions, TooManyRequests};
+use wincc_gateway::sim::{self, Faults, SimHandle, TooManyRequests};
 use wincc_gateway::wincc::generic::GenericClient;
 use wincc_gateway::wincc::{Station, StationError};
 
 const PASSWORD: &str = "S3cr3t-Pa55w0rd!";
 
 async fn sim_with(tags: usize, auth: AuthMode) -> SimHandle {
-    sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimOptions {
-            tags,
-            change_rate: 0.0,
-            auth,
-            users: vec![("gateway".into(), PASSWORD.into())],
-            alarms: false,
-            ..SimOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    start_sim(quiet(tags, auth, PASSWORD)).await
 }
 
 /// Client settings; the password goes through a file, as in production.
@@ -37,40 +30,16 @@ fn settings(
     password: &str,
     dir: &tempfile::TempDir,
 ) -> WinccSettings {
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, format!("{password}\n")).unwrap();
-    WinccSettings {
-        base_url: sim.base_url(),
+    logging_in(
+        wincc_settings(sim, Dialect::Generic),
         auth,
-        username: "gateway".into(),
-        password_file: pw.to_string_lossy().into_owned(),
-        timeout_ms: 2000,
-        rate_limit: RateLimit {
-            requests_per_second: 1000,
-            burst: 100,
-            max_in_flight: 4,
-        },
-        ..WinccSettings::default()
-    }
+        password,
+        dir.path(),
+    )
 }
 
 fn client(s: &WinccSettings) -> Arc<GenericClient> {
     Arc::new(GenericClient::new(s).unwrap())
-}
-
-/// A plain-named read-only tag of type `ty`.
-fn a_tag_of(sim: &SimHandle, ty: TagType) -> String {
-    sim.tags()
-        .into_iter()
-        .find(|t| {
-            t.ty == ty
-                && !t.writable
-                && t.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "/._".contains(c))
-        })
-        .unwrap()
-        .name
 }
 
 #[tokio::test]
@@ -264,16 +233,7 @@ async fn malformed_and_truncated_replies_are_errors_and_the_next_call_works() {
     let dir = tempfile::tempdir().unwrap();
     let c = client(&settings(&sim, AuthMode::None, "", &dir));
     let names = vec![a_tag_of(&sim, TagType::Double)];
-    for f in [
-        Faults {
-            malformed_body: 1,
-            ..Faults::default()
-        },
-        Faults {
-            truncated_body: 1,
-            ..Faults::default()
-        },
-    ] {
+    for f in spoiled_bodies() {
         sim.set_faults(f.clone());
         let e = c.read_values(&arcs(&names)).await.unwrap_err();
         assert!(matches!(e, StationError::Malformed(_)), "{f:?}: {e:?}");
@@ -305,7 +265,7 @@ async fn the_password_is_in_no_error() {
         s.timeout_ms = 300;
         let c = client(&s);
         c.read_values(&arcs(&names)).await.unwrap();
-        for f in [
+        let failing = [
             Faults {
                 error_rate: 1.0,
                 ..Faults::default()
@@ -314,19 +274,12 @@ async fn the_password_is_in_no_error() {
                 unavailable: true,
                 ..Faults::default()
             },
-            Faults {
-                malformed_body: 1,
-                ..Faults::default()
-            },
-            Faults {
-                truncated_body: 1,
-                ..Faults::default()
-            },
-            Faults {
-                latency_ms: 600,
-                ..Faults::default()
-            },
-        ] {
+        ];
+        let slow = Faults {
+            latency_ms: 600,
+            ..Faults::default()
+        };
+        for f in failing.into_iter().chain(spoiled_bodies()).chain([slow]) {
             sim.set_faults(f);
             errors.push(c.read_values(&arcs(&names)).await.unwrap_err());
         }
@@ -379,9 +332,4 @@ async fn the_password_is_in_no_error() {
             assert!(!text.contains(&basic_cred), "{text}");
         }
     }
-}
-
-/// Tag names as the station clients take them.
-fn arcs(names: &[String]) -> Vec<std::sync::Arc<str>> {
-    names.iter().map(|n| n.as_str().into()).collect()
 }

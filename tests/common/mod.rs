@@ -1,11 +1,15 @@
 //! Shared test harness: a real mosquitto ([`mosquitto::Mosquitto`]), an
 //! independent MQTT subscriber ([`TestSubscriber`]) and helpers to run the
-//! MQTT sink fed by the real bus.
+//! MQTT sink fed by the real bus. Station side: [`station`] (simulator,
+//! settings and poller builders), [`sim`] (raw-HTTP simulator checks) and
+//! [`rig`] (a simulator with a guarded writer).
 #![allow(dead_code)]
 
 pub mod mosquitto;
 pub mod outage;
 pub mod rig;
+pub mod sim;
+pub mod station;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
