@@ -173,7 +173,7 @@ pub fn is_busy(status: reqwest::StatusCode) -> bool {
 }
 
 /// A 429/503 reply: its `Retry-After` pauses every request of the client
-/// (through the limiter). `None` means "send it again now": the pause was
+/// (through the limiter). `Ok` means "send it again now": the pause was
 /// no longer than the request timeout and this request had not waited yet
 /// (`waited` is set). Otherwise the `Busy` error to return.
 pub fn busy(
@@ -183,7 +183,7 @@ pub fn busy(
     headers: &HeaderMap,
     timeout: Duration,
     waited: &mut bool,
-) -> Option<StationError> {
+) -> Result<(), StationError> {
     let ra = retry_after(headers);
     if let Some(d) = ra {
         tracing::warn!(
@@ -195,10 +195,10 @@ pub fn busy(
         limiter.pause_for(d);
         if !*waited && d <= timeout {
             *waited = true;
-            return None;
+            return Ok(());
         }
     }
-    Some(StationError::Busy {
+    Err(StationError::Busy {
         status: status.as_u16(),
         retry_after: ra,
     })

@@ -190,17 +190,16 @@ impl UnifiedClient {
                 return Ok(Outcome::AuthFailed(format!("HTTP {}", status.as_u16())));
             }
             if http::is_busy(status) {
-                match http::busy(
+                // Waits out a short Retry-After once, else fails as Busy.
+                http::busy(
                     &self.limiter,
                     endpoint,
                     status,
                     &headers,
                     self.timeout,
                     &mut waited,
-                ) {
-                    None => continue,
-                    Some(e) => return Err(e),
-                }
+                )?;
+                continue;
             }
             let v = parse::json(&bytes);
             if !status.is_success() {

@@ -191,17 +191,16 @@ impl WinccV7Client {
                 }
                 self.gate.accept();
                 if http::is_busy(status) {
-                    match http::busy(
+                    // Waits out a short Retry-After once, else fails as Busy.
+                    http::busy(
                         &self.limiter,
                         endpoint,
                         status,
                         &headers,
                         self.timeout,
                         &mut waited,
-                    ) {
-                        None => continue,
-                        Some(e) => return Err(e),
-                    }
+                    )?;
+                    continue;
                 }
                 if status.is_success() || (client_errors && status.is_client_error()) {
                     return Ok((status, bytes));
