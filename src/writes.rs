@@ -174,7 +174,16 @@ impl Writer {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        if !batch.is_empty() {
+        // The same tag twice: one request would leave the order to the
+        // station and give both writes one result, so they go one by one.
+        let mut seen = std::collections::HashSet::new();
+        let repeated = !batch.iter().all(|(tag, _, _)| seen.insert(tag.as_str()));
+        if repeated {
+            for (i, (tag, ty, value)) in positions.iter().zip(&batch) {
+                let r = self.station.write_value(tag, *ty, value).await;
+                results[*i] = Some(r.map_err(station_error));
+            }
+        } else if !batch.is_empty() {
             let answers = self.station.write_values(&batch).await;
             for (i, answer) in positions.into_iter().zip(answers) {
                 results[i] = Some(answer.map_err(station_error));

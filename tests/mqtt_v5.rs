@@ -277,6 +277,7 @@ async fn writes_answer_on_the_contract_topic_and_on_the_v5_response_topic() {
     let mut settings = v5_settings(broker.port, "w5");
     settings.write_enabled = true;
     settings.writable_tags = vec!["Setpoints/**".into()];
+    settings.response_topic_prefix = "replies/".into();
     let mut gw = Gateway::start(&settings, Some(writer));
     gw.wait_connected().await;
 
@@ -365,8 +366,8 @@ async fn writes_answer_on_the_contract_topic_and_on_the_v5_response_topic() {
     assert_eq!(sim.stats().tags_written, written);
     assert_eq!(sim.value("Other/Level"), Some(json!(0.0)));
 
-    // A response topic among the gateway's own topics is ignored; the
-    // contract result still comes.
+    // A response topic outside mqtt.response_topic_prefix (here one of the
+    // gateway's own topics) is ignored; the contract result still comes.
     command(
         "Setpoints/Speed",
         json!({"value": 7, "id": "own"}),

@@ -436,6 +436,24 @@ async fn batch_write(dialect: Dialect, endpoint: &str) {
         values,
         [Some(Variant::Double(12.5)), Some(Variant::Int16(7))]
     );
+
+    // The same node twice in one call: written one after the other, in
+    // order (one request would leave the order to the station), so the
+    // later value wins.
+    let before = batches(&p);
+    let statuses = c
+        .session
+        .write(&[
+            write_value(&id("Plant/Setpoint"), Variant::Double(1.5)),
+            write_value(&id("Plant/Setpoint"), Variant::Double(2.5)),
+        ])
+        .await
+        .expect("write service");
+    assert_eq!(statuses, [StatusCode::Good, StatusCode::Good]);
+    assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(2.5)));
+    let after = batches(&p);
+    let requests = (after.0 - before.0) + (after.1 - before.1);
+    assert_eq!(requests, 2, "two single writes: {before:?} -> {after:?}");
     p.poll_stop.cancel();
     p.gw.shutdown().await;
 }

@@ -209,6 +209,9 @@ pub struct MqttSettings {
     pub max_packet_size: usize,
     pub write_enabled: bool,
     pub writable_tags: Vec<String>,
+    /// MQTT 5 only: a write command's response topic is answered only when
+    /// it starts with this prefix (empty: response topics are ignored).
+    pub response_topic_prefix: String,
 }
 
 impl Default for MqttSettings {
@@ -232,6 +235,7 @@ impl Default for MqttSettings {
             max_packet_size: 1024 * 1024,
             write_enabled: false,
             writable_tags: Vec::new(),
+            response_topic_prefix: String::new(),
         }
     }
 }
@@ -677,5 +681,33 @@ enabled = false
         )
         .unwrap_err();
         assert_eq!(e.problems[0].key, "poll_group[0].mode");
+    }
+
+    #[test]
+    fn response_topics_need_mqtt5_and_a_prefix_outside_the_gateways_topics() {
+        let with = |extra: &str| {
+            load(
+                &format!("{MIN}[mqtt]\ntopic_prefix = \"plant/gw\"\n{extra}"),
+                &[],
+            )
+        };
+        assert!(with("protocol = \"5\"\nresponse_topic_prefix = \"replies/\"").is_ok());
+        for (extra, why) in [
+            (
+                "protocol = \"5\"\nresponse_topic_prefix = \"plant/gw/x/\"",
+                "outside",
+            ),
+            (
+                "protocol = \"5\"\nresponse_topic_prefix = \"plant/\"",
+                "outside",
+            ),
+            ("protocol = \"5\"\nresponse_topic_prefix = \"r/+/\"", "+ #"),
+            ("response_topic_prefix = \"replies/\"", "MQTT 5"),
+        ] {
+            let e = with(extra).unwrap_err();
+            let p = &e.problems[0];
+            assert_eq!(p.key, "mqtt.response_topic_prefix", "{extra}");
+            assert!(p.why.contains(why), "{extra}: {}", p.why);
+        }
     }
 }

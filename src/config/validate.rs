@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{resolve_secret, AuthMode, Dialect, PollMode, Problem, Settings};
+use super::{resolve_secret, AuthMode, Dialect, MqttProtocol, PollMode, Problem, Settings};
 use crate::glob;
 
 impl Settings {
@@ -232,6 +232,34 @@ impl Settings {
                 ));
             }
             check_globs(&mut p, "mqtt.writable_tags", &m.writable_tags);
+            let own = m.topic_prefix.trim_end_matches('/');
+            let r = &m.response_topic_prefix;
+            if !r.is_empty() {
+                if !crate::topic::is_valid_publish_topic(r) {
+                    p.push(prob(
+                        "mqtt.response_topic_prefix".into(),
+                        q(r),
+                        "must contain no + # or NUL",
+                    ));
+                } else if !own.is_empty()
+                    && (r.as_str() == own
+                        || r.starts_with(&format!("{own}/"))
+                        || own.starts_with(r.as_str()))
+                {
+                    p.push(prob(
+                        "mqtt.response_topic_prefix".into(),
+                        q(r),
+                        "must lie outside topic_prefix (the gateway's own topics)",
+                    ));
+                }
+                if m.protocol != MqttProtocol::V5 {
+                    p.push(prob(
+                        "mqtt.response_topic_prefix".into(),
+                        q(r),
+                        "response topics exist in MQTT 5 only; set protocol = \"5\"",
+                    ));
+                }
+            }
         }
 
         let o = &self.opcua;

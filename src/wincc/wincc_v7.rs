@@ -62,6 +62,9 @@ pub struct WinccV7Client {
     gate: LoginGate,
     alarm_filter: String,
     warned_no_filter: AtomicBool,
+    /// The station answered the batch write with 404/405 (it has no
+    /// `PUT tagManagement/Values`, e.g. V7.5): writes go one at a time.
+    no_batch_write: AtomicBool,
     /// Tag types learnt from browsing, for converting values.
     types: RwLock<HashMap<String, TagType>>,
 }
@@ -102,6 +105,7 @@ impl WinccV7Client {
             gate: LoginGate::default(),
             alarm_filter: settings.alarms.filter.trim().to_string(),
             warned_no_filter: AtomicBool::new(false),
+            no_batch_write: AtomicBool::new(false),
             types: RwLock::new(HashMap::new()),
         })
     }
@@ -130,6 +134,18 @@ impl WinccV7Client {
 
     fn scrub_err(&self, e: StationError) -> StationError {
         e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
+    }
+
+    /// Each write on its own `PUT tagManagement/Value/{name}`, in order.
+    async fn write_one_by_one(
+        &self,
+        writes: &[(String, TagType, Value)],
+    ) -> Vec<Result<(), StationError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for (name, ty, value) in writes {
+            results.push(self.write_value(name, *ty, value).await);
+        }
+        results
     }
 
     /// A 401: the credentials were refused and the gate closes (see `wincc::gate`).
@@ -341,6 +357,11 @@ impl Station for WinccV7Client {
         if writes.is_empty() {
             return Vec::new();
         }
+        // One write, or a station without the batch route: the single-tag
+        // route, which every V7 REST version has (WINCC-DIALECTS.md §1.3).
+        if writes.len() == 1 || self.no_batch_write.load(Ordering::Relaxed) {
+            return self.write_one_by_one(writes).await;
+        }
         let body = Value::Array(
             writes
                 .iter()
@@ -348,10 +369,20 @@ impl Station for WinccV7Client {
                 .collect(),
         );
         let url = self.url(&["tagManagement", "Values"]);
-        let reply = self
+        let reply = match self
             .call("write_values", Method::PUT, url, Some(&body), true)
             .await
-            .and_then(|(status, bytes)| reply::batch_write_results(status, &bytes));
+        {
+            Ok((status, _)) if status.as_u16() == 404 || status.as_u16() == 405 => {
+                self.no_batch_write.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    status = status.as_u16(),
+                    "the station has no batch write (PUT tagManagement/Values); writing one tag at a time"
+                );
+                return self.write_one_by_one(writes).await;
+            }
+            other => other.and_then(|(status, bytes)| reply::batch_write_results(status, &bytes)),
+        };
         match reply {
             Ok(rows) => writes
                 .iter()

@@ -138,7 +138,8 @@ struct Job {
 
 /// Routes incoming commands to the write workers.
 pub(crate) struct Commands {
-    prefix: String,
+    /// MQTT 5 response topics are answered only under this prefix (empty: never).
+    response_prefix: String,
     write_prefix: String,
     result_prefix: String,
     outbox: SharedOutbox,
@@ -149,6 +150,7 @@ impl Commands {
     /// Starts the workers; their handles are returned so the sink can stop them.
     pub(crate) fn start(
         prefix: &str,
+        response_prefix: &str,
         writer: Writer,
         policy: WritePolicy,
         outbox: SharedOutbox,
@@ -171,7 +173,7 @@ impl Commands {
             workers.push(tx);
         }
         let c = Commands {
-            prefix: prefix.to_string(),
+            response_prefix: response_prefix.to_string(),
             write_prefix: format!("{prefix}/write/"),
             result_prefix: format!("{prefix}/write-result/"),
             outbox,
@@ -188,15 +190,22 @@ impl Commands {
     /// The MQTT 5 response topic of a command, if one is set and allowed.
     fn reply(&self, topic: &str, reply: Option<&Reply>) -> Option<Reply> {
         let r = reply?;
-        if !response_topic_allowed(&self.prefix, &r.topic) {
-            tracing::warn!(
-                topic,
-                response_topic = %r.topic,
-                "ignoring an MQTT 5 response topic (invalid, or one of the gateway's own topics)"
-            );
-            return None;
-        }
-        Some(r.clone())
+        let why = if self.response_prefix.is_empty() {
+            "response topics are off (mqtt.response_topic_prefix is not set)"
+        } else if !response_topic_allowed(&self.response_prefix, &r.topic) {
+            "not under mqtt.response_topic_prefix, or not a valid topic"
+        } else if r
+            .correlation
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_CORRELATION_BYTES)
+        {
+            "correlation data longer than 1024 bytes"
+        } else {
+            return Some(r.clone());
+        };
+        // Debug-formatted: the topic is the client's text (no forged log lines).
+        tracing::warn!(topic, response_topic = ?r.topic, why, "ignoring an MQTT 5 response topic");
+        None
     }
 
     /// Handles one incoming publish; never blocks.
@@ -253,14 +262,17 @@ impl Commands {
     }
 }
 
-/// A response topic must be a valid topic name outside the gateway's own
-/// `{prefix}/` tree, or under `{prefix}/write-result/`.
-pub(crate) fn response_topic_allowed(prefix: &str, topic: &str) -> bool {
-    let own = topic == prefix
-        || topic
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/') && !rest.starts_with("/write-result/"));
-    !own && crate::topic::is_valid_publish_topic(topic)
+/// Longest MQTT 5 correlation data echoed back with a result.
+pub(crate) const MAX_CORRELATION_BYTES: usize = 1024;
+
+/// A response topic must start with the configured response prefix (which
+/// check-config keeps outside the gateway's own topics) and be a valid topic
+/// name: a command cannot make the gateway publish anywhere else.
+pub(crate) fn response_topic_allowed(response_prefix: &str, topic: &str) -> bool {
+    !response_prefix.is_empty()
+        && topic.starts_with(response_prefix)
+        && topic.len() > response_prefix.len()
+        && crate::topic::is_valid_publish_topic(topic)
 }
 
 /// Queues the result on `topic` and, for an MQTT 5 command with a response
@@ -354,20 +366,20 @@ mod tests {
     }
 
     #[test]
-    fn response_topics_stay_out_of_the_gateways_own_topics() {
-        assert!(response_topic_allowed("gw", "client/7/reply"));
-        assert!(response_topic_allowed("gw", "gw/write-result/me/1"));
-        assert!(response_topic_allowed("gw", "gwx/status"));
+    fn response_topics_only_under_the_configured_prefix() {
+        assert!(response_topic_allowed("replies/", "replies/client7/1"));
         for bad in [
-            "gw",
+            "replies/",
+            "replies",
             "gw/status",
-            "gw/tags/A",
-            "gw/write/A",
-            "a/+/b",
-            "a/#",
+            "client/7/reply",
+            "replies/+/b",
+            "replies/#",
             "",
         ] {
-            assert!(!response_topic_allowed("gw", bad), "{bad:?}");
+            assert!(!response_topic_allowed("replies/", bad), "{bad:?}");
         }
+        // Not configured: never.
+        assert!(!response_topic_allowed("", "replies/client7/1"));
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::Commands;
 use super::link::{Client, EventLoop, NetEvent, Qos};
+use super::options::MAX_INFLIGHT;
 use super::outbox::Kind;
 use super::{MqttStatus, SharedOutbox};
 
@@ -58,6 +59,8 @@ impl Driver {
         let mut delays = backoff();
         let mut failures: u32 = 0;
         let mut connected = false;
+        // QoS 2 refusals at PUBREC on this connection (MQTT 5).
+        let mut pubrec_refusals: u32 = 0;
         loop {
             let polled = if connected {
                 self.eventloop.poll().await
@@ -74,6 +77,7 @@ impl Driver {
                 }) => {
                     connected = true;
                     failures = 0;
+                    pubrec_refusals = 0;
                     delays = backoff();
                     let mut o = self.lock();
                     if let Some(c) = &self.commands {
@@ -116,6 +120,20 @@ impl Driver {
                 }
                 Ok(NetEvent::AwaitAck(pkid)) => self.lock().on_await_ack(pkid),
                 Ok(NetEvent::Acked { pkid, refused }) => self.acked(pkid, refused.as_deref()),
+                Ok(NetEvent::RefusedAtPubRec { pkid, reason }) => {
+                    self.acked(pkid, Some(&reason));
+                    // rumqttc never frees these in-flight slots: before they
+                    // fill its window (and publishing stalls on a live link),
+                    // start a new connection, which resets its state.
+                    pubrec_refusals += 1;
+                    if pubrec_refusals == u32::from(MAX_INFLIGHT / 2) {
+                        tracing::warn!(
+                            refusals = pubrec_refusals,
+                            "the MQTT broker refused many QoS 2 messages; reconnecting to free rumqttc's in-flight window"
+                        );
+                        self.client.try_disconnect();
+                    }
+                }
                 Ok(NetEvent::Message(m)) => match &self.commands {
                     Some(c) => c.handle(&m),
                     None => {

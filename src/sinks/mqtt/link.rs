@@ -205,6 +205,12 @@ pub(crate) enum NetEvent {
         pkid: u16,
         refused: Option<String>,
     },
+    /// MQTT 5: a QoS 2 publish refused at PUBREC. Its end, but rumqttc
+    /// 0.25 keeps counting it in flight until the next connection.
+    RefusedAtPubRec {
+        pkid: u16,
+        reason: String,
+    },
     Message(Incoming),
     /// A SUBACK; `refused` when a filter was not granted.
     SubAck {
@@ -330,9 +336,9 @@ fn v5_event(ev: v5::Event) -> NetEvent {
                 PubRecReason::Success | PubRecReason::NoMatchingSubscribers
             ) =>
         {
-            NetEvent::Acked {
+            NetEvent::RefusedAtPubRec {
                 pkid: a.pkid,
-                refused: Some(format!("{:?}", a.reason)),
+                reason: format!("{:?}", a.reason),
             }
         }
         v5::Event::Incoming(Packet5::PubComp(a)) => NetEvent::Acked {

@@ -119,6 +119,8 @@ pub struct MqttSink {
     eventloop: link::EventLoop,
     outbox: SharedOutbox,
     writes: Option<(Writer, WritePolicy)>,
+    /// `mqtt.response_topic_prefix` (MQTT 5 response topics; empty: off).
+    response_prefix: String,
     state: watch::Sender<MqttStatus>,
 }
 
@@ -161,6 +163,7 @@ impl MqttSink {
             eventloop,
             outbox,
             writes,
+            response_prefix: settings.response_topic_prefix.clone(),
             state,
         })
     }
@@ -184,12 +187,19 @@ impl MqttSink {
             eventloop,
             outbox,
             writes,
+            response_prefix,
             state,
         } = self;
         let status_topic: Arc<str> = Arc::from(format!("{prefix}/status"));
         let mut guards = Vec::new();
         let commands = writes.map(|(writer, policy)| {
-            let (c, handles) = commands::Commands::start(&prefix, writer, policy, outbox.clone());
+            let (c, handles) = commands::Commands::start(
+                &prefix,
+                &response_prefix,
+                writer,
+                policy,
+                outbox.clone(),
+            );
             guards.extend(handles.into_iter().map(AbortOnDrop));
             Arc::new(c)
         });

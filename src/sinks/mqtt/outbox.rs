@@ -376,7 +376,9 @@ impl<P: Publisher> Outbox<P> {
                     self.unconfirmed -= 1;
                     // A cleared alarm's empty retained message, once delivered,
                     // needs no memory: the broker dropped the retained alarm.
-                    if slot.kind == Kind::AlarmActive && slot.payload.is_empty() {
+                    // A dropped payload (too large, refused) is forgotten too,
+                    // so a reconnect does not try it again.
+                    if !delivered || (slot.kind == Kind::AlarmActive && slot.payload.is_empty()) {
                         self.topics.remove(t);
                     }
                 }
