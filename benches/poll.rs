@@ -235,9 +235,15 @@ fn run_gateway() {
         lag_max_us.store(0, Ordering::Relaxed);
         let t0 = Instant::now();
         let mut rss_peak: f64 = 0.0;
+        // RSS at the end of each minute, to see whether memory settles (soak runs).
+        let mut rss_by_minute: Vec<f64> = Vec::new();
         while t0.elapsed() < Duration::from_secs(secs) {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            rss_peak = rss_peak.max(memory_mib().0);
+            let rss = memory_mib().0;
+            rss_peak = rss_peak.max(rss);
+            if t0.elapsed() >= Duration::from_secs(60 * (rss_by_minute.len() as u64 + 1)) {
+                rss_by_minute.push(rss);
+            }
         }
         let wall = t0.elapsed().as_secs_f64();
         let (cpu1, child1) = (cpu_seconds("self", tck), cpu_seconds(&child_pid, tck));
@@ -267,6 +273,10 @@ fn run_gateway() {
         println!("  changes published    {:.0} per second (simulator changes about {:.0} per second)", (c1 - c0) as f64 / wall, TAGS as f64 * CHANGE_RATE);
         println!("  cycle duration       p50 {:.3} s, p99 {:.3} s, max {:.3} s", q("0.5"), q("0.99"), q("1"));
         println!("  bus lag (max)        {:.1} ms from response to subscriber", lag_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
+        if !rss_by_minute.is_empty() {
+            let list: Vec<String> = rss_by_minute.iter().map(|r| format!("{r:.0}")).collect();
+            println!("  RSS each minute      {} MiB", list.join(", "));
+        }
     });
     drop(child.stdin.take());
     let _ = child.wait();
