@@ -24,7 +24,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -36,15 +35,8 @@ use super::http::{self, retry_after};
 use super::limiter::Limiter;
 use super::{parse, ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
-use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
+use crate::model::{Alarm, Reading, TagInfo, TagType};
 use auth::{Session, Ticket};
-
-/// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Page size for `GET /tags`.
 pub const TAG_PAGE: usize = 1000;
@@ -125,14 +117,7 @@ impl GenericClient {
     /// `A-Z a-z 0-9 - . _ ~`), so a `/`, `%`, `#` or `?` in a tag name stays
     /// inside its segment.
     fn url(&self, segments: &[&str]) -> Url {
-        let mut path = self.base.path().trim_end_matches('/').to_string();
-        for s in segments {
-            path.push('/');
-            path.extend(utf8_percent_encode(s, SEGMENT));
-        }
-        let mut u = self.base.clone();
-        u.set_path(&path);
-        u
+        http::with_segments(&self.base, segments)
     }
 
     /// The URL of one tag's value. `.` and `..` cannot be addressed: URL
@@ -165,9 +150,6 @@ impl GenericClient {
         body: Option<&Bytes>,
         ticket: Option<&Ticket>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let _permit = self.limiter.acquire().await;
-        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
-            .increment(1);
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
             rb = rb.header(
@@ -183,7 +165,7 @@ impl GenericClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(b.clone());
         }
-        http::exchange(rb, endpoint, self.timeout)
+        http::exchange(&self.limiter, rb, endpoint, self.timeout)
             .await
             .map_err(|e| self.scrub_err(e))
     }
@@ -202,11 +184,7 @@ impl GenericClient {
         let result = self
             .call_inner(endpoint, method, url, body, client_errors)
             .await;
-        if let Err(e) = &result {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-        }
-        result
+        result.map_err(StationError::counted)
     }
 
     async fn call_inner(
@@ -368,16 +346,9 @@ impl Station for GenericClient {
             )
             .await?;
         let received = chrono::Utc::now();
-        let mut readings = parse::values(&reply.body, names, received).map_err(|e| {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-            self.scrub_err(e)
-        })?;
-        for r in &mut readings {
-            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
-                *message = self.scrub(std::mem::take(message));
-            }
-        }
+        let mut readings =
+            parse::values(&reply.body, names, received).map_err(|e| self.scrub_err(e.counted()))?;
+        parse::scrub_tag_errors(&mut readings, |m| self.scrub(m));
         Ok(readings)
     }
 

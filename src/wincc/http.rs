@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::{ConnectError, StationError};
@@ -12,6 +13,27 @@ use crate::config::{AuthMode, WinccSettings};
 /// Largest reply body accepted from a station; anything longer is refused
 /// as malformed instead of filling memory.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `base` + path segments, each percent-encoded (all but `A-Z a-z 0-9 - .
+/// _ ~`), so a `/`, `%`, `#`, `?` or `::` in a tag name stays inside its
+/// segment.
+pub fn with_segments(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut path = base.path().trim_end_matches('/').to_string();
+    for s in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(s, SEGMENT));
+    }
+    let mut u = base.clone();
+    u.set_path(&path);
+    u
+}
 
 /// Parses `wincc.base_url`: an absolute http(s) URL, fragment dropped.
 /// `what` is appended to the error to say which URL is meant.
@@ -144,14 +166,18 @@ pub async fn read_body(
     }
 }
 
-/// Sends a prepared request and reads the whole reply, recording the
-/// request-latency histogram for `endpoint`. Transport failures and
-/// timeouts become `StationError`s; the caller scrubs secrets.
+/// Sends a prepared request under a permit of the client's `limiter` and
+/// reads the whole reply, counting the request and recording its latency
+/// (without the wait for the permit) for `endpoint`. Transport failures
+/// and timeouts become `StationError`s; the caller scrubs secrets.
 pub async fn exchange(
+    limiter: &super::limiter::Limiter,
     rb: reqwest::RequestBuilder,
     endpoint: &'static str,
     timeout: Duration,
 ) -> Result<(reqwest::StatusCode, HeaderMap, Vec<u8>), StationError> {
+    let _permit = limiter.acquire().await;
+    metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint).increment(1);
     let start = std::time::Instant::now();
     let result = async {
         let resp = rb.send().await.map_err(|e| transport_error(e, timeout))?;

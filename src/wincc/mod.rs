@@ -82,6 +82,13 @@ impl StationError {
             StationError::Refused { .. } => "refused",
         }
     }
+
+    /// Counts the error in `wincc_gateway_station_errors_total{kind}` and
+    /// hands it back.
+    pub(crate) fn counted(self) -> Self {
+        metrics::counter!("wincc_gateway_station_errors_total", "kind" => self.kind()).increment(1);
+        self
+    }
 }
 
 /// A WinCC station, whatever dialect it speaks. Every request made through

@@ -161,6 +161,16 @@ pub fn rows_by_name<'a>(
     Ok(by_name)
 }
 
+/// Removes secrets (through `scrub`) from the station's per-tag error
+/// messages: a station may echo a request's credentials in them.
+pub fn scrub_tag_errors(readings: &mut [Reading], scrub: impl Fn(String) -> String) {
+    for r in readings {
+        if let Some(BadReason::TagError { message, .. }) = &mut r.error {
+            *message = scrub(std::mem::take(message));
+        }
+    }
+}
+
 /// One row of a batch-read reply as the reading of `name` (error rows are bad).
 pub fn row_reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -> Reading {
     let timestamp = get_any(row, &["timestamp", "time"])

@@ -33,7 +33,7 @@ use super::parse;
 use super::unified_parse as up;
 use super::{ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
-use crate::model::{Alarm, BadReason, Reading, TagInfo, TagType};
+use crate::model::{Alarm, Reading, TagInfo, TagType};
 
 #[path = "unified_ws.rs"]
 mod ws;
@@ -162,14 +162,11 @@ impl UnifiedClient {
         body: &Value,
         bearer: Option<&str>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let _permit = self.limiter.acquire().await;
-        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
-            .increment(1);
         let mut rb = self.http.post(self.url.clone()).json(body);
         if let Some(t) = bearer {
             rb = rb.bearer_auth(t);
         }
-        http::exchange(rb, endpoint, self.timeout)
+        http::exchange(&self.limiter, rb, endpoint, self.timeout)
             .await
             .map_err(|e| self.scrub_err(e))
     }
@@ -358,11 +355,7 @@ impl UnifiedClient {
             }
         }
         .await;
-        if let Err(e) = &result {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-        }
-        result
+        result.map_err(StationError::counted)
     }
 }
 
@@ -406,16 +399,9 @@ impl Station for UnifiedClient {
             )
             .await?;
         let received = Utc::now();
-        let mut readings = up::tag_values(&rows, names, received).map_err(|e| {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-            self.scrub_err(e)
-        })?;
-        for r in &mut readings {
-            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
-                *message = self.scrub(std::mem::take(message));
-            }
-        }
+        let mut readings =
+            up::tag_values(&rows, names, received).map_err(|e| self.scrub_err(e.counted()))?;
+        parse::scrub_tag_errors(&mut readings, |m| self.scrub(m));
         Ok(readings)
     }
 

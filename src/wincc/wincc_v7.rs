@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 
@@ -34,14 +33,7 @@ use super::limiter::Limiter;
 use super::parse;
 use super::{ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, Settings};
-use crate::model::{Alarm, BadReason, Quality, Reading, TagInfo, TagType};
-
-/// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use crate::model::{Alarm, Quality, Reading, TagInfo, TagType};
 
 /// `itemLimit` of one browse page.
 pub const BROWSE_PAGE: usize = 1000;
@@ -118,14 +110,7 @@ impl WinccV7Client {
     /// `base_url` + path segments, each percent-encoded (`.`, `::`, `/`,
     /// `%`, `#` in a tag name stay inside its segment).
     fn url(&self, segments: &[&str]) -> Url {
-        let mut path = self.base.path().trim_end_matches('/').to_string();
-        for s in segments {
-            path.push('/');
-            path.extend(utf8_percent_encode(s, SEGMENT));
-        }
-        let mut u = self.base.clone();
-        u.set_path(&path);
-        u
+        http::with_segments(&self.base, segments)
     }
 
     fn scrub(&self, s: String) -> String {
@@ -166,9 +151,6 @@ impl WinccV7Client {
         url: Url,
         body: Option<&Value>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let _permit = self.limiter.acquire().await;
-        metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint)
-            .increment(1);
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
             rb = rb.header(
@@ -179,7 +161,7 @@ impl WinccV7Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        http::exchange(rb, endpoint, self.timeout)
+        http::exchange(&self.limiter, rb, endpoint, self.timeout)
             .await
             .map_err(|e| self.scrub_err(e))
     }
@@ -233,11 +215,7 @@ impl WinccV7Client {
             }
         }
         .await;
-        if let Err(e) = &result {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-        }
-        result
+        result.map_err(StationError::counted)
     }
 }
 
@@ -302,11 +280,7 @@ impl Station for WinccV7Client {
             let types = self.types.read().unwrap_or_else(|e| e.into_inner());
             values(&reply, names, &types, received)
         };
-        let (mut readings, missing) = parsed.map_err(|e| {
-            metrics::counter!("wincc_gateway_station_errors_total", "kind" => e.kind())
-                .increment(1);
-            self.scrub_err(e)
-        })?;
+        let (mut readings, missing) = parsed.map_err(|e| self.scrub_err(e.counted()))?;
         if missing > 0 {
             metrics::counter!("wincc_gateway_station_rows_missing_total").increment(missing as u64);
             tracing::warn!(
@@ -316,10 +290,8 @@ impl Station for WinccV7Client {
                 "the station's reply left rows out; those tags are bad for this cycle"
             );
         }
+        parse::scrub_tag_errors(&mut readings, |m| self.scrub(m));
         for r in &mut readings {
-            if let Some(BadReason::TagError { message, .. }) = &mut r.error {
-                *message = self.scrub(std::mem::take(message));
-            }
             if r.error.is_some() {
                 r.quality = Quality::Bad;
             }
