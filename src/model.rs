@@ -144,6 +144,24 @@ pub struct Reading {
     pub error: Option<BadReason>,
 }
 
+impl Reading {
+    /// The reading of a tag a station's reply left out: bad, no value,
+    /// error code "missing".
+    pub fn missing(name: Arc<str>, at: DateTime<Utc>) -> Reading {
+        Reading {
+            name,
+            value: serde_json::Value::Null,
+            quality: Quality::Bad,
+            quality_code: None,
+            timestamp: at,
+            error: Some(BadReason::TagError {
+                code: "missing".into(),
+                message: "the station's reply has no row for this tag".into(),
+            }),
+        }
+    }
+}
+
 /// A change of one tag, published by the poller to every sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagChange {

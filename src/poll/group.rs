@@ -421,17 +421,9 @@ fn match_by_name<'a>(
     let now = chrono::Utc::now();
     names
         .map(|n| {
-            by_name.remove(n).unwrap_or_else(|| Reading {
-                name: Arc::from(n),
-                value: serde_json::Value::Null,
-                quality: crate::model::Quality::Bad,
-                quality_code: None,
-                timestamp: now,
-                error: Some(BadReason::TagError {
-                    code: "missing".into(),
-                    message: "the station's reply has no row for this tag".into(),
-                }),
-            })
+            by_name
+                .remove(n)
+                .unwrap_or_else(|| Reading::missing(Arc::from(n), now))
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::parse::{error_value, missing, quality_from_code, quality_word};
+use super::parse::{error_value, quality_from_code, quality_word};
 use crate::model::{parse_ts, Quality, Reading};
 
 /// A string borrowed from the body when it has no escapes. (serde borrows
@@ -170,7 +170,7 @@ pub fn values(body: &[u8], names: &[Arc<str>], received: DateTime<Utc>) -> Optio
             .iter()
             .map(|n| match by_name.remove(n) {
                 Some(r) => r,
-                None => missing(n, received),
+                None => Reading::missing(n.clone(), received),
             })
             .collect(),
     )

@@ -213,21 +213,6 @@ pub fn row_reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime
     }
 }
 
-/// The reading for a tag the reply left out.
-pub fn missing(name: &Arc<str>, received: DateTime<Utc>) -> Reading {
-    Reading {
-        name: name.clone(),
-        value: Value::Null,
-        quality: Quality::Bad,
-        quality_code: None,
-        timestamp: received,
-        error: Some(BadReason::TagError {
-            code: "missing".into(),
-            message: "the station's reply has no row for this tag".into(),
-        }),
-    }
-}
-
 /// Parses a batch-read reply into one reading per requested name, in the
 /// order of `names`, matching rows by name.
 pub fn values(
@@ -247,7 +232,7 @@ pub fn values(
         .iter()
         .map(|n| match by_name.get(&**n) {
             Some(row) => row_reading(n, row, received),
-            None => missing(n, received),
+            None => Reading::missing(n.clone(), received),
         })
         .collect())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::parse::{get_ci, missing, quality_from_code};
+use super::parse::{get_ci, quality_from_code};
 use super::StationError;
 use crate::model::TagType;
 use crate::model::{format_ts, parse_ts, Alarm, AlarmState, BadReason, Quality, Reading, TagInfo};
@@ -215,7 +215,7 @@ pub fn tag_values(
     Ok(names
         .iter()
         .map(|n| match by_name.get(&**n) {
-            None => missing(n, received),
+            None => Reading::missing(n.clone(), received),
             Some(row) => reading(n, row, received),
         })
         .collect())
@@ -240,7 +240,7 @@ fn reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -
                 code: "missing".into(),
                 message: "the station's row has no value".into(),
             }),
-            ..missing(name, received)
+            ..Reading::missing(name.clone(), received)
         };
     };
     let (quality, quality_code) = quality(get_ci(value, "quality"));

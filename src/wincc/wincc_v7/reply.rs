@@ -163,7 +163,10 @@ pub fn values(
     received: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<Reading>, usize), StationError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        let all = names.iter().map(|n| parse::missing(n, received)).collect();
+        let all = names
+            .iter()
+            .map(|n| Reading::missing(n.clone(), received))
+            .collect();
         return Ok((all, names.len()));
     }
     let v = parse::json(body)?;
@@ -197,7 +200,7 @@ pub fn values(
         .map(|n| match by_name.get(&**n) {
             None => {
                 missing += 1;
-                parse::missing(n, received)
+                Reading::missing(n.clone(), received)
             }
             Some(row) => {
                 let mut r = parse::row_reading(n, row, received);
