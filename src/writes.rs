@@ -178,16 +178,15 @@ impl Writer {
         // station and give both writes one result, so they go one by one.
         let mut seen = std::collections::HashSet::new();
         let repeated = !batch.iter().all(|(tag, _, _)| seen.insert(tag.as_str()));
-        if repeated {
-            for (i, (tag, ty, value)) in positions.iter().zip(&batch) {
-                let r = self.station.write_value(tag, *ty, value).await;
-                results[*i] = Some(r.map_err(station_error));
-            }
-        } else if !batch.is_empty() {
-            let answers = self.station.write_values(&batch).await;
-            for (i, answer) in positions.into_iter().zip(answers) {
-                results[i] = Some(answer.map_err(station_error));
-            }
+        let answers = if repeated {
+            crate::wincc::write_each(&*self.station, &batch).await
+        } else if batch.is_empty() {
+            Vec::new()
+        } else {
+            self.station.write_values(&batch).await
+        };
+        for (i, answer) in positions.into_iter().zip(answers) {
+            results[i] = Some(answer.map_err(station_error));
         }
         results
             .into_iter()

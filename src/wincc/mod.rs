@@ -91,6 +91,19 @@ impl StationError {
     }
 }
 
+/// Writes one value at a time with [`Station::write_value`], in order: the
+/// default batch write, and the fallback where a batch cannot be used.
+pub async fn write_each<S: Station + ?Sized>(
+    station: &S,
+    writes: &[(String, TagType, serde_json::Value)],
+) -> Vec<Result<(), StationError>> {
+    let mut results = Vec::with_capacity(writes.len());
+    for (name, ty, value) in writes {
+        results.push(station.write_value(name, *ty, value).await);
+    }
+    results
+}
+
 /// A WinCC station, whatever dialect it speaks. Every request made through
 /// it is rate limited and counted; implementations log in by themselves.
 #[async_trait]
@@ -118,11 +131,7 @@ pub trait Station: Send + Sync + 'static {
         &self,
         writes: &[(String, TagType, serde_json::Value)],
     ) -> Vec<Result<(), StationError>> {
-        let mut results = Vec::with_capacity(writes.len());
-        for (name, ty, value) in writes {
-            results.push(self.write_value(name, *ty, value).await);
-        }
-        results
+        write_each(self, writes).await
     }
 
     /// The currently active alarms.

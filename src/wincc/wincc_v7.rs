@@ -121,18 +121,6 @@ impl WinccV7Client {
         e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
     }
 
-    /// Each write on its own `PUT tagManagement/Value/{name}`, in order.
-    async fn write_one_by_one(
-        &self,
-        writes: &[(String, TagType, Value)],
-    ) -> Vec<Result<(), StationError>> {
-        let mut results = Vec::with_capacity(writes.len());
-        for (name, ty, value) in writes {
-            results.push(self.write_value(name, *ty, value).await);
-        }
-        results
-    }
-
     /// A 401: the credentials were refused and the gate closes (see `wincc::gate`).
     fn refused(&self) -> StationError {
         let why = if self.basic.is_some() {
@@ -332,7 +320,7 @@ impl Station for WinccV7Client {
         // One write, or a station without the batch route: the single-tag
         // route, which every V7 REST version has (WINCC-DIALECTS.md §1.3).
         if writes.len() == 1 || self.no_batch_write.load(Ordering::Relaxed) {
-            return self.write_one_by_one(writes).await;
+            return super::write_each(self, writes).await;
         }
         let body = Value::Array(
             writes
@@ -351,7 +339,7 @@ impl Station for WinccV7Client {
                     status = status.as_u16(),
                     "the station has no batch write (PUT tagManagement/Values); writing one tag at a time"
                 );
-                return self.write_one_by_one(writes).await;
+                return super::write_each(self, writes).await;
             }
             other => other.and_then(|(status, bytes)| reply::batch_write_results(status, &bytes)),
         };
