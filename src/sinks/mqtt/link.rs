@@ -86,19 +86,26 @@ impl Publisher for rumqttc::AsyncClient {
     }
 }
 
-/// What a v5 subscriber is told about a payload: JSON (or plain text for
-/// `status`), UTF-8. An empty payload (a cleared retained alarm) gets none.
-pub(crate) fn properties(m: &Message<'_>) -> Option<PublishProperties> {
-    if m.payload.is_empty() && m.correlation.is_none() {
-        return None;
-    }
-    let content_type = match m.kind {
+/// Whether a v5 publish carries properties: an empty payload (a cleared
+/// retained alarm) gets none.
+fn has_properties(m: &Message<'_>) -> bool {
+    !m.payload.is_empty() || m.correlation.is_some()
+}
+
+/// JSON, or plain text for `status`.
+fn content_type(kind: Kind) -> &'static str {
+    match kind {
         Kind::Status => "text/plain",
         _ => "application/json",
-    };
-    Some(PublishProperties {
+    }
+}
+
+/// What a v5 subscriber is told about a payload: its content type, UTF-8,
+/// and the correlation data of a reply.
+pub(crate) fn properties(m: &Message<'_>) -> Option<PublishProperties> {
+    has_properties(m).then(|| PublishProperties {
         payload_format_indicator: Some(1),
-        content_type: Some(content_type.into()),
+        content_type: Some(content_type(m.kind).into()),
         correlation_data: m.correlation.cloned(),
         ..PublishProperties::default()
     })
@@ -115,12 +122,13 @@ impl Publisher for v5::AsyncClient {
     }
 
     fn packet_size(&self, m: &Message<'_>) -> usize {
-        // Property length (up to 4) + each property's id, length and value.
-        let props = properties(m).map_or(1, |p| {
-            4 + p.payload_format_indicator.map_or(0, |_| 2)
-                + p.content_type.map_or(0, |c| 3 + c.len())
-                + p.correlation_data.map_or(0, |c| 3 + c.len())
-        });
+        // Property length (up to 4) + each property's id, length and value
+        // (the properties of `properties`, sized without building them).
+        let props = if has_properties(m) {
+            4 + 2 + 3 + content_type(m.kind).len() + m.correlation.map_or(0, |c| 3 + c.len())
+        } else {
+            1
+        };
         m.base_size() + props
     }
 }
