@@ -162,6 +162,39 @@ impl Reading {
     }
 }
 
+/// Lines `readings` up with the requested `names`, by NAME: as they are when
+/// they already come in request order, else through a map (the first
+/// reading of a name wins), and a name with no reading gets a bad
+/// [`Reading::missing`] stamped `at`.
+pub fn align_readings(
+    names: &[Arc<str>],
+    readings: Vec<Reading>,
+    at: DateTime<Utc>,
+) -> Vec<Reading> {
+    // Clients share the requested names, so a pointer check usually settles it.
+    let in_order = readings.len() == names.len()
+        && readings
+            .iter()
+            .zip(names)
+            .all(|(r, n)| Arc::ptr_eq(&r.name, n) || r.name == *n);
+    if in_order {
+        return readings;
+    }
+    let mut by_name: std::collections::HashMap<Arc<str>, Reading> =
+        std::collections::HashMap::with_capacity(readings.len());
+    for r in readings {
+        by_name.entry(r.name.clone()).or_insert(r);
+    }
+    names
+        .iter()
+        .map(|n| {
+            by_name
+                .remove(n)
+                .unwrap_or_else(|| Reading::missing(n.clone(), at))
+        })
+        .collect()
+}
+
 /// A change of one tag, published by the poller to every sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagChange {
@@ -305,6 +338,29 @@ mod tests {
             assert_eq!(TagType::parse(&t.as_str().to_lowercase()), Some(t));
         }
         assert_eq!(TagType::parse("Quaternion"), None);
+    }
+
+    #[test]
+    fn readings_are_matched_by_name_whatever_their_order() {
+        let reading = |n: &str, v: i64| Reading {
+            name: n.into(),
+            value: v.into(),
+            quality: Quality::Good,
+            quality_code: None,
+            timestamp: Utc::now(),
+            error: None,
+        };
+        let names = ["A", "B", "C"];
+        let requested: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
+        let r = align_readings(
+            &requested,
+            vec![reading("C", 3), reading("A", 1)],
+            Utc::now(),
+        );
+        assert_eq!(r.iter().map(|r| &*r.name).collect::<Vec<_>>(), names);
+        assert_eq!(r[0].value, 1);
+        assert_eq!(r[1].quality, Quality::Bad);
+        assert_eq!(r[2].value, 3);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::subscribe::{self, SubWake, Subscriptions};
 use super::Health;
 use crate::bus::{Bus, Event};
 use crate::config::PollMode;
-use crate::model::{BadReason, ChangeBatch, Reading, TagChange, TagInfo};
+use crate::model::{align_readings, BadReason, ChangeBatch, Reading, TagChange, TagInfo};
 use crate::wincc::{Station, StationError, SubscriptionEvent};
 
 /// What a group polls and how often (sent by discovery).
@@ -311,6 +311,7 @@ impl GroupTask {
         let total = requests.len();
         let slots = &mut self.slots;
         let rules = &self.rules;
+        let chunks = &self.chunks;
         let mut results = futures::stream::iter(requests).buffer_unordered(self.concurrency);
         // Answers' changes go out as they arrive, gathered for at most
         // PUBLISH_EVERY, so a change waits for its own response (plus a few
@@ -342,7 +343,8 @@ impl GroupTask {
                     health.up();
                     first_arrival.get_or_insert(arrived);
                     let now = Instant::now();
-                    let readings = match_by_name(part_names(part), readings);
+                    // The client answers in request order (checked); else by name.
+                    let readings = align_readings(&chunks[i], readings, chrono::Utc::now());
                     for (slot, r) in part.iter_mut().zip(readings) {
                         if let Some(c) = slot.apply(r, rules, now) {
                             pending.push(c);
@@ -394,66 +396,5 @@ impl GroupTask {
         metrics::histogram!("wincc_gateway_poll_cycle_seconds", "group" => self.name.to_string())
             .record(started.elapsed().as_secs_f64());
         !whole_cycle_failed
-    }
-}
-
-fn part_names(part: &[TagSlot]) -> impl Iterator<Item = &str> + Clone + '_ {
-    part.iter().map(|s| &*s.name)
-}
-
-/// Lines the readings up with the requested names, by NAME. The client
-/// returns them in request order, which is checked; otherwise (or when
-/// rows are missing) they are matched through a map, and a name with no
-/// reading gets a bad "missing" reading.
-fn match_by_name<'a>(
-    names: impl Iterator<Item = &'a str> + Clone,
-    readings: Vec<Reading>,
-) -> Vec<Reading> {
-    let in_order = names.clone().count() == readings.len()
-        && names.clone().zip(&readings).all(|(n, r)| n == &*r.name);
-    if in_order {
-        return readings;
-    }
-    let mut by_name: HashMap<Arc<str>, Reading> = HashMap::with_capacity(readings.len());
-    for r in readings {
-        by_name.entry(r.name.clone()).or_insert(r);
-    }
-    let now = chrono::Utc::now();
-    names
-        .map(|n| {
-            by_name
-                .remove(n)
-                .unwrap_or_else(|| Reading::missing(Arc::from(n), now))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Quality;
-
-    fn reading(n: &str, v: i64) -> Reading {
-        Reading {
-            name: n.into(),
-            value: v.into(),
-            quality: Quality::Good,
-            quality_code: None,
-            timestamp: chrono::Utc::now(),
-            error: None,
-        }
-    }
-
-    #[test]
-    fn readings_are_matched_by_name_whatever_their_order() {
-        let names = ["A", "B", "C"];
-        let r = match_by_name(
-            names.iter().copied(),
-            vec![reading("C", 3), reading("A", 1)],
-        );
-        assert_eq!(r.iter().map(|r| &*r.name).collect::<Vec<_>>(), names);
-        assert_eq!(r[0].value, 1);
-        assert_eq!(r[1].quality, Quality::Bad);
-        assert_eq!(r[2].value, 3);
     }
 }

@@ -10,7 +10,6 @@
 //! through a map otherwise.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::parse::{error_value, quality_from_code, quality_word};
-use crate::model::{parse_ts, Quality, Reading};
+use crate::model::{align_readings, parse_ts, Quality, Reading};
 
 /// A string borrowed from the body when it has no escapes. (serde borrows
 /// a `Cow<str>` field marked `borrow`, but not one inside an `Option`:
@@ -157,23 +156,7 @@ pub fn values(body: &[u8], names: &[Arc<str>], received: DateTime<Utc>) -> Optio
     let mut de = serde_json::Deserializer::from_slice(body);
     let rows = ReplySeed { names, received }.deserialize(&mut de).ok()?;
     de.end().ok()?;
-    let in_order = rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.name == *n);
-    if in_order {
-        return Some(rows);
-    }
-    let mut by_name: HashMap<Arc<str>, Reading> = HashMap::with_capacity(rows.len());
-    for r in rows {
-        by_name.entry(r.name.clone()).or_insert(r);
-    }
-    Some(
-        names
-            .iter()
-            .map(|n| match by_name.remove(n) {
-                Some(r) => r,
-                None => Reading::missing(n.clone(), received),
-            })
-            .collect(),
-    )
+    Some(align_readings(names, rows, received))
 }
 
 #[cfg(test)]
