@@ -2,8 +2,8 @@
 //! OPC UA (real client over TCP) — against all three dialects of the
 //! simulator with identical station data: the output must be identical.
 
-mod common;
-mod opcua_support;
+use crate::common;
+use crate::opcua_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

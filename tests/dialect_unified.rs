@@ -4,7 +4,7 @@
 //! one re-login after expiry, extendSession, per-name errors, writes,
 //! alarms, and the simulator's GraphQL rules.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

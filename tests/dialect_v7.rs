@@ -4,7 +4,7 @@
 //! as strings, slow large batches); writes; browse paging; Basic auth;
 //! alarms through a REST filter.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! real mosquitto: alarms raised / acknowledged / cleared, reconciliation
 //! after a station outage and after a gateway restart, and `/healthz`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! an independent subscriber.
 #![cfg(feature = "demo-broker")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! ever goes back to an older value (scenario in `common::outage`, also run
 //! under MQTT 5 by `mqtt_v5.rs`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The MQTT sink against a real mosquitto, checked by an independent
 //! subscriber: topics, payloads, retained state, status and last will.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! mqtts:// against a real mosquitto TLS listener that requires a client
 //! certificate. Certificates are made at test time with the `openssl` CLI.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! will, the retained-alarm read at start, a broker outage, and write
 //! commands answered on the contract topic and on a v5 response topic.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! write path and the generic REST client to the WinCC simulator over real
 //! HTTP, and the result comes back on `{prefix}/write-result/{tag}`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

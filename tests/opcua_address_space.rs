@@ -2,7 +2,7 @@
 //! over TCP: hierarchy, NodeIds, browse names, data types, values, status
 //! codes, source timestamps, subscriptions, outages and tag-list updates.
 
-mod opcua_support;
+use crate::opcua_support;
 
 use opcua::nodes::AccessLevel;
 use opcua::types::{

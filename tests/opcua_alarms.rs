@@ -6,7 +6,7 @@
 //! address space, the Server's HasNotifier reference to the folder, filter
 //! validation, and the session count in `/healthz`.
 
-mod opcua_support;
+use crate::opcua_support;
 
 use std::sync::Arc;
 use std::time::Duration;

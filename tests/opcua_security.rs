@@ -2,7 +2,7 @@
 //! access, user names and passwords, encrypted sessions, client certificate
 //! trust (rejected/ → trusted/ without restart) and the server certificate.
 
-mod opcua_support;
+use crate::opcua_support;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! and the real async-opcua client over TCP. A write answers Good only once
 //! the station took it; refusals never reach the station.
 
-mod opcua_support;
+use crate::opcua_support;
 
 use std::sync::Arc;
 use std::time::Duration;

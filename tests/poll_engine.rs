@@ -3,7 +3,7 @@
 //! errors, removed tags, malformed replies, re-login, Retry-After, the rate
 //! limit under load and overrunning cycles.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! value, station disconnected) and the group subscribes again afterwards;
 //! a station without subscriptions is simply polled.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! session tokens that expire and log out, the session cookie, Basic auth
 //! on every request, and the expire-tokens fault.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! moves values and raises alarms by itself, values and tags set from the
 //! handle and `/_sim`, and shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

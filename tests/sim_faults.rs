@@ -2,7 +2,7 @@
 //! latency, error rate and unavailability, 429 with Retry-After, malformed
 //! and truncated bodies, a whole outage, and the statistics it keeps.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

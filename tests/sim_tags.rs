@@ -2,7 +2,7 @@
 //! browse and paging, batch reads, single-tag get/put with hostile names,
 //! the write checks a station makes, and the error JSON of bad requests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! paging, name matching, auth modes, re-login, Retry-After, the rate
 //! limiter, malformed and truncated replies, and secrets in errors.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,33 @@
+//! The integration tests, built as one test binary (one link instead of one
+//! per file: faster builds and CI). Each file under `tests/` is a module;
+//! `common` and `opcua_support` are the shared rigs (simulator, mosquitto,
+//! gateway pieces, the OPC UA client). Run one area with a filter, e.g.
+//! `cargo test --test it dialect_v7::`.
+
+mod common;
+mod opcua_support;
+
+mod cli;
+mod demo;
+mod dialect_e2e;
+mod dialect_unified;
+mod dialect_v7;
+mod gateway_alarms;
+mod mqtt_embedded_broker;
+mod mqtt_outage;
+mod mqtt_publish;
+mod mqtt_tls;
+mod mqtt_v5;
+mod mqtt_writes;
+mod opcua_address_space;
+mod opcua_alarms;
+mod opcua_security;
+mod opcua_writes;
+mod poll_engine;
+mod poll_subscribe;
+mod sim_auth;
+mod sim_control;
+mod sim_faults;
+mod sim_tags;
+mod station_generic;
+mod tls_pinning;
