@@ -29,5 +29,6 @@ mod sim_auth;
 mod sim_control;
 mod sim_faults;
 mod sim_tags;
+mod soak_smoke;
 mod station_generic;
 mod tls_pinning;

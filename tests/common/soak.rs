@@ -1,0 +1,606 @@
+//! The soak rig: the gateway run as a user runs it, under a plant's faults.
+//!
+//! Three real processes and two real clients: `wincc-gateway simulate` as the
+//! station (session auth, its `/_sim/faults` switches), a persistent
+//! mosquitto, and `wincc-gateway run -c FILE`; an MQTT subscriber that records
+//! every tag message, and an OPC UA client subscribed to a few hundred tags.
+//! Every fault cycle (a minute by default) brings a station outage (8 s),
+//! 10 s of HTTP 500 on 30 % of requests, expired sessions and a broker
+//! restart (3 s down). It samples the gateway's RSS and CPU from /proc,
+//! counts values that went backwards at the subscriber (a source timestamp
+//! older than the one before it), and at the end compares every settled
+//! station value (unchanged for `settle`) with the last one delivered.
+//!
+//! Shared by the smoke test in the suite (`soak_smoke`, two minutes, asserts
+//! only loss, order and a clean exit) and `benches/soak.rs` (the hour-long
+//! runs, figures in BENCHMARKS.md): timing and memory are never asserted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+use super::mosquitto::{free_port, Mosquitto, MosquittoOptions};
+
+const PASSWORD: &str = "soak-Secret-1";
+const PREFIX: &str = "soak";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    /// The `wincc-gateway` binary (debug in the suite, release in the bench).
+    pub bin: PathBuf,
+    pub tags: usize,
+    /// Fraction of tags changing per second at the station.
+    pub change_rate: f64,
+    pub interval_ms: u64,
+    pub duration: Duration,
+    /// Faults every `cycle`; `false` is the baseline.
+    pub faults: bool,
+    pub cycle: Duration,
+    /// The OPC UA server on or off, and how many tags its client subscribes
+    /// to (0: no client).
+    pub opcua: bool,
+    pub opcua_items: usize,
+    /// MQTT QoS and retain of tag messages.
+    pub qos: u8,
+    pub retain: bool,
+    /// A settled value is one the station has not changed for this long.
+    pub settle: Duration,
+    /// Print a line per sample (the bench) or stay quiet (the test).
+    pub print: bool,
+    /// How often RSS and CPU are sampled.
+    pub sample_every: Duration,
+}
+
+impl SoakOptions {
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        SoakOptions {
+            bin: bin.into(),
+            tags: 20_000,
+            change_rate: 0.1,
+            interval_ms: 1000,
+            duration: Duration::from_secs(3600),
+            faults: true,
+            cycle: Duration::from_secs(60),
+            opcua: true,
+            opcua_items: 300,
+            qos: 1,
+            retain: true,
+            settle: Duration::from_secs(10),
+            print: true,
+            sample_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One sample of the gateway process.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at_s: u64,
+    pub rss_kib: u64,
+    pub cpu_s: f64,
+    pub messages: u64,
+}
+
+/// What the run saw.
+#[derive(Debug, Default)]
+pub struct SoakReport {
+    pub samples: Vec<Sample>,
+    /// Tag messages received by the subscriber.
+    pub messages: u64,
+    /// Messages whose source timestamp was older than the tag's previous one.
+    pub backwards: Vec<String>,
+    /// Settled station values compared with the subscriber's last message.
+    pub settled_checked: usize,
+    /// Settled values the subscriber never got (tag: station vs seen).
+    pub lost: Vec<String>,
+    pub opcua_changes: u64,
+    /// The gateway's CPU seconds over the whole run.
+    pub cpu_s: f64,
+    /// Exit status after SIGTERM and whether the log shows a panic.
+    pub clean_exit: bool,
+    pub panicked: bool,
+    pub log_tail: String,
+}
+
+impl SoakReport {
+    /// RSS growth from the first sample at or after `from_s` to the last.
+    pub fn rss_growth_pct(&self, from_s: u64) -> Option<f64> {
+        let first = self.samples.iter().find(|s| s.at_s >= from_s)?;
+        let last = self.samples.last()?;
+        Some((last.rss_kib as f64 / first.rss_kib as f64 - 1.0) * 100.0)
+    }
+
+    /// CPU cores used between the first sample at or after `from_s` and the
+    /// last sample.
+    pub fn cores_from(&self, from_s: u64) -> Option<f64> {
+        let first = self.samples.iter().find(|s| s.at_s >= from_s)?;
+        let last = self.samples.last()?;
+        let wall = last.at_s.checked_sub(first.at_s).filter(|w| *w > 0)? as f64;
+        Some((last.cpu_s - first.cpu_s) / wall)
+    }
+
+    /// The highest RSS sampled, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0
+    }
+
+    /// CPU milliseconds per delivered tag message.
+    pub fn cpu_ms_per_message(&self) -> f64 {
+        self.cpu_s * 1000.0 / self.messages.max(1) as f64
+    }
+}
+
+/// Last message of one tag at the subscriber.
+#[derive(Debug, Clone)]
+struct Seen {
+    value: Value,
+    ts: String,
+}
+
+#[derive(Default)]
+struct Record {
+    last: HashMap<String, Seen>,
+    backwards: Vec<String>,
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the whole scenario. Panics only on set-up failures.
+pub async fn run(opts: SoakOptions) -> SoakReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Mosquitto::start_with(MosquittoOptions {
+        persistence: true,
+        ..Default::default()
+    });
+    let sim_port = free_port();
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let _sim = start_simulator(&opts, sim_port, dir.path());
+    let http = reqwest::Client::new();
+    wait_http(&http, &format!("{sim_url}/_sim/stats")).await;
+
+    let opcua_port = free_port();
+    let cfg = write_config(&opts, dir.path(), &sim_url, broker.port, opcua_port);
+    let log_path = dir.path().join("gateway.log");
+    let mut gateway = Proc(
+        Command::new(&opts.bin)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("SOAK_WINCC_PASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).expect("log file"))
+            .spawn()
+            .expect("start the gateway"),
+    );
+    let pid = gateway.0.id();
+
+    let record = Arc::new(Mutex::new(Record::default()));
+    let messages = Arc::new(AtomicU64::new(0));
+    let subscriber = subscribe(broker.port, Arc::clone(&record), Arc::clone(&messages));
+    let names = station_names(&http, &sim_url, opts.opcua_items.max(1)).await;
+    let opcua_changes = Arc::new(AtomicU64::new(0));
+    let opcua = if opts.opcua && opts.opcua_items > 0 {
+        Some(opcua_client(opcua_port, &names, dir.path(), Arc::clone(&opcua_changes)).await)
+    } else {
+        None
+    };
+
+    let mut report = SoakReport::default();
+    let ticks = clock_ticks();
+    let start = Instant::now();
+    let mut next_sample = opts.sample_every;
+    let mut second = 0u64;
+    while start.elapsed() < opts.duration {
+        tokio::time::sleep_until((start + Duration::from_secs(second + 1)).into()).await;
+        second += 1;
+        if opts.faults {
+            fault_step(
+                &http,
+                &sim_url,
+                &mut broker,
+                second % opts.cycle.as_secs().max(60),
+            )
+            .await;
+        }
+        if start.elapsed() >= next_sample {
+            next_sample += opts.sample_every;
+            let s = sample(pid, ticks, start, &messages);
+            if opts.print {
+                println!(
+                    "soak: t={:>5}s rss={:>7.1} MiB cpu={:>8.2} s messages={}",
+                    s.at_s,
+                    s.rss_kib as f64 / 1024.0,
+                    s.cpu_s,
+                    s.messages
+                );
+            }
+            report.samples.push(s);
+        }
+    }
+    // Faults off, then let every group recover and deliver.
+    let _ = post(&http, &format!("{sim_url}/_sim/faults/reset"), json!({})).await;
+    if !broker.is_running() {
+        broker.restart();
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    report.samples.push(sample(pid, ticks, start, &messages));
+    compare_settled(&http, &sim_url, &opts, &record, &mut report).await;
+
+    report.messages = messages.load(Ordering::Relaxed);
+    report.opcua_changes = opcua_changes.load(Ordering::Relaxed);
+    report.backwards = std::mem::take(&mut record.lock().unwrap().backwards);
+    report.cpu_s = cpu_seconds(pid, ticks).unwrap_or(0.0);
+    if let Some(opcua) = opcua {
+        opcua.close().await;
+    }
+    subscriber.abort();
+    report.clean_exit = terminate(&mut gateway.0);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    report.panicked = log.contains("panicked");
+    report.log_tail = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+    report
+}
+
+fn start_simulator(opts: &SoakOptions, port: u16, dir: &Path) -> Proc {
+    Proc(
+        Command::new(&opts.bin)
+            .arg("simulate")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--tags", &opts.tags.to_string()])
+            .args(["--change-rate", &opts.change_rate.to_string()])
+            .args(["--auth", "session"])
+            .args(["--user", &format!("gateway:{PASSWORD}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sim.log")).expect("sim log"))
+            .spawn()
+            .expect("start the simulator"),
+    )
+}
+
+fn write_config(
+    opts: &SoakOptions,
+    dir: &Path,
+    sim_url: &str,
+    mqtt_port: u16,
+    opcua_port: u16,
+) -> PathBuf {
+    let toml = format!(
+        r#"
+[wincc]
+base_url = "{sim_url}"
+dialect = "generic"
+auth = "session"
+username = "gateway"
+password_env = "SOAK_WINCC_PASSWORD"
+timeout_ms = 3000
+max_tags_per_request = 500
+[wincc.rate_limit]
+requests_per_second = 100
+burst = 10
+max_in_flight = 2
+[[poll_group]]
+name = "all"
+interval_ms = {interval}
+tags = ["**"]
+heartbeat_s = 0
+[alarms]
+enabled = true
+interval_ms = 2000
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "soak-gateway"
+topic_prefix = "{PREFIX}"
+qos = {qos}
+retain = {retain}
+[opcua]
+enabled = {opcua}
+endpoint = "opc.tcp://127.0.0.1:{opcua_port}/"
+namespace_uri = "urn:wincc-gateway:soak"
+security_policies = ["None"]
+allow_anonymous = true
+pki_dir = {pki:?}
+[http]
+enabled = false
+"#,
+        interval = opts.interval_ms,
+        qos = opts.qos,
+        retain = opts.retain,
+        opcua = opts.opcua,
+        pki = dir.join("pki"),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// One second of the fault cycle (`t` seconds into it).
+async fn fault_step(http: &reqwest::Client, sim: &str, broker: &mut Mosquitto, t: u64) {
+    let faults = format!("{sim}/_sim/faults");
+    match t {
+        5 => {
+            let _ = post(http, &faults, json!({"outage_s": 8.0})).await;
+        }
+        20 => {
+            let _ = post(http, &faults, json!({"error_rate": 0.3})).await;
+        }
+        30 => {
+            let _ = post(http, &format!("{faults}/reset"), json!({})).await;
+        }
+        35 => {
+            let _ = post(http, &faults, json!({"expire_tokens": true})).await;
+        }
+        // SIGTERM: a persistent broker keeps its sessions and retained messages.
+        45 => broker.stop(),
+        48 => broker.restart(),
+        _ => {}
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Option<Value> {
+    let resp = http.post(url).json(&body).send().await.ok()?;
+    resp.json().await.ok()
+}
+
+async fn wait_http(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{url} did not answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn subscribe(
+    port: u16,
+    record: Arc<Mutex<Record>>,
+    messages: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let mut o = MqttOptions::new("soak-subscriber", "127.0.0.1", port);
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(o, 10_000);
+    let topic_prefix = format!("{PREFIX}/tags/");
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client
+                        .subscribe(format!("{topic_prefix}#"), QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Some(key) = p.topic.strip_prefix(&topic_prefix) else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
+                        continue;
+                    };
+                    messages.fetch_add(1, Ordering::Relaxed);
+                    let ts = v["timestamp"].as_str().unwrap_or_default().to_string();
+                    let mut r = record.lock().unwrap();
+                    if let Some(prev) = r.last.get(key) {
+                        // RFC 3339 UTC with milliseconds: text order is time order.
+                        if ts < prev.ts {
+                            let line = format!("{key}: {} after {}", ts, prev.ts);
+                            r.backwards.push(line);
+                        }
+                    }
+                    let seen = Seen {
+                        value: v["value"].clone(),
+                        ts,
+                    };
+                    r.last.insert(key.to_string(), seen);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+}
+
+async fn login(http: &reqwest::Client, sim: &str) -> String {
+    let body = json!({"username": "gateway", "password": PASSWORD});
+    let v = post(http, &format!("{sim}/auth/login"), body)
+        .await
+        .expect("login at the simulator");
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// The station's tag names (the first `n`).
+async fn station_names(http: &reqwest::Client, sim: &str, n: usize) -> Vec<String> {
+    let token = login(http, sim).await;
+    let v: Value = http
+        .get(format!("{sim}/tags?offset=0&limit={n}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /tags")
+        .json()
+        .await
+        .expect("tags JSON");
+    v["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .take(n)
+        .collect()
+}
+
+/// Every station value with its source timestamp, read over REST.
+async fn station_values(http: &reqwest::Client, sim: &str, tags: usize) -> Vec<(String, Seen)> {
+    let token = login(http, sim).await;
+    let names = station_names(http, sim, tags).await;
+    let mut out = Vec::with_capacity(names.len());
+    for chunk in names.chunks(1000) {
+        let v: Value = http
+            .post(format!("{sim}/tags/values"))
+            .bearer_auth(&token)
+            .json(&json!({ "tags": chunk }))
+            .send()
+            .await
+            .expect("POST /tags/values")
+            .json()
+            .await
+            .expect("values JSON");
+        for row in v["values"].as_array().into_iter().flatten() {
+            let (Some(name), Some(ts)) = (row["name"].as_str(), row["timestamp"].as_str()) else {
+                continue;
+            };
+            let seen = Seen {
+                value: row["value"].clone(),
+                ts: ts.to_string(),
+            };
+            out.push((name.to_string(), seen));
+        }
+    }
+    out
+}
+
+async fn compare_settled(
+    http: &reqwest::Client,
+    sim: &str,
+    opts: &SoakOptions,
+    record: &Mutex<Record>,
+    report: &mut SoakReport,
+) {
+    let values = station_values(http, sim, opts.tags).await;
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(opts.settle).expect("settle");
+    let r = record.lock().unwrap();
+    for (name, station) in values {
+        let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&station.ts) else {
+            continue;
+        };
+        if ts > cutoff {
+            continue; // still moving: not settled
+        }
+        report.settled_checked += 1;
+        let key = wincc_gateway::topic::encode(&name);
+        // Values only: the station may restamp a value it did not change,
+        // and an unchanged value is no change to publish (heartbeat off).
+        let same = r
+            .last
+            .get(&key)
+            .is_some_and(|seen| same_value(&seen.value, &station.value));
+        if !same {
+            let seen = r.last.get(&key).map(|s| format!("{} @ {}", s.value, s.ts));
+            report.lost.push(format!(
+                "{name}: station {} @ {}, subscriber {}",
+                station.value,
+                station.ts,
+                seen.unwrap_or_else(|| "nothing".into())
+            ));
+        }
+    }
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+async fn opcua_client(
+    port: u16,
+    names: &[String],
+    dir: &Path,
+    changes: Arc<AtomicU64>,
+) -> crate::opcua_support::Client {
+    use crate::opcua_support::{connect_anonymous, subscribe};
+    use opcua::types::NodeId;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        // The server comes up once the gateway has its tag list.
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break connect_anonymous(&url, &dir.join("client-pki")).await;
+        }
+        assert!(Instant::now() < deadline, "OPC UA server did not listen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ns = client
+        .session
+        .get_namespace_index("urn:wincc-gateway:soak")
+        .await
+        .expect("namespace");
+    let nodes: Vec<NodeId> = names.iter().map(|n| NodeId::new(ns, n.clone())).collect();
+    let mut notes = subscribe(&client.session, &nodes, 10).await;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            changes.fetch_add(notes.drain().len() as u64, Ordering::Relaxed);
+        }
+    });
+    client
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// Resident set size of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn sample(pid: u32, ticks: f64, start: Instant, messages: &AtomicU64) -> Sample {
+    Sample {
+        at_s: start.elapsed().as_secs(),
+        rss_kib: rss_kib(pid).unwrap_or(0),
+        cpu_s: cpu_seconds(pid, ticks).unwrap_or(0.0),
+        messages: messages.load(Ordering::Relaxed),
+    }
+}
+
+/// SIGTERM, then wait up to 10 s: `true` for exit code 0.
+fn terminate(child: &mut Child) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
