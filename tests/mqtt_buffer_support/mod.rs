@@ -1,4 +1,5 @@
 //! Helpers of the store-and-forward tests: a subscriber whose session the
+#![allow(dead_code)]
 //! broker keeps (so nothing published while it reconnects after a broker
 //! restart is lost to it), and per-tag sequences of what it received.
 

@@ -404,6 +404,7 @@ impl Backlog {
     }
 
     /// Changes waiting on disk (incl. the ones being replayed).
+    #[cfg(test)]
     pub(crate) fn entries(&self) -> u64 {
         self.log.stats().entries
     }
