@@ -75,6 +75,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Sinks subscribe before the poller starts, so they see the first events.
     let station_state = http::track_station(bus.subscribe("health", 64));
 
+    let mut mqtt_buffer = None;
     let mqtt_state = if settings.mqtt.enabled {
         let sink = MqttSink::new(
             &settings.mqtt,
@@ -82,6 +83,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         )
         .context("cannot set up MQTT")?;
         let state = mqtt_health(sink.state());
+        mqtt_buffer = sink.backlog();
         let sub = bus.subscribe("mqtt", SINK_QUEUE);
         let token = sink_stop.clone();
         sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
@@ -116,6 +118,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             station: station_state,
             mqtt: mqtt_state,
             opcua: opcua_state,
+            mqtt_buffer,
             unhealthy_after: Duration::from_secs(settings.http.unhealthy_after_s),
             started: Instant::now(),
         };

@@ -4,7 +4,7 @@
 //! module installs the Prometheus recorder once per process and serves what
 //! it renders. Health is assembled from `watch` channels owned by the parts
 //! that know: the station state (tracked from the bus), the MQTT connection
-//! and the OPC UA server.
+//! and the OPC UA server, plus the MQTT store-and-forward buffer's backlog.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -75,6 +75,9 @@ pub struct HealthSources {
     pub station: watch::Receiver<Option<StationStatus>>,
     pub mqtt: watch::Receiver<ComponentState>,
     pub opcua: watch::Receiver<ComponentState>,
+    /// `[mqtt.buffer]`, when enabled: shown as `mqtt_buffer`; a buffer that
+    /// cannot be written makes the gateway degraded.
+    pub mqtt_buffer: Option<watch::Receiver<crate::sinks::mqtt::BacklogStatus>>,
     /// The station may be unreachable this long before `/healthz` says 503.
     pub unhealthy_after: Duration,
     pub started: Instant,
@@ -122,18 +125,21 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
     };
     let mqtt = src.mqtt.borrow().clone();
     let opcua = src.opcua.borrow().clone();
+    let buffer = src.mqtt_buffer.as_ref().map(|b| b.borrow().clone());
     let ok = station_ok
         && !matches!(mqtt, ComponentState::Down(_))
-        && !matches!(opcua, ComponentState::Down(_));
-    (
-        ok,
-        json!({
-            "status": if ok { "ok" } else { "degraded" },
-            "station": station_json,
-            "mqtt": mqtt.to_json(),
-            "opcua": opcua.to_json(),
-        }),
-    )
+        && !matches!(opcua, ComponentState::Down(_))
+        && buffer.as_ref().is_none_or(|b| b.is_ok());
+    let mut body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "station": station_json,
+        "mqtt": mqtt.to_json(),
+        "opcua": opcua.to_json(),
+    });
+    if let Some(b) = buffer {
+        body["mqtt_buffer"] = b.to_json();
+    }
+    (ok, body)
 }
 
 #[derive(Clone)]
@@ -200,6 +206,7 @@ mod tests {
             station: watch::channel(station).1,
             mqtt: watch::channel(ComponentState::Up).1,
             opcua: watch::channel(ComponentState::Disabled).1,
+            mqtt_buffer: None,
             unhealthy_after: after,
             started: Instant::now(),
         }
@@ -220,6 +227,32 @@ mod tests {
         assert_eq!(body["station"]["error"], "refused");
         let (ok, body) = health(&sources(None, Duration::from_secs(30)));
         assert!(ok, "{body}");
+    }
+
+    #[test]
+    fn the_mqtt_buffer_backlog_shows_and_a_failing_buffer_degrades() {
+        let mut src = sources(None, Duration::from_secs(30));
+        let (ok, body) = health(&src);
+        assert!(ok && body.get("mqtt_buffer").is_none(), "{body}");
+        let mut st = crate::sinks::mqtt::BacklogStatus {
+            entries: 5,
+            bytes: 100,
+            ..Default::default()
+        };
+        src.mqtt_buffer = Some(watch::channel(st.clone()).1);
+        let (ok, body) = health(&src);
+        assert!(ok, "{body}");
+        assert_eq!(body["mqtt_buffer"]["state"], "ok");
+        assert_eq!(body["mqtt_buffer"]["entries"], 5);
+        st.error = Some("disk full".into());
+        st.unbuffered = 3;
+        src.mqtt_buffer = Some(watch::channel(st).1);
+        let (ok, body) = health(&src);
+        assert!(!ok);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["mqtt_buffer"]["state"], "failing");
+        assert_eq!(body["mqtt_buffer"]["unbuffered"], 3);
+        assert_eq!(body["mqtt_buffer"]["error"], "disk full");
     }
 
     #[test]

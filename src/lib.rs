@@ -6,6 +6,7 @@
 //! [`writes`].
 
 pub mod alarms;
+pub mod buffer;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -6,6 +6,7 @@
 
 mod common;
 mod opcua_support;
+mod mqtt_buffer_support;
 
 mod cli;
 mod demo;
@@ -13,6 +14,8 @@ mod dialect_e2e;
 mod dialect_unified;
 mod dialect_v7;
 mod gateway_alarms;
+mod mqtt_buffer;
+mod mqtt_buffer_restart;
 mod mqtt_embedded_broker;
 mod mqtt_outage;
 mod mqtt_publish;

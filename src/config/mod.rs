@@ -212,6 +212,35 @@ pub struct MqttSettings {
     /// MQTT 5 only: a write command's response topic is answered only when
     /// it starts with this prefix (empty: response topics are ignored).
     pub response_topic_prefix: String,
+    /// Store-and-forward of undelivered changes (contract §9).
+    pub buffer: MqttBufferSettings,
+}
+
+/// `[mqtt.buffer]`: the on-disk store-and-forward buffer (contract §9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MqttBufferSettings {
+    pub enabled: bool,
+    /// On local disk; created if missing.
+    pub dir: String,
+    /// Bound of the buffer on disk; when full the oldest entries go.
+    pub max_bytes: u64,
+    /// Pace of the replay on `backfill/`.
+    pub replay_per_second: u32,
+    /// Fsync at least this often.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for MqttBufferSettings {
+    fn default() -> Self {
+        MqttBufferSettings {
+            enabled: false,
+            dir: "buffer".into(),
+            max_bytes: 1 << 30,
+            replay_per_second: 2000,
+            sync_interval_ms: 1000,
+        }
+    }
 }
 
 impl Default for MqttSettings {
@@ -236,6 +265,7 @@ impl Default for MqttSettings {
             write_enabled: false,
             writable_tags: Vec::new(),
             response_topic_prefix: String::new(),
+            buffer: MqttBufferSettings::default(),
         }
     }
 }

@@ -260,6 +260,9 @@ impl Settings {
                     ));
                 }
             }
+            if m.buffer.enabled {
+                check_buffer(&mut p, &m.buffer);
+            }
         }
 
         let o = &self.opcua;
@@ -365,6 +368,48 @@ pub const OPCUA_POLICIES: [&str; 5] = [
     "Aes256_Sha256_RsaPss",
     "Basic256",
 ];
+
+/// Smallest `mqtt.buffer.max_bytes`: a few segments of the smallest size.
+pub const MIN_BUFFER_BYTES: u64 = 1 << 20;
+
+/// `[mqtt.buffer]`: sizes and pace in range, and the directory writable
+/// (a probe file is created and removed; nothing else is created).
+fn check_buffer(p: &mut Vec<Problem>, b: &super::MqttBufferSettings) {
+    if b.dir.trim().is_empty() {
+        p.push(prob(
+            "mqtt.buffer.dir".into(),
+            q(&b.dir),
+            "must name a directory on local disk",
+        ));
+    } else if let Err(why) = crate::buffer::check_writable(Path::new(&b.dir)) {
+        p.push(prob(
+            "mqtt.buffer.dir".into(),
+            q(&b.dir),
+            &format!("is not writable: {why}; fix the path or its permissions"),
+        ));
+    }
+    if b.max_bytes < MIN_BUFFER_BYTES {
+        p.push(prob(
+            "mqtt.buffer.max_bytes".into(),
+            b.max_bytes.to_string(),
+            "must be at least 1048576 (1 MiB)",
+        ));
+    }
+    if !(1..=1_000_000).contains(&b.replay_per_second) {
+        p.push(prob(
+            "mqtt.buffer.replay_per_second".into(),
+            b.replay_per_second.to_string(),
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(1..=60_000).contains(&b.sync_interval_ms) {
+        p.push(prob(
+            "mqtt.buffer.sync_interval_ms".into(),
+            b.sync_interval_ms.to_string(),
+            "must be between 1 and 60000 (a power cut loses at most this much)",
+        ));
+    }
+}
 
 fn check_globs(p: &mut Vec<Problem>, key: &str, globs: &[String]) {
     for (i, g) in globs.iter().enumerate() {

@@ -27,7 +27,12 @@
 //! correlation data are honoured (see [`commands`]).
 //!
 //! `mqtts://` trusts the system's certificate store plus `ca_file`.
+//!
+//! With `[mqtt.buffer] enabled` ([`backlog`], contract §9) every tag change
+//! the broker did not acknowledge is kept on disk and replayed, paced and
+//! oldest first, on `{prefix}/backfill/{tag}` once the broker is back.
 
+mod backlog;
 mod commands;
 mod connection;
 mod link;
@@ -36,6 +41,7 @@ mod outbox;
 mod retained;
 mod tls;
 
+pub use backlog::BacklogStatus;
 pub use retained::announced_alarms;
 
 use std::collections::{HashMap, HashSet};
@@ -61,6 +67,8 @@ type SharedOutbox = Arc<Mutex<Outbox>>;
 const REQUEST_CHANNEL: usize = 256;
 /// How long a clean shutdown waits for unconfirmed messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the backfill replay is paced and fed from disk.
+const REPLAY_TICK: Duration = Duration::from_millis(10);
 
 /// A bad `[mqtt]` setting, or a sink built without what it needs.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -122,6 +130,8 @@ pub struct MqttSink {
     /// `mqtt.response_topic_prefix` (MQTT 5 response topics; empty: off).
     response_prefix: String,
     state: watch::Sender<MqttStatus>,
+    /// `[mqtt.buffer]`: its health, and how often it is synced.
+    backlog: Option<(watch::Receiver<BacklogStatus>, Duration)>,
 }
 
 impl MqttSink {
@@ -149,10 +159,25 @@ impl MqttSink {
             None
         };
         let (client, eventloop) = link::connect(opts, REQUEST_CHANNEL);
-        let outbox = Arc::new(Mutex::new(outbox::Outbox::new(
-            client.clone(),
-            settings.max_packet_size,
-        )));
+        let mut outbox = outbox::Outbox::new(client.clone(), settings.max_packet_size);
+        let backlog = if settings.buffer.enabled {
+            let b = backlog::Backlog::open(&settings.buffer, &prefix).map_err(|e| {
+                MqttError::config(
+                    "buffer.dir",
+                    &settings.buffer.dir,
+                    &format!("cannot open the buffer: {e}"),
+                )
+            })?;
+            let status = b.status();
+            outbox.set_backlog(b);
+            Some((
+                status,
+                Duration::from_millis(settings.buffer.sync_interval_ms.max(1)),
+            ))
+        } else {
+            None
+        };
+        let outbox = Arc::new(Mutex::new(outbox));
         let (state, _) = watch::channel(MqttStatus::Disconnected("not connected yet".into()));
         Ok(MqttSink {
             prefix,
@@ -165,7 +190,13 @@ impl MqttSink {
             writes,
             response_prefix: settings.response_topic_prefix.clone(),
             state,
+            backlog,
         })
+    }
+
+    /// The store-and-forward buffer's state, when `[mqtt.buffer]` is enabled.
+    pub fn backlog(&self) -> Option<watch::Receiver<BacklogStatus>> {
+        self.backlog.as_ref().map(|(s, _)| s.clone())
     }
 
     /// Connected / disconnected, updated as it changes. Cheap to clone and read.
@@ -189,6 +220,7 @@ impl MqttSink {
             writes,
             response_prefix,
             state,
+            backlog,
         } = self;
         let status_topic: Arc<str> = Arc::from(format!("{prefix}/status"));
         let mut guards = Vec::new();
@@ -216,6 +248,9 @@ impl MqttSink {
         };
         let mut driver = AbortOnDrop(tokio::spawn(driver.run()));
         tracing::info!(%broker, %prefix, "MQTT sink started");
+        let replay = backlog.as_ref().map(|(_, sync_every)| {
+            AbortOnDrop(tokio::spawn(backlog_loop(outbox.clone(), *sync_every)))
+        });
 
         let mut sink = Publisher {
             prefix,
@@ -223,6 +258,7 @@ impl MqttSink {
             tag_retain,
             outbox: outbox.clone(),
             topics: HashMap::new(),
+            buffered: backlog.is_some(),
         };
         loop {
             tokio::select! {
@@ -270,8 +306,47 @@ impl MqttSink {
         {
             tracing::warn!("MQTT event loop did not stop in time; cutting the connection");
         }
+        drop(replay);
+        if backlog.is_some() {
+            // What the broker did not confirm stays on disk for the next start.
+            lock(&outbox).spill_unconfirmed();
+            sync_backlog(&outbox).await;
+        }
         let left = lock(&outbox).unconfirmed();
         tracing::info!(unconfirmed = left, "MQTT sink stopped");
+    }
+}
+
+/// Paces and feeds the backfill replay; syncs the buffer every `sync_every`.
+async fn backlog_loop(outbox: SharedOutbox, sync_every: Duration) {
+    let mut tick = tokio::time::interval(REPLAY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sync = Instant::now() + sync_every;
+    loop {
+        tick.tick().await;
+        lock(&outbox).backlog_tick();
+        if Instant::now() >= next_sync {
+            next_sync = Instant::now() + sync_every;
+            sync_backlog(&outbox).await;
+        }
+    }
+}
+
+/// Fsyncs the buffer outside the outbox lock, then updates its health.
+async fn sync_backlog(outbox: &SharedOutbox) {
+    let files = lock(outbox)
+        .backlog_mut()
+        .map(|b| b.take_unsynced())
+        .unwrap_or_default();
+    let r = tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
+        .await
+        .unwrap_or(Ok(()));
+    let mut o = lock(outbox);
+    if let Some(b) = o.backlog_mut() {
+        if let Err(e) = &r {
+            b.sync_failed(e);
+        }
+        b.publish_status();
     }
 }
 
@@ -309,6 +384,8 @@ struct Publisher {
     outbox: SharedOutbox,
     /// Tag name → topic, so each name is escaped once.
     topics: HashMap<Arc<str>, Arc<str>>,
+    /// `[mqtt.buffer]` is on: each change also gets its buffer record.
+    buffered: bool,
 }
 
 impl Publisher {
@@ -328,25 +405,28 @@ impl Publisher {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Changes(batch) => {
-                let items: Vec<(Arc<str>, Bytes)> = batch
+                let buffered = self.buffered;
+                let items: Vec<(Arc<str>, Bytes, Option<Bytes>)> = batch
                     .changes
                     .iter()
                     .map(|c| {
                         let payload = serde_json::to_vec(&c.to_json()).unwrap_or_default();
-                        (self.tag_topic(&c.name), Bytes::from(payload))
+                        let record = buffered.then(|| backlog::encode(c));
+                        (self.tag_topic(&c.name), Bytes::from(payload), record)
                     })
                     .collect();
                 let mut o = lock(&self.outbox);
-                for (topic, payload) in items {
-                    o.set(
-                        Kind::Tag,
+                for (topic, payload, record) in items {
+                    o.set_change(
                         topic,
                         payload,
                         self.tag_qos,
                         self.tag_retain,
                         Some(batch.received_at),
+                        record,
                     );
                 }
+                o.flush_backlog();
                 o.pump();
                 metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
             }

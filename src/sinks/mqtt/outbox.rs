@@ -19,6 +19,13 @@
 //! channel, in channel order, so the outbox keeps the messages it handed
 //! over in the same order and pairs them up. The outbox knows no protocol:
 //! MQTT 3.1.1 and 5 are the same to it ([`super::link`]).
+//!
+//! With `[mqtt.buffer]` ([`super::backlog`]) no tag change is forgotten
+//! unacknowledged: a change that arrives while the broker is away is
+//! written to the buffer at once, and one that is superseded before its
+//! acknowledgement (coalesced while queued, or in flight when the
+//! connection drops) is written then. Backfill publishes go out only when
+//! no live message waits, one at a time, so live values keep priority.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::backlog::Backlog;
 use super::link::{Message, Publisher, Qos};
 
 /// Non-state messages kept while the broker is away; older ones are dropped.
@@ -40,6 +48,8 @@ pub(crate) enum Kind {
     AlarmActive,
     AlarmEvent,
     WriteResult,
+    /// A buffered change replayed on `backfill/`.
+    Backfill,
 }
 
 impl Kind {
@@ -51,6 +61,7 @@ impl Kind {
             Kind::AlarmActive => "alarm_active",
             Kind::AlarmEvent => "alarm_event",
             Kind::WriteResult => "write_result",
+            Kind::Backfill => "backfill",
         }
     }
 }
@@ -59,6 +70,8 @@ impl Kind {
 enum Key {
     Topic(Arc<str>),
     Stream(u64),
+    /// A backfill entry, by its [`Backlog`] id.
+    Backfill(u64),
 }
 
 #[derive(Debug)]
@@ -77,6 +90,13 @@ struct Slot {
     /// In the dirty queue.
     queued: bool,
     received_at: Option<Instant>,
+    /// The buffer record of `payload` (tag changes, with a buffer only).
+    record: Option<Bytes>,
+    /// Newest version written to the buffer (0: none).
+    logged: u64,
+    /// Superseded versions handed over but not yet acknowledged, with
+    /// their records: buffered if the connection drops before the ack.
+    flying: Vec<(u64, Bytes)>,
 }
 
 impl Slot {
@@ -113,6 +133,8 @@ pub(crate) struct Outbox<P> {
     /// A publish rumqttc parked because its packet id was still in use.
     collided: Option<(u16, Sent)>,
     unconfirmed: usize,
+    /// `[mqtt.buffer]`, when enabled.
+    backlog: Option<Backlog>,
 }
 
 impl<P: Publisher> Outbox<P> {
@@ -131,7 +153,97 @@ impl<P: Publisher> Outbox<P> {
             inflight: HashMap::new(),
             collided: None,
             unconfirmed: 0,
+            backlog: None,
         }
+    }
+
+    /// Buffers undeliverable tag changes in `backlog` and replays them.
+    pub(crate) fn set_backlog(&mut self, backlog: Backlog) {
+        self.backlog = Some(backlog);
+    }
+
+    pub(crate) fn backlog_mut(&mut self) -> Option<&mut Backlog> {
+        self.backlog.as_mut()
+    }
+
+    /// Sets a tag's newest value (like [`set`](Self::set)) together with
+    /// its buffer record: while disconnected the change is buffered at
+    /// once; an unacknowledged older value it supersedes is buffered now
+    /// (never handed over) or when the connection drops (in flight).
+    /// Call [`flush_backlog`](Self::flush_backlog) after a batch.
+    pub(crate) fn set_change(
+        &mut self,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+        received_at: Option<Instant>,
+        record: Option<Bytes>,
+    ) {
+        let (Some(b), Some(record)) = (self.backlog.as_mut(), record) else {
+            self.set(Kind::Tag, topic, payload, qos, retain, received_at);
+            return;
+        };
+        if let Some(s) = self.topics.get_mut(&topic) {
+            if !s.confirmed() && s.logged < s.version {
+                if let Some(r) = s.record.take() {
+                    if s.queued {
+                        b.spill(r);
+                        s.logged = s.version;
+                    } else {
+                        s.flying.push((s.version, r));
+                    }
+                }
+            }
+        }
+        self.set(Kind::Tag, topic.clone(), payload, qos, retain, received_at);
+        if let Some(s) = self.topics.get_mut(&topic) {
+            if !self.connected {
+                if let Some(b) = self.backlog.as_mut() {
+                    b.spill(record.clone());
+                }
+                s.logged = s.version;
+            }
+            s.record = Some(record);
+        }
+    }
+
+    /// Writes what was queued for the buffer (one write per batch).
+    pub(crate) fn flush_backlog(&mut self) {
+        if let Some(b) = self.backlog.as_mut() {
+            b.flush();
+        }
+    }
+
+    /// Buffers every tag value not acknowledged and not yet buffered, in
+    /// the order they were set (connection lost, or shutting down).
+    pub(crate) fn spill_unconfirmed(&mut self) {
+        let Some(b) = self.backlog.as_mut() else {
+            return;
+        };
+        let mut lost: Vec<(u64, Bytes)> = Vec::new();
+        for s in self.topics.values_mut() {
+            lost.append(&mut s.flying);
+            if !s.confirmed() && s.logged < s.version {
+                if let Some(r) = &s.record {
+                    lost.push((s.version, r.clone()));
+                    s.logged = s.version;
+                }
+            }
+        }
+        lost.sort_unstable_by_key(|(v, _)| *v);
+        for (_, r) in lost {
+            b.spill(r);
+        }
+        b.flush();
+    }
+
+    /// Paces and loads the replay, then hands over what may go.
+    pub(crate) fn backlog_tick(&mut self) {
+        if let Some(b) = self.backlog.as_mut() {
+            b.tick(Instant::now());
+        }
+        self.pump();
     }
 
     /// Messages not yet confirmed by the broker (the `pending` gauge).
@@ -177,6 +289,9 @@ impl<P: Publisher> Outbox<P> {
             delivered: 0,
             queued: false,
             received_at: None,
+            record: None,
+            logged: 0,
+            flying: Vec::new(),
         });
         if slot.confirmed() {
             self.unconfirmed += 1;
@@ -223,6 +338,9 @@ impl<P: Publisher> Outbox<P> {
                 delivered: 0,
                 queued: true,
                 received_at: None,
+                record: None,
+                logged: 0,
+                flying: Vec::new(),
             },
         );
         self.unconfirmed += 1;
@@ -245,6 +363,7 @@ impl<P: Publisher> Outbox<P> {
             let slot = match &key {
                 Key::Topic(t) => self.topics.get_mut(t),
                 Key::Stream(v) => self.streams.get_mut(v),
+                Key::Backfill(_) => None,
             };
             let Some(slot) = slot.filter(|s| s.queued) else {
                 self.dirty.pop_front();
@@ -288,6 +407,50 @@ impl<P: Publisher> Outbox<P> {
             slot.queued = false;
             self.dirty.pop_front();
             self.handed.push_back(sent);
+        }
+        if self.dirty.is_empty() && self.handed.is_empty() && self.collided.is_none() {
+            self.pump_backfill();
+        }
+    }
+
+    /// Hands over one backfill entry, if the pace allows: only when nothing
+    /// live waits, so a live value waits behind at most this one publish.
+    fn pump_backfill(&mut self) {
+        let Some(b) = self.backlog.as_mut() else {
+            return;
+        };
+        while let Some(out) = b.next() {
+            let msg = Message {
+                kind: Kind::Backfill,
+                topic: &out.topic,
+                qos: Qos::AtLeastOnce,
+                retain: false,
+                payload: &out.payload,
+                correlation: None,
+            };
+            let max = self
+                .broker_max_packet
+                .map_or(self.max_packet, |m| m.min(self.max_packet));
+            if self.publisher.packet_size(&msg) > max
+                || !crate::topic::is_valid_publish_topic(&out.topic)
+            {
+                tracing::error!(topic = %out.topic, "buffered change dropped: larger than max_packet_size or invalid topic");
+                metrics::counter!("wincc_gateway_mqtt_dropped_total", "kind" => "backfill", "reason" => "invalid")
+                    .increment(1);
+                b.acked(out.id);
+                continue;
+            }
+            if self.publisher.try_publish(&msg) {
+                self.handed.push_back(Sent {
+                    key: Key::Backfill(out.id),
+                    version: 0,
+                    kind: Kind::Backfill,
+                    received_at: None,
+                });
+            } else {
+                b.unsend(out.id);
+            }
+            return;
         }
     }
 
@@ -359,6 +522,11 @@ impl<P: Publisher> Outbox<P> {
             }
         }
         match &sent.key {
+            Key::Backfill(id) => {
+                if let Some(b) = self.backlog.as_mut() {
+                    b.acked(*id);
+                }
+            }
             Key::Stream(v) => {
                 if self.streams.remove(v).is_some() {
                     self.unconfirmed -= 1;
@@ -372,6 +540,7 @@ impl<P: Publisher> Outbox<P> {
                     return;
                 }
                 slot.delivered = sent.version;
+                slot.flying.retain(|(v, _)| *v > sent.version);
                 if slot.confirmed() {
                     self.unconfirmed -= 1;
                     // A cleared alarm's empty retained message, once delivered,
@@ -397,6 +566,9 @@ impl<P: Publisher> Outbox<P> {
     /// newest value (much like a Sparkplug rebirth). Never an older one.
     pub(crate) fn on_connected(&mut self, status_topic: &str, session_present: bool) {
         self.connected = true;
+        if let Some(b) = self.backlog.as_mut() {
+            b.on_disconnected();
+        }
         self.handed.clear();
         self.inflight.clear();
         self.collided = None;
@@ -436,6 +608,10 @@ impl<P: Publisher> Outbox<P> {
         self.handed.clear();
         self.inflight.clear();
         self.collided = None;
+        self.spill_unconfirmed();
+        if let Some(b) = self.backlog.as_mut() {
+            b.on_disconnected();
+        }
     }
 }
 
