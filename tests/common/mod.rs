@@ -9,6 +9,7 @@ pub mod mosquitto;
 pub mod outage;
 pub mod rig;
 pub mod sim;
+pub mod sparkplug;
 pub mod station;
 
 use std::sync::{Arc, Mutex};

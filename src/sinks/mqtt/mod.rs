@@ -31,7 +31,7 @@
 mod commands;
 mod connection;
 mod link;
-mod options;
+pub(crate) mod options;
 mod outbox;
 mod retained;
 mod tls;
