@@ -9,8 +9,9 @@
 //! - `seq` counts 0..=255 over every message after the NBIRTH and wraps.
 //! - DBIRTH lists every polled tag (sorted by name; alias = position + 1, so
 //!   the same tag set always gets the same aliases, across restarts too);
-//!   it waits until every tag has a value or [`BIRTH_SETTLE`] passed, so a
-//!   host starts with values rather than nulls.
+//!   it waits until every tag was read since the station (re)connected, or
+//!   [`BIRTH_SETTLE`] passed, so a host starts with current values rather
+//!   than nulls or values from before an outage.
 //! - DDATA: one message per change batch, by alias, only the changed tags.
 //!   `Quality` is sent when it is not good or was not good before; a bad
 //!   reading keeps the last value (or `is_null` when there never was one).
@@ -91,6 +92,8 @@ struct Slot {
     timestamp: Option<u64>,
     /// The quality the host last learned (DBIRTH or DDATA).
     sent_quality: Quality,
+    /// Read since the station (re)connected: a DBIRTH waits for this.
+    fresh: bool,
 }
 
 pub(crate) struct Node {
@@ -289,6 +292,7 @@ impl Node {
                     quality: Quality::Bad,
                     timestamp: None,
                     sent_quality: Quality::Bad,
+                    fresh: false,
                 },
             })
             .collect();
@@ -323,6 +327,10 @@ impl Node {
                 return vec![self.publish(self.topics.ddeath.clone(), &p)];
             }
             return Vec::new();
+        }
+        // What is known dates from before the outage: wait for fresh values.
+        for s in &mut self.slots {
+            s.fresh = false;
         }
         self.schedule_dbirth(now);
         self.tick(now)
@@ -409,7 +417,7 @@ impl Node {
         }
         if self.node_born && !self.device_born && self.wants_device() {
             if let Some(due) = self.dbirth_due {
-                if now >= due || self.slots.iter().all(|s| s.timestamp.is_some()) {
+                if now >= due || self.slots.iter().all(|s| s.fresh) {
                     return self.dbirth();
                 }
             }
@@ -542,6 +550,7 @@ fn bdseq_metric(bdseq: u8) -> Metric {
 fn apply(slot: &mut Slot, c: &TagChange) {
     slot.quality = c.quality;
     slot.timestamp = Some(millis(&c.timestamp));
+    slot.fresh = true;
     if c.quality != Quality::Bad {
         if let Some(v) = metric_value(slot.ty, &c.value) {
             slot.value = Some(v);

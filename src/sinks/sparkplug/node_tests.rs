@@ -216,9 +216,16 @@ fn station_outage_is_ddeath_then_a_fresh_dbirth() {
     assert!(n
         .on_changes(&batch(vec![change("A", json!(2), Quality::Bad)]), now)
         .is_empty());
-    let out = n.on_station(true, now);
-    assert_eq!(kinds(&out), vec!["DBIRTH"], "every tag has a value already");
-    assert_eq!(decode(&out)[0].1.seq, Some(3));
+    // Back: the DBIRTH waits for values read after the outage.
+    assert!(n.on_station(true, now).is_empty());
+    assert!(n
+        .on_changes(&batch(vec![change("A", json!(3), Quality::Good)]), now)
+        .is_empty());
+    let out = n.on_changes(&batch(vec![change("B", json!(1), Quality::Good)]), now);
+    assert_eq!(kinds(&out), vec!["DBIRTH"]);
+    let p = &decode(&out)[0].1;
+    assert_eq!(p.seq, Some(3));
+    assert_eq!(p.metrics[0].value, Some(Value::Double(3.0)));
 }
 
 #[test]
