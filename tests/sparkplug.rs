@@ -687,3 +687,48 @@ state_dir = {state:?}
             .unwrap();
     assert_eq!(stored, json!((b0 + 3) % 256), "the next session's number");
 }
+
+#[test]
+fn check_config_locates_bad_sparkplug_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        r#"
+[wincc]
+base_url = "http://127.0.0.1:1/api"
+[[poll_group]]
+name = "line"
+tags = ["**"]
+[mqtt]
+client_id = "same"
+[sparkplug]
+enabled = true
+client_id = "same"
+group_id = "Plant/1"
+device_id = ""
+primary_host_id = "SCADA#"
+max_packet_size = 100
+writable_tags = ["["]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wincc-gateway"))
+        .arg("check-config")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "sparkplug.client_id = \"same\"",
+        "sparkplug.group_id = \"Plant/1\"",
+        "sparkplug.device_id = \"\": must be non-empty",
+        "sparkplug.primary_host_id = \"SCADA#\"",
+        "sparkplug.max_packet_size = 100:",
+        "sparkplug.writable_tags[0] = \"[\"",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+}

@@ -89,36 +89,33 @@ impl SparkplugSettings {
         if !self.enabled {
             return p;
         }
-        let mut bad = |key: &str, value: &str, why: &str| {
+        // `value` as written in the file: strings quoted, numbers not.
+        let mut bad = |key: &str, value: String, why: &str| {
             p.push(Problem {
                 key: format!("sparkplug.{key}"),
-                value: if value.is_empty() {
-                    String::new()
-                } else {
-                    format!("{value:?}")
-                },
+                value,
                 why: why.into(),
             })
         };
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") => {
                 if u.host_str().is_none_or(str::is_empty) {
-                    bad("url", &self.url, "has no host");
+                    bad("url", q(&self.url), "has no host");
                 }
                 if !u.username().is_empty() || u.password().is_some() {
                     bad(
                         "url",
-                        "(hidden)",
+                        "(hidden)".into(),
                         "must not contain credentials; use username and password_env / password_file",
                     );
                 }
             }
             Ok(u) => bad(
                 "url",
-                &self.url,
+                q(&self.url),
                 &format!("scheme {:?} is not mqtt or mqtts", u.scheme()),
             ),
-            Err(e) => bad("url", &self.url, &format!("not a URL: {e}")),
+            Err(e) => bad("url", q(&self.url), &format!("not a URL: {e}")),
         }
         for (key, id) in [
             ("group_id", &self.group_id),
@@ -128,7 +125,7 @@ impl SparkplugSettings {
             if !is_sparkplug_id(id) {
                 bad(
                     key,
-                    id,
+                    q(id),
                     "must be non-empty and contain no / + # or NUL (it is a topic level)",
                 );
             }
@@ -136,41 +133,45 @@ impl SparkplugSettings {
         if !self.primary_host_id.is_empty() && !is_sparkplug_id(&self.primary_host_id) {
             bad(
                 "primary_host_id",
-                &self.primary_host_id,
+                q(&self.primary_host_id),
                 "must contain no / + # or NUL (it is a topic level); empty means no primary host",
             );
         }
         if self.client_id.is_empty() {
-            bad("client_id", "", "must not be empty");
+            bad("client_id", String::new(), "must not be empty");
         } else if mqtt.enabled && mqtt.client_id == self.client_id && same_broker(mqtt, &self.url) {
             bad(
                 "client_id",
-                &self.client_id,
+                q(&self.client_id),
                 "is also mqtt.client_id on the same broker: the two connections would throw each other off; pick another",
             );
         }
         if self.keep_alive_s == 0 || self.keep_alive_s > u64::from(u16::MAX) {
             bad(
                 "keep_alive_s",
-                &self.keep_alive_s.to_string(),
+                self.keep_alive_s.to_string(),
                 "must be between 1 and 65535",
             );
         }
         if self.max_packet_size < 1024 || self.max_packet_size > 268_435_455 {
             bad(
                 "max_packet_size",
-                &self.max_packet_size.to_string(),
+                self.max_packet_size.to_string(),
                 "must be between 1024 and 268435455 bytes (a DBIRTH lists every tag: allow about 100 bytes per tag)",
             );
         }
         if self.state_dir.is_empty() {
             bad(
                 "state_dir",
-                "",
+                String::new(),
                 "must not be empty: bdSeq is kept there across restarts",
             );
         } else if Path::new(&self.state_dir).is_file() {
-            bad("state_dir", &self.state_dir, "is a file, not a directory");
+            bad(
+                "state_dir",
+                q(&self.state_dir),
+                "is a file, not a directory",
+            );
         }
         for (key, f) in [
             ("ca_file", &self.ca_file),
@@ -178,13 +179,13 @@ impl SparkplugSettings {
             ("client_key_file", &self.client_key_file),
         ] {
             if !f.is_empty() && !Path::new(f).is_file() {
-                bad(key, f, "file does not exist");
+                bad(key, q(f), "file does not exist");
             }
         }
         if self.client_cert_file.is_empty() != self.client_key_file.is_empty() {
             bad(
                 "client_key_file",
-                &self.client_key_file,
+                q(&self.client_key_file),
                 "client_cert_file and client_key_file go together",
             );
         }
@@ -192,7 +193,7 @@ impl SparkplugSettings {
             if let Err(e) = crate::glob::validate(g) {
                 bad(
                     &format!("writable_tags[{i}]"),
-                    g,
+                    q(g),
                     &format!("glob does not parse: {}", e.reason),
                 );
             }
@@ -214,6 +215,10 @@ impl SparkplugSettings {
         }
         p
     }
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
 }
 
 /// A Sparkplug id is one topic level: non-empty, no `/ + #` or NUL.
