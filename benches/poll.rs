@@ -180,6 +180,7 @@ fn run_gateway() {
         },
         mqtt: Default::default(),
         opcua: Default::default(),
+        sparkplug: Default::default(),
         http: Default::default(),
         log: Default::default(),
     };

@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh Debian machine: the Rust
 # toolchain must already be there; this adds the `mosquitto` broker (the tests
 # start their own instances on free loopback ports) and its command-line
-# clients. Idempotent: does nothing when everything is present.
+# clients, and protoc for the Sparkplug tests. Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -10,6 +10,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 # The MQTT TLS test makes its certificates with the openssl command.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The Sparkplug tests decode what the gateway sends with protoc (an
+# independent decoder; the build itself needs no protoc).
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

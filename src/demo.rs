@@ -74,6 +74,17 @@ pki_dir = {pki:?}
 write_enabled = true
 writable_tags = ["**/*Setpoint*", "**/*Mode*"]
 
+[sparkplug]
+enabled = true
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "wincc-gateway-demo-spb"
+group_id = "WinCC"
+edge_node_id = "demo"
+device_id = "wincc"
+state_dir = {pki:?}
+write_enabled = true
+writable_tags = ["**/*Setpoint*", "**/*Mode*"]
+
 [http]
 listen = "127.0.0.1:{http_port}"
 "#,
@@ -133,10 +144,14 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         format!(" -p {}", args.mqtt_port)
     };
 
+    let colon_port = format!(":{}", args.mqtt_port);
     println!(
         "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
          \n  MQTT:     mosquitto_sub -h 127.0.0.1{port} -t 'wincc/#' -v\
          \n  write:    mosquitto_pub -h 127.0.0.1{port} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
+         \n  Sparkplug B: edge node spBv1.0/WinCC/+/demo, device wincc (binary payloads; decode one with the schema in tests/fixtures):\
+         \n            mosquitto_sub -h 127.0.0.1{port} -N -C 1 -t 'spBv1.0/WinCC/DDATA/demo/wincc' | protoc --decode=org.eclipse.tahu.protobuf.Payload --proto_path=tests/fixtures sparkplug_b.proto\
+         \n            or point an Ignition MQTT Engine / any Sparkplug host at mqtt://127.0.0.1{colon_port}\
          \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\

@@ -17,6 +17,7 @@ use crate::http::{self, ComponentState, HealthSources};
 use crate::poll::Poller;
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
+use crate::sinks::sparkplug::SparkplugSink;
 use crate::wincc::{self, Station};
 use crate::writes::{TagMap, Writer};
 
@@ -111,6 +112,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     } else {
         watch::channel(ComponentState::Disabled).1
     };
+
+    if settings.sparkplug.enabled {
+        // The writer always: with write_enabled = false it refuses (and counts) every DCMD.
+        let sink = SparkplugSink::new(&settings.sparkplug, Some(writer.clone()))
+            .context("cannot set up Sparkplug")?;
+        let sub = bus.subscribe("sparkplug", SINK_QUEUE);
+        let token = sink_stop.clone();
+        sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
+    }
 
     let http_addr = if settings.http.enabled {
         let listen: SocketAddr = settings.http.listen.parse().context("http.listen")?;

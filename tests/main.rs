@@ -33,5 +33,6 @@ mod sim_control;
 mod sim_faults;
 mod sim_tags;
 mod soak_smoke;
+mod sparkplug;
 mod station_generic;
 mod tls_pinning;

@@ -55,6 +55,7 @@ fn settings(base_url: String, dialect: Dialect) -> Settings {
         alarms: AlarmSettings::default(),
         mqtt: Default::default(),
         opcua: Default::default(),
+        sparkplug: Default::default(),
         http: Default::default(),
         log: Default::default(),
     }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod sparkplug;
 mod validate;
+
+pub use sparkplug::SparkplugSettings;
 
 pub use validate::{parse_fingerprint, OPCUA_POLICIES};
 
@@ -25,6 +28,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     #[serde(default)]
     pub opcua: OpcuaSettings,
+    #[serde(default)]
+    pub sparkplug: SparkplugSettings,
     #[serde(default)]
     pub http: HttpSettings,
     #[serde(default)]

@@ -342,6 +342,7 @@ impl Settings {
             }
             check_globs(&mut p, "opcua.writable_tags", &o.writable_tags);
         }
+        p.extend(self.sparkplug.problems(&self.mqtt));
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(prob(
                 "http.listen".into(),

@@ -203,6 +203,7 @@ mod tests {
             alarms: Default::default(),
             mqtt: Default::default(),
             opcua: Default::default(),
+            sparkplug: Default::default(),
             http: Default::default(),
             log: Default::default(),
         };

@@ -1,7 +1,8 @@
-//! Where the bus's events go: MQTT, the OPC UA server, and (behind the
+//! Where the bus's events go: MQTT, the OPC UA server, Sparkplug B, and (behind the
 //! `demo-broker` feature) an embedded MQTT broker for the zero-dependency demo.
 
 #[cfg(feature = "demo-broker")]
 pub mod broker;
 pub mod mqtt;
 pub mod opcua;
+pub mod sparkplug;

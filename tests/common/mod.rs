@@ -10,6 +10,7 @@ pub mod outage;
 pub mod rig;
 pub mod sim;
 pub mod soak;
+pub mod sparkplug;
 pub mod station;
 
 use std::sync::{Arc, Mutex};

@@ -107,6 +107,7 @@ pub fn settings(wincc: WinccSettings, groups: Vec<PollGroup>) -> Settings {
         },
         mqtt: Default::default(),
         opcua: Default::default(),
+        sparkplug: Default::default(),
         http: Default::default(),
         log: Default::default(),
     }

@@ -36,7 +36,7 @@ mod backlog;
 mod commands;
 mod connection;
 mod link;
-mod options;
+pub(crate) mod options;
 mod outbox;
 mod retained;
 mod tls;
