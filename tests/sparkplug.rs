@@ -7,8 +7,6 @@
 
 use crate::common;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,9 +16,8 @@ use wincc_gateway::model::{Quality, TagInfo, TagType};
 use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
 
 use common::mosquitto::{free_port, Mosquitto};
-use common::sparkplug::{decode, encode, Payload};
+use common::sparkplug::{aliases, Watch};
 use common::station::{poll_group, settings, wincc_settings};
-use common::TestSubscriber;
 
 const GROUP: &str = "Plant";
 const NODE: &str = "gw1";
@@ -103,146 +100,6 @@ fn gateway_settings(sim: &SimHandle, spb: SparkplugSettings, interval_ms: u64) -
     s
 }
 
-/// Everything on `spBv1.0/#`, decoded once each with protoc.
-struct Watch {
-    sub: TestSubscriber,
-    decoded: RefCell<Vec<(String, String, Payload)>>,
-}
-
-impl Watch {
-    async fn start(broker: &Mosquitto) -> Watch {
-        Watch {
-            sub: TestSubscriber::connect(broker.port, "spBv1.0/#").await,
-            decoded: RefCell::new(Vec::new()),
-        }
-    }
-
-    /// (message type, topic, payload) of everything so far, STATE left out.
-    fn all(&self) -> Vec<(String, String, Payload)> {
-        let msgs = self.sub.messages();
-        let mut d = self.decoded.borrow_mut();
-        let seen = d.len();
-        let mut skipped = 0;
-        for m in msgs.iter() {
-            let kind = m.topic.split('/').nth(2).unwrap_or_default().to_string();
-            if m.topic.starts_with("spBv1.0/STATE/") {
-                continue;
-            }
-            if skipped < seen {
-                skipped += 1;
-                continue;
-            }
-            assert!(
-                !m.retain,
-                "Sparkplug messages are not retained: {}",
-                m.topic
-            );
-            d.push((kind, m.topic.clone(), decode(&m.payload)));
-        }
-        d.clone()
-    }
-
-    fn of(&self, kind: &str) -> Vec<Payload> {
-        self.all()
-            .into_iter()
-            .filter(|(k, _, _)| k == kind)
-            .map(|(_, _, p)| p)
-            .collect()
-    }
-
-    /// Waits for the `n`-th (from 1) message of `kind` that satisfies `pred`.
-    async fn wait(&self, kind: &str, pred: impl Fn(&Payload) -> bool) -> Payload {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(p) = self.of(kind).into_iter().find(|p| pred(p)) {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {kind} as expected within {T:?}; got {:#?}",
-                self.all()
-                    .iter()
-                    .map(|(k, _, p)| (k.clone(), p.seq, p.metrics.len()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn count(&self, kind: &str, n: usize) -> Vec<Payload> {
-        let deadline = Instant::now() + T;
-        loop {
-            let got = self.of(kind);
-            if got.len() >= n {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "{} {kind} of {n}", got.len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Checks that `seq` runs on by one (mod 256) after each NBIRTH.
-    fn assert_seq_runs(&self) -> usize {
-        let mut last: Option<u64> = None;
-        let mut n = 0;
-        for (kind, _, p) in self.all() {
-            match kind.as_str() {
-                "NBIRTH" => {
-                    last = p.seq;
-                    assert!(p.seq.is_some_and(|s| s <= 255));
-                }
-                "NDEATH" => {
-                    assert_eq!(p.seq, None, "NDEATH carries no seq");
-                    last = None;
-                }
-                "NCMD" | "DCMD" => {}
-                _ => {
-                    let prev = last.expect("a message before any NBIRTH");
-                    assert_eq!(p.seq, Some((prev + 1) % 256), "{kind} after seq {prev}");
-                    last = p.seq;
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    async fn command(&self, kind: &str, text: &str) {
-        let topic = match kind {
-            "NCMD" => format!("spBv1.0/{GROUP}/NCMD/{NODE}"),
-            _ => format!("spBv1.0/{GROUP}/DCMD/{NODE}/{DEVICE}"),
-        };
-        self.sub
-            .client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, false, encode(text))
-            .await
-            .unwrap();
-    }
-
-    async fn state(&self, online: bool, ts: u64) {
-        let payload = json!({"online": online, "timestamp": ts}).to_string();
-        self.sub
-            .client
-            .publish(
-                "spBv1.0/STATE/SCADA",
-                rumqttc::QoS::AtLeastOnce,
-                true,
-                payload,
-            )
-            .await
-            .unwrap();
-    }
-}
-
-/// name -> alias of a DBIRTH.
-fn aliases(birth: &Payload) -> HashMap<String, u64> {
-    birth
-        .metrics
-        .iter()
-        .map(|m| (m.name.clone().unwrap(), m.alias.unwrap()))
-        .collect()
-}
-
 async fn metrics_text(s: &Settings) -> String {
     reqwest::get(format!("http://{}/metrics", s.http.listen))
         .await
@@ -270,7 +127,7 @@ async fn births_carry_every_tag_and_data_goes_by_alias_with_quality() {
     let broker = Mosquitto::start();
     let sim = station().await;
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
     let s = gateway_settings(&sim, sparkplug(&broker, dir.path(), ""), 100);
     let gw = wincc_gateway::gateway::start(s).await.unwrap();
 
@@ -381,7 +238,7 @@ async fn seq_wraps_from_255_to_0() {
     let broker = Mosquitto::start();
     let sim = station().await;
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
     let s = gateway_settings(&sim, sparkplug(&broker, dir.path(), ""), 20);
     let gw = wincc_gateway::gateway::start(s).await.unwrap();
     watch.wait("DBIRTH", |_| true).await;
@@ -412,7 +269,7 @@ async fn rebirth_and_dcmd_through_the_guarded_write_path() {
     let broker = Mosquitto::start();
     let sim = station().await;
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
     let s = gateway_settings(&sim, sparkplug(&broker, dir.path(), ""), 100);
     let gw = wincc_gateway::gateway::start(s.clone()).await.unwrap();
     let first = watch.wait("DBIRTH", |_| true).await;
@@ -498,7 +355,7 @@ async fn station_outage_is_ddeath_and_recovery_a_fresh_dbirth() {
     let broker = Mosquitto::start();
     let sim = station().await;
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
     let s = gateway_settings(&sim, sparkplug(&broker, dir.path(), ""), 100);
     let gw = wincc_gateway::gateway::start(s).await.unwrap();
     watch.wait("DBIRTH", |_| true).await;
@@ -525,7 +382,7 @@ async fn births_follow_the_primary_host_state() {
     let broker = Mosquitto::start();
     let sim = station().await;
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
     let s = gateway_settings(&sim, sparkplug(&broker, dir.path(), "SCADA"), 100);
     let gw = wincc_gateway::gateway::start(s).await.unwrap();
 
@@ -645,7 +502,7 @@ state_dir = {state:?}
         ),
     )
     .unwrap();
-    let watch = Watch::start(&broker).await;
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
 
     let gw = Binary::start(&config);
     let b0 = watch.wait("NBIRTH", |_| true).await.bdseq();

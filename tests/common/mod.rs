@@ -2,7 +2,8 @@
 //! independent MQTT subscriber ([`TestSubscriber`]) and helpers to run the
 //! MQTT sink fed by the real bus. Station side: [`station`] (simulator,
 //! settings and poller builders), [`sim`] (raw-HTTP simulator checks) and
-//! [`rig`] (a simulator with a guarded writer).
+//! [`rig`] (a simulator with a guarded writer). Sparkplug: [`sparkplug`]
+//! (protoc as the independent decoder, and a decoding subscriber).
 #![allow(dead_code)]
 
 pub mod mosquitto;

@@ -1,10 +1,21 @@
 //! An independent Sparkplug B decoder for the tests: Debian's `protoc
 //! --decode` with the schema in tests/fixtures/sparkplug_b.proto (not the
-//! gateway's prost types), and a reader of protoc's text output.
+//! gateway's prost types), a reader of protoc's text output, and [`Watch`],
+//! a subscriber that decodes everything under `spBv1.0/#`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::TestSubscriber;
+
+/// How long a test waits for a Sparkplug message.
+const T: Duration = Duration::from_secs(20);
 
 /// One decoded metric.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -239,4 +250,154 @@ pub fn encode(text: &str) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Everything on `spBv1.0/#`, decoded once each with protoc.
+pub struct Watch {
+    pub sub: TestSubscriber,
+    decoded: RefCell<Vec<(String, String, Payload)>>,
+    /// `spBv1.0/{group}/NCMD/{node}`, and the device's DCMD topic.
+    ncmd: String,
+    dcmd: String,
+}
+
+impl Watch {
+    /// Subscribes to `spBv1.0/#` on `port`; commands go to `group`/`node`/`device`.
+    pub async fn start(port: u16, group: &str, node: &str, device: &str) -> Watch {
+        Watch {
+            sub: TestSubscriber::connect(port, "spBv1.0/#").await,
+            decoded: RefCell::new(Vec::new()),
+            ncmd: format!("spBv1.0/{group}/NCMD/{node}"),
+            dcmd: format!("spBv1.0/{group}/DCMD/{node}/{device}"),
+        }
+    }
+
+    /// (message type, topic, payload) of everything so far, STATE left out.
+    pub fn all(&self) -> Vec<(String, String, Payload)> {
+        let msgs = self.sub.messages();
+        let mut d = self.decoded.borrow_mut();
+        let seen = d.len();
+        let mut skipped = 0;
+        for m in msgs.iter() {
+            let kind = m.topic.split('/').nth(2).unwrap_or_default().to_string();
+            if m.topic.starts_with("spBv1.0/STATE/") {
+                continue;
+            }
+            if skipped < seen {
+                skipped += 1;
+                continue;
+            }
+            assert!(
+                !m.retain,
+                "Sparkplug messages are not retained: {}",
+                m.topic
+            );
+            d.push((kind, m.topic.clone(), decode(&m.payload)));
+        }
+        d.clone()
+    }
+
+    /// The payloads of `kind` so far, in order.
+    pub fn of(&self, kind: &str) -> Vec<Payload> {
+        self.all()
+            .into_iter()
+            .filter(|(k, _, _)| k == kind)
+            .map(|(_, _, p)| p)
+            .collect()
+    }
+
+    /// Waits for the first message of `kind` that satisfies `pred`.
+    pub async fn wait(&self, kind: &str, pred: impl Fn(&Payload) -> bool) -> Payload {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(p) = self.of(kind).into_iter().find(|p| pred(p)) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} as expected within {T:?}; got {:#?}",
+                self.all()
+                    .iter()
+                    .map(|(k, _, p)| (k.clone(), p.seq, p.metrics.len()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until at least `n` messages of `kind` arrived; returns them all.
+    pub async fn count(&self, kind: &str, n: usize) -> Vec<Payload> {
+        let deadline = Instant::now() + T;
+        loop {
+            let got = self.of(kind);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{} {kind} of {n}", got.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Checks that `seq` runs on by one (mod 256) after each NBIRTH; returns
+    /// how many messages followed the NBIRTHs.
+    pub fn assert_seq_runs(&self) -> usize {
+        let mut last: Option<u64> = None;
+        let mut n = 0;
+        for (kind, _, p) in self.all() {
+            match kind.as_str() {
+                "NBIRTH" => {
+                    last = p.seq;
+                    assert!(p.seq.is_some_and(|s| s <= 255));
+                }
+                "NDEATH" => {
+                    assert_eq!(p.seq, None, "NDEATH carries no seq");
+                    last = None;
+                }
+                "NCMD" | "DCMD" => {}
+                _ => {
+                    let prev = last.expect("a message before any NBIRTH");
+                    assert_eq!(p.seq, Some((prev + 1) % 256), "{kind} after seq {prev}");
+                    last = p.seq;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Sends an NCMD or DCMD given in protoc text format.
+    pub async fn command(&self, kind: &str, text: &str) {
+        let topic = match kind {
+            "NCMD" => self.ncmd.clone(),
+            _ => self.dcmd.clone(),
+        };
+        self.sub
+            .client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, encode(text))
+            .await
+            .unwrap();
+    }
+
+    pub async fn state(&self, online: bool, ts: u64) {
+        let payload = json!({"online": online, "timestamp": ts}).to_string();
+        self.sub
+            .client
+            .publish(
+                "spBv1.0/STATE/SCADA",
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// name -> alias of a DBIRTH.
+pub fn aliases(birth: &Payload) -> HashMap<String, u64> {
+    birth
+        .metrics
+        .iter()
+        .map(|m| (m.name.clone().unwrap(), m.alias.unwrap()))
+        .collect()
 }

@@ -10,8 +10,8 @@ use super::proto::{DataType, PropertyKind, PropertySet, PropertyValue, Value};
 use crate::model::{Quality, TagType};
 
 /// The Sparkplug datatype of a tag type. A total match: a new `TagType`
-/// (Int8, UInt8, ...) fails to compile until it has its code here and in
-/// [`metric_value`] / [`json_value`].
+/// (Int8, UInt8, ...) fails to compile until it has its code here, in
+/// [`metric_value`] and in `signed`.
 pub(crate) fn datatype(ty: TagType) -> DataType {
     match ty {
         TagType::Bool => DataType::Boolean,
@@ -96,11 +96,12 @@ fn int_in(v: &Json, lo: i64, hi: i64) -> Option<i64> {
 /// (a string for an Int32, ...) is passed on as it is, so the write path's
 /// type check refuses it with its usual reason.
 pub(crate) fn json_value(ty: TagType, v: &Value) -> Json {
+    match (signed(ty), v) {
+        (true, Value::Int(u)) => return Json::from(*u as i32),
+        (true, Value::Long(u)) => return Json::from(*u as i64),
+        _ => {}
+    }
     match (ty, v) {
-        (TagType::Int16 | TagType::Int32, Value::Int(u)) => Json::from(*u as i32),
-        (TagType::Int16 | TagType::Int32, Value::Long(u)) => Json::from(*u as i64),
-        (TagType::Int64, Value::Int(u)) => Json::from(*u as i32),
-        (TagType::Int64, Value::Long(u)) => Json::from(*u as i64),
         (TagType::DateTime, Value::Long(ms)) => match i64::try_from(*ms)
             .ok()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
@@ -122,6 +123,21 @@ pub(crate) fn json_value(ty: TagType, v: &Value) -> Json {
         (_, Value::Boolean(b)) => Json::from(*b),
         (_, Value::String(s)) => Json::from(s.as_str()),
         (_, Value::Bytes(_)) => Json::from("(bytes)"),
+    }
+}
+
+/// Whether `ty` travels as a signed (two's complement) integer. A total
+/// match, like [`datatype`].
+fn signed(ty: TagType) -> bool {
+    match ty {
+        TagType::Int16 | TagType::Int32 | TagType::Int64 => true,
+        TagType::Bool
+        | TagType::UInt16
+        | TagType::UInt32
+        | TagType::Float
+        | TagType::Double
+        | TagType::String
+        | TagType::DateTime => false,
     }
 }
 

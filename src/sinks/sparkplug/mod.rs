@@ -22,6 +22,7 @@ mod node;
 mod proto;
 mod session;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -185,6 +186,7 @@ impl SparkplugSink {
                 session,
                 max_packet_size,
                 connected: false,
+                leaving: AtomicBool::new(false),
             };
             let ended = link
                 .serve(
@@ -205,7 +207,10 @@ impl SparkplugSink {
                 }
                 Ended::Closed { why, was_connected } => {
                     state.send_replace(MqttStatus::Disconnected(why.clone()));
-                    if was_connected {
+                    if link.leaving.load(Ordering::Relaxed) {
+                        backoff = MIN_BACKOFF;
+                        tracing::info!("Sparkplug session ended for the primary host; waiting for it in a new one");
+                    } else if was_connected {
                         backoff = MIN_BACKOFF;
                         tracing::warn!(%broker, error = %why, "Sparkplug connection lost");
                     } else {
@@ -254,6 +259,8 @@ struct Link {
     session: Session,
     max_packet_size: usize,
     connected: bool,
+    /// The node itself disconnected (its primary host went offline).
+    leaving: AtomicBool,
 }
 
 impl Link {
@@ -356,6 +363,7 @@ impl Link {
                 }
                 Out::GoOffline { ndeath } => {
                     tracing::info!("primary host offline: NDEATH and disconnect");
+                    self.leaving.store(true, Ordering::Relaxed);
                     let c = &self.session.client;
                     let _ = c
                         .publish(
