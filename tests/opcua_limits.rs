@@ -34,11 +34,11 @@ fn tag_names() -> Vec<String> {
     (0..TAGS).map(|i| format!("Plant/T{i:04}")).collect()
 }
 
-async fn started(pki: &std::path::Path) -> Gateway {
+async fn started(pki: &std::path::Path, max_message_size: usize) -> Gateway {
     let mut s = settings(pki);
     s.limits.max_sessions = 3;
     s.limits.max_subscriptions_per_session = 4;
-    s.limits.max_message_size = 256 * 1024;
+    s.limits.max_message_size = max_message_size;
     // max_monitored_items_per_session stays 0: the tag count + 1000.
     let gw = start(&s, None).await;
     let names = tag_names();
@@ -65,7 +65,7 @@ async fn anonymous(url: &str, pki: &std::path::Path) -> Result<Client, StatusCod
 async fn sessions_and_subscriptions_over_the_limit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let client_pki = tempfile::tempdir().unwrap();
-    let gw = started(dir.path()).await;
+    let gw = started(dir.path(), 256 * 1024).await;
 
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -131,7 +131,7 @@ async fn sessions_and_subscriptions_over_the_limit_are_refused() {
 async fn a_monitored_item_flood_is_refused_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let client_pki = tempfile::tempdir().unwrap();
-    let gw = started(dir.path()).await;
+    let gw = started(dir.path(), 64 * 1024 * 1024).await;
     let c = anonymous(&gw.url, client_pki.path())
         .await
         .expect("session");
@@ -201,6 +201,12 @@ async fn a_monitored_item_flood_is_refused_and_memory_stays_bounded() {
         }
     }
     let rss_after = rss_kib();
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "accepted {good}, refused {too_many}; RSS before {} MiB, after {} MiB, grown {grown_mib} MiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
     assert!(
         other.is_empty(),
         "unexpected statuses: {:?}",
@@ -209,16 +215,12 @@ async fn a_monitored_item_flood_is_refused_and_memory_stays_bounded() {
     assert_eq!(good, TAGS + 1000, "exactly the limit is accepted");
     assert_eq!(too_many, CALLS * PER_CALL - good);
     // Honest bound: the accepted items plus the transient request and
-    // response buffers (about 1 MB per call) must fit well below what
-    // 400 000 accepted items would take (several hundred MB).
-    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
-    eprintln!(
-        "RSS before {} MiB, after {} MiB, grown {grown_mib} MiB",
-        rss_before / 1024,
-        rss_after / 1024
-    );
+    // response buffers (client and server both run in this process) must
+    // stay well below what the 400 000 items take when accepted. Measured
+    // (debug build): about 55 MiB with the limit; 552 MiB with the limit
+    // raised to 100 000 000, so this bound fails without the limit.
     assert!(
-        grown_mib < 64,
+        grown_mib < 160,
         "RSS grew by {grown_mib} MiB during the refused flood"
     );
 
