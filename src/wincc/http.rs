@@ -362,7 +362,7 @@ mod tests {
                 message: "bad session tok-AAAA".into(),
             },
         );
-        assert_eq!(e.to_string().contains("tok-AAAA"), false, "{e}");
+        assert!(!e.to_string().contains("tok-AAAA"), "{e}");
         // Bounded: only the newest few are kept.
         for i in 0..10 {
             issued.remember(&format!("t{i:04}"));
