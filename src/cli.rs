@@ -166,6 +166,9 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Ok(s) => {
+                for w in s.cleartext_warnings() {
+                    eprintln!("warning: credentials in clear: {w}");
+                }
                 println!(
                     "{}: ok ({} poll group{}, dialect {}, mqtt {}, opcua {})",
                     config.display(),

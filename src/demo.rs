@@ -15,6 +15,9 @@ use crate::config::{AuthMode, Settings};
 /// The demo station's login (only on loopback; written to a private file, never logged).
 const DEMO_USER: &str = "gateway";
 
+/// The demo's OPC UA user with role `write` (anonymous sessions only read).
+const DEMO_OPCUA_WRITER: &str = "operator";
+
 /// Builds the demo's settings as a TOML document, validated like any file.
 pub fn demo_settings(
     sim_url: &str,
@@ -23,6 +26,7 @@ pub fn demo_settings(
     http_port: u16,
     pki_dir: &Path,
     secret_file: &Path,
+    opcua_secret_file: &Path,
 ) -> anyhow::Result<Settings> {
     let toml = format!(
         r#"
@@ -70,6 +74,7 @@ endpoint = "opc.tcp://127.0.0.1:{opcua_port}/"
 namespace_uri = "urn:wincc-gateway:demo"
 security_policies = ["None", "Basic256Sha256"]
 allow_anonymous = true
+users = [{{ username = "{DEMO_OPCUA_WRITER}", password_file = {opcua_secret:?}, role = "write" }}]
 pki_dir = {pki:?}
 write_enabled = true
 writable_tags = ["**/*Setpoint*", "**/*Mode*"]
@@ -89,6 +94,7 @@ writable_tags = ["**/*Setpoint*", "**/*Mode*"]
 listen = "127.0.0.1:{http_port}"
 "#,
         secret = secret_file.display().to_string(),
+        opcua_secret = opcua_secret_file.display().to_string(),
         pki = pki_dir.display().to_string(),
     );
     Settings::from_toml_with_env(&toml, "(demo settings)", std::iter::empty())
@@ -110,6 +116,16 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&secret_dir).context("cannot create the demo's temp dir")?;
     let secret_file = secret_dir.join("station-password");
     write_private(&secret_file, &password)?;
+    // The OPC UA writer's password: printed below (a loopback demo).
+    let opcua_password: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..12)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
+    };
+    let opcua_secret_file = secret_dir.join("opcua-operator-password");
+    write_private(&opcua_secret_file, &opcua_password)?;
 
     let sim_opts = crate::sim::SimOptions {
         tags: args.tags,
@@ -134,6 +150,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         args.http_port,
         &args.pki_dir,
         &secret_file,
+        &opcua_secret_file,
     )?;
     let prefix = settings.mqtt.topic_prefix.clone();
     let running = crate::gateway::start(settings).await?;
@@ -152,7 +169,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
          \n  Sparkplug B: edge node spBv1.0/WinCC/+/demo, device wincc (binary payloads; decode one with the schema in tests/fixtures):\
          \n            mosquitto_sub -h 127.0.0.1{port} -N -C 1 -t 'spBv1.0/WinCC/DDATA/demo/wincc' | protoc --decode=org.eclipse.tahu.protobuf.Payload --proto_path=tests/fixtures sparkplug_b.proto\
          \n            or point an Ignition MQTT Engine / any Sparkplug host at mqtt://127.0.0.1{colon_port}\
-         \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous, security None or Basic256Sha256; tags under Objects/WinCC)\
+         \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous reads; writes as user {DEMO_OPCUA_WRITER}, password {opcua_password}; security None or Basic256Sha256; tags under Objects/WinCC)\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\
          \n\nPress Ctrl-C to stop.\n",

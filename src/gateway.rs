@@ -63,6 +63,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         "starting wincc-gateway {}",
         env!("CARGO_PKG_VERSION")
     );
+    for w in settings.cleartext_warnings() {
+        tracing::warn!("credentials in clear: {w}");
+    }
 
     let bus = Bus::new();
     let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));

@@ -64,6 +64,28 @@ pub fn decode(topic: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Why a write topic's `{tag}` suffix was refused by [`decode_strict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A `%` not followed by two hex digits, or bytes that are not UTF-8.
+    BadEscape,
+    /// Decodes to a name whose encoding is a different text (lower-case
+    /// hex, a needless `%31`, a `/` that should be `%2F`, an empty level).
+    NonCanonical,
+}
+
+/// Decodes a topic suffix only if it is exactly the encoding of some name
+/// (contract §7: `encode(decode(s)) == s`). Every name has one topic, and
+/// every accepted topic names one tag: nothing is guessed.
+pub fn decode_strict(topic: &str) -> Result<String, DecodeError> {
+    let name = decode(topic).ok_or(DecodeError::BadEscape)?;
+    if encode(&name) == topic {
+        Ok(name)
+    } else {
+        Err(DecodeError::NonCanonical)
+    }
+}
+
 /// True if `topic` is a valid MQTT topic name for publishing: non-empty, at
 /// most 65535 bytes, no wildcard, no NUL.
 pub fn is_valid_publish_topic(topic: &str) -> bool {
@@ -84,6 +106,29 @@ mod tests {
         assert_eq!(encode("x\u{0}y\u{7f}z\u{85}"), "x%00y%7Fz%C2%85");
         assert_eq!(encode("Tank 3.Level"), "Tank 3.Level");
         assert_eq!(encode("Kühlung/Temp°C"), "Kühlung/Temp°C");
+    }
+
+    #[test]
+    fn strict_decoding_refuses_every_other_spelling() {
+        assert_eq!(decode_strict("Line1/Speed").unwrap(), "Line1/Speed");
+        assert_eq!(decode_strict("A/%2FB").unwrap(), "A//B");
+        assert_eq!(decode_strict("a%2Bb").unwrap(), "a+b");
+        assert_eq!(decode_strict("%C2%85").unwrap(), "\u{85}");
+        for (s, why) in [
+            ("a%2bb", DecodeError::NonCanonical),  // lower-case hex
+            ("Tag%31", DecodeError::NonCanonical), // needless escape of '1'
+            ("A%2FB", DecodeError::NonCanonical),  // a separator spelled %2F
+            ("A//B", DecodeError::NonCanonical),   // empty level
+            ("/A", DecodeError::NonCanonical),     // leading slash
+            ("A/", DecodeError::NonCanonical),     // trailing slash
+            ("%41", DecodeError::NonCanonical),    // 'A'
+            ("%C3%BC", DecodeError::NonCanonical), // 'ü' is sent as is
+            ("bad%zz", DecodeError::BadEscape),
+            ("bad%", DecodeError::BadEscape),
+            ("%FF", DecodeError::BadEscape), // not UTF-8
+        ] {
+            assert_eq!(decode_strict(s), Err(why), "{s:?}");
+        }
     }
 
     #[test]
@@ -108,6 +153,7 @@ mod tests {
             assert!(is_valid_publish_topic(&t), "{n:?} -> {t:?}");
             assert!(!t.split('/').any(|l| l.is_empty()), "empty level in {t:?}");
             assert_eq!(decode(&t).as_deref(), Some(n), "{n:?} -> {t:?}");
+            assert_eq!(decode_strict(&t).as_deref(), Ok(n), "{n:?} -> {t:?}");
         }
     }
 }

@@ -362,3 +362,59 @@ async fn with_writes_disabled_no_write_topic_is_subscribed() {
     let e = MqttSink::new(&s, None).err().expect("refused").to_string();
     assert!(e.contains("mqtt.write_enabled"), "{e}");
 }
+
+/// Contract §7: a write topic that is not exactly the encoding of a tag name
+/// is refused and counted, never mapped to the tag it would decode to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_write_topics_are_refused_never_guessed() {
+    let metrics = wincc_gateway::http::metrics_handle();
+    let counted = || -> u64 {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| {
+                l.starts_with("wincc_gateway_writes_total{")
+                    && l.contains("sink=\"mqtt\"")
+                    && l.contains("result=\"non_canonical_topic\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let r = rig(None).await;
+    let before_count = counted();
+    let written = r.writes_at_station();
+    let hostile = topic::encode(HOSTILE);
+    assert!(hostile.contains("%2B"), "{hostile}");
+    let lower = hostile.replace("%2B", "%2b");
+    let spellings = [
+        "Setpoints%2FSpeed".to_string(), // the level separator escaped
+        "Setpoints/Sp%65ed".to_string(), // a needless escape of 'e'
+        "Setpoints%2fSpeed".to_string(), // the same, in lower-case hex
+        "Setpoints//Speed".to_string(),  // an empty level
+        lower,                           // lower-case hex of a hostile name
+        "Setpoints/%C3%BC".to_string(),  // 'ü' needs no escape
+    ];
+    for s in &spellings {
+        let v = r.raw(s, br#"{"value":77,"id":"nc"}"#, false).await;
+        let e = error_of(&v);
+        assert!(e.contains("not the canonical encoding"), "{s}: {e}");
+        assert_eq!(v["id"], "nc");
+    }
+    assert_eq!(
+        r.writes_at_station(),
+        written,
+        "a non-canonical topic reached the station"
+    );
+    assert_eq!(r.sim.value("Setpoints/Speed"), Some(json!(0)));
+    assert_eq!(r.sim.value(HOSTILE), Some(json!("")));
+    assert!(
+        counted() >= before_count + spellings.len() as u64,
+        "refusals not counted: {} -> {}",
+        before_count,
+        counted()
+    );
+    // The canonical spelling still works.
+    let v = r.raw(&hostile, br#"{"value":"ok","id":"c"}"#, false).await;
+    assert_eq!(v, json!({"id":"c","ok":true}));
+    r.gw.stop().await;
+}

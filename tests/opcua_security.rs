@@ -13,7 +13,7 @@ use opcua::types::{
 };
 use opcua_support::*;
 use serde_json::json;
-use wincc_gateway::config::{OpcuaSettings, OpcuaUser};
+use wincc_gateway::config::{OpcuaRole, OpcuaSettings, OpcuaUser};
 use wincc_gateway::model::TagType;
 
 const PASSWORD: &str = "c0rrect-h0rse §";
@@ -26,6 +26,7 @@ fn with_user(pki: &Path) -> OpcuaSettings {
         username: "operator".into(),
         password_env: String::new(),
         password_file: pw.to_string_lossy().into_owned(),
+        role: OpcuaRole::Read,
     }];
     s
 }
@@ -253,5 +254,113 @@ async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused(
     .await
     .expect("still trusted after the restart");
     c.close().await;
+    gw.shutdown().await;
+}
+
+/// Contract §8: every UserName policy the server advertises is encrypted,
+/// and a client that sends its password in clear anyway is refused with
+/// Bad_IdentityTokenInvalid, on the None endpoint and on SignAndEncrypt.
+/// (The async-opcua client itself refuses to send a plaintext password
+/// over a Sign-only channel; the server's check is the same for every
+/// endpoint, it runs while the request is decoded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_clear_are_refused_on_every_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_pki = tempfile::tempdir().unwrap();
+    let mut s = with_user(dir.path());
+    s.allow_anonymous = false;
+    s.trust_client_certs = true;
+    s.security_policies = vec!["None".into(), "Basic256Sha256".into()];
+    let gw = start(&s, None).await;
+    gw.tags(&[("T/Value", TagType::Int32, false)]);
+    gw.changes(vec![change(
+        "T/Value",
+        TagType::Int32,
+        json!(7),
+        "2026-01-01T00:00:00Z",
+    )]);
+
+    let eps = endpoints(&gw.url, client_pki.path()).await;
+    assert_eq!(eps.len(), 3);
+    for ep in &eps {
+        let tokens = ep.user_identity_tokens.clone().unwrap_or_default();
+        assert!(!tokens.is_empty(), "{ep:?}");
+        for t in &tokens {
+            assert_eq!(t.token_type, UserTokenType::UserName);
+            let uri = t.security_policy_uri.as_ref();
+            // Empty means "the endpoint's policy"; on None that would be clear text.
+            if ep.security_mode == MessageSecurityMode::None {
+                assert_eq!(uri, SecurityPolicy::Basic256Sha256.to_uri(), "{t:?}");
+            } else {
+                assert!(
+                    uri.is_empty() || uri == ep.security_policy_uri.as_ref(),
+                    "{t:?}"
+                );
+            }
+            assert_ne!(uri, SecurityPolicy::None.to_uri(), "{t:?}");
+        }
+    }
+
+    for (policy, mode) in [
+        (SecurityPolicy::None, MessageSecurityMode::None),
+        (
+            SecurityPolicy::Basic256Sha256,
+            MessageSecurityMode::SignAndEncrypt,
+        ),
+    ] {
+        let ep = eps
+            .iter()
+            .find(|e| e.security_mode == mode && e.security_policy_uri.as_ref() == policy.to_uri())
+            .unwrap();
+        // A client that believes the token policy is "None" sends the
+        // password as it is (async-opcua warns "sent in plain text").
+        let mut forged = ep.clone();
+        for t in forged.user_identity_tokens.iter_mut().flatten() {
+            t.security_policy_uri = SecurityPolicy::None.to_uri().into();
+        }
+        let refused = connect_direct(
+            forged,
+            IdentityToken::new_user_name("operator", PASSWORD),
+            client_pki.path(),
+        )
+        .await;
+        assert_eq!(
+            refused.err(),
+            Some(StatusCode::BadIdentityTokenInvalid),
+            "plaintext over {policy:?}/{mode:?}"
+        );
+        // The same password, encrypted as advertised, is accepted.
+        let ok = connect(
+            &gw.url,
+            policy,
+            mode,
+            IdentityToken::new_user_name("operator", PASSWORD),
+            client_pki.path(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("encrypted over {policy:?}/{mode:?}: {e}"));
+        assert_eq!(
+            read_value(&ok, "T/Value").await.value,
+            Some(Variant::Int32(7))
+        );
+        ok.close().await;
+    }
+    gw.shutdown().await;
+}
+
+/// `write_enabled = true` with nobody allowed to write does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_enabled_without_a_write_user_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = with_user(dir.path());
+    s.write_enabled = true;
+    s.writable_tags = vec!["**".into()];
+    let e = wincc_gateway::sinks::opcua::OpcuaSink::new(&s, None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("nobody could write"), "{e}");
+    s.users[0].role = OpcuaRole::Write;
+    let gw = start(&s, None).await;
     gw.shutdown().await;
 }

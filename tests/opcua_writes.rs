@@ -1,16 +1,20 @@
 //! OPC UA writes through the whole gateway: the WinCC simulator over real
 //! HTTP, the generic station client, the poller and the bus, the OPC UA sink
 //! and the real async-opcua client over TCP. A write answers Good only once
-//! the station took it; refusals never reach the station.
+//! the station took it; refusals never reach the station. Only sessions of
+//! users with role `write` may write (contract §8).
 
 use crate::opcua_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use opcua::client::IdentityToken;
+use opcua::crypto::SecurityPolicy;
 use opcua::nodes::AccessLevel;
 use opcua::types::{
-    AttributeId, DataValue, LocalizedText, NodeId, NumericRange, StatusCode, Variant, WriteValue,
+    AttributeId, DataValue, LocalizedText, MessageSecurityMode, NodeId, NumericRange, StatusCode,
+    Variant, WriteValue,
 };
 use opcua_support::*;
 use serde_json::json;
@@ -28,6 +32,24 @@ struct Plant {
     gw: Gateway,
     poll_stop: CancellationToken,
     _pki: tempfile::TempDir,
+}
+
+/// The plant's OPC UA users: `operator` may write, `viewer` may not.
+const OPERATOR_PW: &str = "op-s3cret";
+const VIEWER_PW: &str = "view-s3cret";
+
+/// A session of the `write` user over the None endpoint (the password
+/// encrypted with the server certificate).
+async fn connect_operator(url: &str, client_pki: &std::path::Path) -> Client {
+    connect(
+        url,
+        SecurityPolicy::None,
+        MessageSecurityMode::None,
+        IdentityToken::new_user_name("operator", OPERATOR_PW),
+        client_pki,
+    )
+    .await
+    .expect("operator session")
 }
 
 async fn plant() -> Plant {
@@ -69,6 +91,9 @@ async fn plant_with(dialect: Dialect) -> Plant {
     // V7 always wants Basic auth, Unified a session (the simulator's default user).
     let pw = pki.path().join("station-password");
     std::fs::write(&pw, "gateway").unwrap();
+    let (op_pw, view_pw) = (pki.path().join("op.pw"), pki.path().join("view.pw"));
+    std::fs::write(&op_pw, OPERATOR_PW).unwrap();
+    std::fs::write(&view_pw, VIEWER_PW).unwrap();
     let login =
         |mode: &str| format!("auth = \"{mode}\"\nusername = \"gateway\"\npassword_file = {pw:?}");
     let (base, auth) = match dialect {
@@ -102,6 +127,13 @@ enabled = false
 endpoint = "opc.tcp://127.0.0.1:0/"
 namespace_uri = "{ns}"
 pki_dir = "{pki}"
+security_policies = ["None", "Basic256Sha256"]
+trust_client_certs = true
+allow_anonymous = true
+users = [
+  {{ username = "operator", password_file = {op_pw:?}, role = "write" }},
+  {{ username = "viewer", password_file = {view_pw:?} }},
+]
 write_enabled = true
 writable_tags = ["Plant/Set*", "Plant/Mode", "Plant/ReadOnly"]
 [http]
@@ -153,7 +185,7 @@ async fn write(c: &Client, node: &NodeId, value: Variant) -> StatusCode {
 async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
     let p = plant().await;
     let client_pki = tempfile::tempdir().unwrap();
-    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let c = connect_operator(&p.gw.url, client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let id = |n: &str| NodeId::new(ns, n);
     let setpoint = id("Plant/Setpoint");
@@ -298,7 +330,7 @@ async fn writes_reach_the_station_only_when_allowed_and_well_typed() {
 async fn station_outage_is_bad_communication_for_values_and_writes() {
     let p = plant().await;
     let client_pki = tempfile::tempdir().unwrap();
-    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let c = connect_operator(&p.gw.url, client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let setpoint = NodeId::new(ns, "Plant/Setpoint");
     let readonly = NodeId::new(ns, "Plant/ReadOnly");
@@ -371,7 +403,7 @@ async fn one_write_call_for_many_nodes_is_one_mutation_to_a_unified_station() {
 async fn batch_write(dialect: Dialect, endpoint: &str) {
     let p = plant_with(dialect).await;
     let client_pki = tempfile::tempdir().unwrap();
-    let c = connect_anonymous(&p.gw.url, client_pki.path()).await;
+    let c = connect_operator(&p.gw.url, client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let id = |n: &str| NodeId::new(ns, n);
     eventually_read(&c.session, &id("Plant/Setpoint"), |dv| {
@@ -456,4 +488,126 @@ async fn batch_write(dialect: Dialect, endpoint: &str) {
     assert_eq!(requests, 2, "two single writes: {before:?} -> {after:?}");
     p.poll_stop.cancel();
     p.gw.shutdown().await;
+}
+
+/// UserAccessLevel of the given nodes, as this session sees it.
+async fn user_levels(c: &Client, ids: &[NodeId]) -> Vec<u8> {
+    read(&c.session, ids, AttributeId::UserAccessLevel)
+        .await
+        .into_iter()
+        .map(|dv| match dv.value {
+            Some(Variant::Byte(b)) => b,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Contract §8, with the real client over None and over SignAndEncrypt:
+/// anonymous and `read` sessions see every tag read-only and are refused
+/// (Bad_UserAccessDenied, nothing reaches the station); the `write` user's
+/// session sees CurrentWrite on the allow-listed tags and writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sessions_of_write_users_may_write() {
+    let p = plant().await;
+    let client_pki = tempfile::tempdir().unwrap();
+    let rw = (AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE).bits();
+    let ro = AccessLevel::CURRENT_READ.bits();
+    let puts = |p: &Plant| {
+        p.sim
+            .stats()
+            .requests
+            .get("PUT /tags/{name}/value")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut value = 100.0;
+    for (policy, mode) in [
+        (SecurityPolicy::None, MessageSecurityMode::None),
+        (
+            SecurityPolicy::Basic256Sha256,
+            MessageSecurityMode::SignAndEncrypt,
+        ),
+    ] {
+        for (who, identity, may_write) in [
+            ("anonymous", IdentityToken::Anonymous, false),
+            (
+                "viewer",
+                IdentityToken::new_user_name("viewer", VIEWER_PW),
+                false,
+            ),
+            (
+                "operator",
+                IdentityToken::new_user_name("operator", OPERATOR_PW),
+                true,
+            ),
+        ] {
+            let c = connect(&p.gw.url, policy, mode, identity, client_pki.path())
+                .await
+                .unwrap_or_else(|e| panic!("{who} over {policy:?}/{mode:?}: {e}"));
+            let ns = c.session.get_namespace_index(NS).await.unwrap();
+            let id = |n: &str| NodeId::new(ns, n);
+            let setpoint = id("Plant/Setpoint");
+            eventually_read(&c.session, &setpoint, |dv| dv.status() == StatusCode::Good).await;
+            let ids = [setpoint.clone(), id("Plant/Mode"), id("Plant/NotListed")];
+            // The variable's AccessLevel is the same for everybody; the
+            // UserAccessLevel shows CurrentWrite to write users only.
+            let access: Vec<u8> = read(&c.session, &ids, AttributeId::AccessLevel)
+                .await
+                .into_iter()
+                .map(|dv| match dv.value {
+                    Some(Variant::Byte(b)) => b,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(access, [rw, rw, ro], "{who}");
+            let want = if may_write {
+                [rw, rw, ro]
+            } else {
+                [ro, ro, ro]
+            };
+            assert_eq!(
+                user_levels(&c, &ids).await,
+                want,
+                "{who} over {policy:?}/{mode:?}"
+            );
+
+            value += 1.0;
+            let before = puts(&p);
+            let status = write(&c, &setpoint, Variant::Double(value)).await;
+            if may_write {
+                assert_eq!(status, StatusCode::Good, "{who} over {policy:?}/{mode:?}");
+                assert_eq!(p.sim.value("Plant/Setpoint"), Some(json!(value)));
+                assert_eq!(puts(&p), before + 1);
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::BadUserAccessDenied,
+                    "{who} over {policy:?}/{mode:?}"
+                );
+                // A batch of several nodes is refused node by node too.
+                let statuses = c
+                    .session
+                    .write(&[
+                        write_value(&setpoint, Variant::Double(value)),
+                        write_value(&id("Plant/Mode"), Variant::Int16(9)),
+                    ])
+                    .await
+                    .expect("write service");
+                assert_eq!(
+                    statuses,
+                    [
+                        StatusCode::BadUserAccessDenied,
+                        StatusCode::BadUserAccessDenied
+                    ],
+                    "{who}"
+                );
+                assert_eq!(puts(&p), before, "{who}'s write reached the station");
+                assert_ne!(p.sim.value("Plant/Setpoint"), Some(json!(value)));
+            }
+            c.close().await;
+        }
+    }
+    p.poll_stop.cancel();
+    p.gw.shutdown().await;
+    p.sim.shutdown().await;
 }

@@ -90,6 +90,10 @@ pub struct WinccSettings {
     pub pinned_cert_sha256: String,
     pub accept_invalid_certs: bool,
     pub max_tags_per_request: usize,
+    /// The most tags the gateway takes from the station's tag list; a
+    /// station with more gets a clear error and the first `max_tags` are
+    /// polled (bounded memory whatever the station sends).
+    pub max_tags: usize,
     /// How often poll-group globs are re-resolved against `GET /tags` (0: only at start).
     pub discovery_interval_s: u64,
     pub rate_limit: RateLimit,
@@ -109,6 +113,7 @@ impl Default for WinccSettings {
             pinned_cert_sha256: String::new(),
             accept_invalid_certs: false,
             max_tags_per_request: 500,
+            max_tags: 200_000,
             discovery_interval_s: 300,
             rate_limit: RateLimit::default(),
         }
@@ -275,6 +280,26 @@ impl Default for MqttSettings {
     }
 }
 
+/// What an OPC UA user may do (contract §8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpcuaRole {
+    /// Browse, read and subscribe; never write.
+    #[default]
+    Read,
+    /// Also write the tags `opcua.writable_tags` allows.
+    Write,
+}
+
+impl OpcuaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpcuaRole::Read => "read",
+            OpcuaRole::Write => "write",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct OpcuaUser {
     pub username: String,
@@ -282,6 +307,8 @@ pub struct OpcuaUser {
     pub password_env: String,
     #[serde(default)]
     pub password_file: String,
+    #[serde(default)]
+    pub role: OpcuaRole,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,13 +345,19 @@ impl Default for OpcuaSettings {
     }
 }
 
-/// Server limits, sized for 100 000 tags (the crate's defaults are 1000).
+/// Server limits, sized for 100 000 tags (the crate's defaults are 1000),
+/// and bounding what clients can make the server hold (contract §8).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct OpcuaLimits {
+    /// Sessions open at once, all clients together (`Bad_TooManySessions`).
     pub max_sessions: usize,
     pub max_session_timeout_ms: u64,
+    /// `Bad_TooManySubscriptions` beyond this.
     pub max_subscriptions_per_session: usize,
+    /// Monitored items one session may hold, over all its subscriptions
+    /// (`Bad_TooManyMonitoredItems`); 0: the tag count + 1 000.
+    pub max_monitored_items_per_session: usize,
     pub max_monitored_items_per_sub: usize,
     pub max_monitored_items_per_call: usize,
     pub max_nodes_per_read: usize,
@@ -340,6 +373,7 @@ impl Default for OpcuaLimits {
             max_sessions: 50,
             max_session_timeout_ms: 3_600_000,
             max_subscriptions_per_session: 20,
+            max_monitored_items_per_session: 0,
             max_monitored_items_per_sub: 200_000,
             max_monitored_items_per_call: 100_000,
             max_nodes_per_read: 100_000,

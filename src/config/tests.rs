@@ -142,3 +142,134 @@ fn response_topics_need_mqtt5_and_a_prefix_outside_the_gateways_topics() {
         assert!(p.why.contains(why), "{extra}: {}", p.why);
     }
 }
+
+/// MIN with the OPC UA server on and `opcua_extra` in `[opcua]`; the
+/// users' passwords come from `WINCC_GW_TEST_OPCUA_PW`.
+fn with_opcua(opcua_extra: &str) -> Result<Settings, ConfigError> {
+    std::env::set_var("WINCC_GW_TEST_OPCUA_PW", "secret");
+    load(
+        &MIN.replace(
+            "[opcua]\nenabled = false",
+            &format!("[opcua]\n{opcua_extra}"),
+        ),
+        &[],
+    )
+}
+
+#[test]
+fn opcua_roles_default_to_read_and_writes_need_a_write_user() {
+    let s = with_opcua(
+        "users = [{ username = \"a\", password_env = \"WINCC_GW_TEST_OPCUA_PW\" }, \
+         { username = \"b\", password_env = \"WINCC_GW_TEST_OPCUA_PW\", role = \"write\" }]",
+    )
+    .unwrap();
+    assert_eq!(s.opcua.users[0].role, OpcuaRole::Read);
+    assert_eq!(s.opcua.users[1].role, OpcuaRole::Write);
+
+    // write_enabled with nobody who may write: refused, located.
+    let e = with_opcua(
+        "write_enabled = true\nusers = [{ username = \"a\", password_env = \"WINCC_GW_TEST_OPCUA_PW\" }]",
+    )
+    .unwrap_err();
+    let p = e
+        .problems
+        .iter()
+        .find(|p| p.key == "opcua.write_enabled")
+        .unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(p.value, "true");
+    assert!(p.why.contains("nobody could write"), "{}", p.why);
+    assert!(with_opcua("write_enabled = true").is_err());
+    assert!(with_opcua(
+        "write_enabled = true\nusers = [{ username = \"b\", password_env = \"WINCC_GW_TEST_OPCUA_PW\", role = \"write\" }]"
+    )
+    .is_ok());
+
+    let e = with_opcua(
+        "users = [{ username = \"a\", password_env = \"WINCC_GW_TEST_OPCUA_PW\", role = \"admin\" }]",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("admin"), "{e}");
+}
+
+#[test]
+fn opcua_limits_are_checked() {
+    let e = with_opcua("[opcua.limits]\nmax_sessions = 0\nmax_message_size = 100").unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"opcua.limits.max_sessions"), "{e}");
+    assert!(keys.contains(&"opcua.limits.max_message_size"), "{e}");
+    let s = with_opcua("[opcua.limits]\nmax_monitored_items_per_session = 5000").unwrap();
+    assert_eq!(s.opcua.limits.max_monitored_items_per_session, 5000);
+    assert_eq!(
+        with_opcua("")
+            .unwrap()
+            .opcua
+            .limits
+            .max_monitored_items_per_session,
+        0,
+        "0: the tag count + 1000"
+    );
+}
+
+#[test]
+fn credentials_in_urls_are_refused_without_echoing_the_password() {
+    let e = load(
+        &MIN.replace(
+            "http://127.0.0.1:8080",
+            "https://gateway:hunter2@scada01:34569/api",
+        ),
+        &[],
+    )
+    .unwrap_err();
+    let p = &e.problems[0];
+    assert_eq!(p.key, "wincc.base_url", "{e}");
+    assert!(p.why.contains("user:password@"), "{}", p.why);
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    let e = load(
+        &format!("{MIN}[mqtt]\nurl = \"mqtt://gw:hunter2@broker:1883\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].key, "mqtt.url", "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn credentials_in_clear_are_warned_about() {
+    std::env::set_var("WINCC_GW_TEST_CLEAR_PW", "x");
+    let s = load(
+        &format!(
+            "{}[mqtt]\nurl = \"mqtt://broker:1883\"\nusername = \"gw\"\npassword_env = \"WINCC_GW_TEST_CLEAR_PW\"\n",
+            MIN.replace(
+                "base_url = \"http://127.0.0.1:8080\"",
+                "base_url = \"http://127.0.0.1:8080\"\nauth = \"basic\"\nusername = \"u\"\npassword_env = \"WINCC_GW_TEST_CLEAR_PW\""
+            )
+        ),
+        &[],
+    )
+    .unwrap();
+    let w = s.cleartext_warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("wincc.auth") && w[0].contains("https://"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("mqtt.url") && w[1].contains("mqtts://"),
+        "{w:?}"
+    );
+    // TLS on both sides: nothing to warn about.
+    let s = load(MIN, &[]).unwrap();
+    assert!(s.cleartext_warnings().is_empty());
+}
+
+#[test]
+fn max_tags_defaults_to_200000_and_must_be_positive() {
+    assert_eq!(load(MIN, &[]).unwrap().wincc.max_tags, 200_000);
+    let e = load(
+        &MIN.replace("[[poll_group]]", "max_tags = 0\n[[poll_group]]"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].key, "wincc.max_tags", "{e}");
+}

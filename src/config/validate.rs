@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{resolve_secret, AuthMode, Dialect, MqttProtocol, PollMode, Problem, Settings};
+use super::{
+    resolve_secret, AuthMode, Dialect, MqttProtocol, OpcuaRole, PollMode, Problem, Settings,
+};
 use crate::glob;
 
 impl Settings {
@@ -27,6 +29,12 @@ impl Settings {
             );
         } else {
             match reqwest::Url::parse(&w.base_url) {
+                Ok(u) if has_credentials(&u) => bad(
+                    "wincc.base_url",
+                    q(&without_credentials(&u)),
+                    "must not carry user:password@ (it would be logged and sent in clear); \
+                     use wincc.username with wincc.password_env or wincc.password_file",
+                ),
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
                     if u.host_str().is_none() {
                         bad("wincc.base_url", q(&w.base_url), "has no host");
@@ -64,6 +72,13 @@ impl Settings {
         }
         if w.timeout_ms == 0 {
             bad("wincc.timeout_ms", "0".into(), "must be at least 1");
+        }
+        if w.max_tags == 0 {
+            bad(
+                "wincc.max_tags",
+                "0".into(),
+                "must be at least 1 (default 200000)",
+            );
         }
         if w.max_tags_per_request == 0 {
             bad(
@@ -168,6 +183,12 @@ impl Settings {
         let m = &self.mqtt;
         if m.enabled {
             match reqwest::Url::parse(&m.url) {
+                Ok(u) if has_credentials(&u) => p.push(prob(
+                    "mqtt.url".into(),
+                    q(&without_credentials(&u)),
+                    "must not carry user:password@ (it would be logged); \
+                     use mqtt.username with mqtt.password_env or mqtt.password_file",
+                )),
                 Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts" | "tcp" | "ssl") => {
                     if u.host_str().is_none_or(str::is_empty) {
                         p.push(prob("mqtt.url".into(), q(&m.url), "has no host"));
@@ -333,6 +354,68 @@ impl Settings {
                     Err(e) => p.push(e),
                 }
             }
+            if o.write_enabled && !o.users.iter().any(|u| u.role == OpcuaRole::Write) {
+                p.push(prob(
+                    "opcua.write_enabled".into(),
+                    "true".into(),
+                    "no user in opcua.users has role = \"write\": nobody could write \
+                     (anonymous sessions never write); add one, e.g. users = [{ username = \
+                     \"operator\", password_env = \"OPCUA_OPERATOR_PASSWORD\", role = \"write\" }]",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, u) in o.users.iter().enumerate() {
+                if !u.username.is_empty() && !seen.insert(u.username.as_str()) {
+                    p.push(prob(
+                        format!("opcua.users[{i}].username"),
+                        q(&u.username),
+                        "is listed twice",
+                    ));
+                }
+            }
+            let l = &o.limits;
+            for (key, v, min) in [
+                ("opcua.limits.max_sessions", l.max_sessions, 1),
+                (
+                    "opcua.limits.max_subscriptions_per_session",
+                    l.max_subscriptions_per_session,
+                    1,
+                ),
+                (
+                    "opcua.limits.max_monitored_items_per_sub",
+                    l.max_monitored_items_per_sub,
+                    1,
+                ),
+                (
+                    "opcua.limits.max_monitored_items_per_call",
+                    l.max_monitored_items_per_call,
+                    1,
+                ),
+                ("opcua.limits.max_nodes_per_read", l.max_nodes_per_read, 1),
+                ("opcua.limits.max_nodes_per_write", l.max_nodes_per_write, 1),
+                (
+                    "opcua.limits.max_nodes_per_browse",
+                    l.max_nodes_per_browse,
+                    1,
+                ),
+                ("opcua.limits.max_array_length", l.max_array_length, 1),
+                ("opcua.limits.max_message_size", l.max_message_size, 8192),
+            ] {
+                if v < min {
+                    p.push(prob(
+                        key.into(),
+                        v.to_string(),
+                        &format!("must be at least {min}"),
+                    ));
+                }
+            }
+            if l.max_session_timeout_ms == 0 {
+                p.push(prob(
+                    "opcua.limits.max_session_timeout_ms".into(),
+                    "0".into(),
+                    "must be at least 1",
+                ));
+            }
             if o.pki_dir.is_empty() {
                 p.push(prob(
                     "opcua.pki_dir".into(),
@@ -359,6 +442,50 @@ impl Settings {
         }
         p
     }
+}
+
+impl Settings {
+    /// Credentials this configuration would send in clear: one line each,
+    /// logged as a warning at every start (and shown by `check-config`).
+    pub fn cleartext_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let w = &self.wincc;
+        let scheme = |url: &str| reqwest::Url::parse(url).map(|u| u.scheme().to_string());
+        if w.auth != AuthMode::None && scheme(&w.base_url).is_ok_and(|s| s == "http") {
+            let what = if w.auth == AuthMode::Basic {
+                "the station user name and password go in clear with every request"
+            } else {
+                "the station password (at login) and the session token travel in clear"
+            };
+            out.push(format!(
+                "wincc.auth = \"{}\" over http:// ({}): {what}; use https://",
+                w.auth.as_str(),
+                w.base_url,
+            ));
+        }
+        let m = &self.mqtt;
+        let mqtt_password = !m.password_env.is_empty() || !m.password_file.is_empty();
+        if m.enabled && mqtt_password && scheme(&m.url).is_ok_and(|s| s == "mqtt" || s == "tcp") {
+            out.push(format!(
+                "mqtt.url = {:?} with a password: the broker password travels in clear; use mqtts://",
+                m.url
+            ));
+        }
+        out
+    }
+}
+
+/// True if a URL carries a user name or password (`user:password@host`).
+fn has_credentials(u: &reqwest::Url) -> bool {
+    !u.username().is_empty() || u.password().is_some()
+}
+
+/// The URL with its user name and password replaced, for error messages.
+fn without_credentials(u: &reqwest::Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_username("***");
+    let _ = u.set_password(None);
+    u.to_string()
 }
 
 /// Security policies the OPC UA server offers.

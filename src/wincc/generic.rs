@@ -30,6 +30,7 @@ use tokio::sync::Mutex;
 
 mod auth;
 
+use super::browse::TagCollector;
 use super::gate::LoginGate;
 use super::http::{self, retry_after};
 use super::limiter::Limiter;
@@ -56,6 +57,10 @@ pub struct GenericClient {
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
     gate: LoginGate,
+    /// Session tokens and cookies the station issued (scrubbed like the password).
+    issued: http::Issued,
+    /// `wincc.max_tags`: the most tags a browse keeps.
+    max_tags: usize,
 }
 
 /// A reply that passed the status checks.
@@ -105,6 +110,8 @@ impl GenericClient {
             limiter,
             session: Mutex::new(Session::default()),
             gate: LoginGate::default(),
+            issued: http::Issued::default(),
+            max_tags: settings.max_tags,
         })
     }
 
@@ -132,13 +139,16 @@ impl GenericClient {
         Ok(self.url(&["tags", name, "value"]))
     }
 
-    /// Removes the password (and the Basic credential) from station text.
+    /// Removes the password, the Basic credential and every session token
+    /// or cookie the station issued from station text.
     fn scrub(&self, s: String) -> String {
-        super::scrub_text(s, &[self.password.as_ref(), self.basic.as_ref()])
+        self.issued
+            .scrub(&[self.password.as_ref(), self.basic.as_ref()], s)
     }
 
     fn scrub_err(&self, e: StationError) -> StationError {
-        e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
+        self.issued
+            .scrub_err(&[self.password.as_ref(), self.basic.as_ref()], e)
     }
 
     /// One HTTP exchange under a limiter permit: status, headers, body.
@@ -152,10 +162,7 @@ impl GenericClient {
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
-            rb = rb.header(
-                reqwest::header::AUTHORIZATION,
-                format!("Basic {}", b.expose()),
-            );
+            rb = rb.header(reqwest::header::AUTHORIZATION, http::basic_header(b));
         }
         if let Some(t) = ticket.and_then(|t| t.bearer.as_deref()) {
             rb = rb.bearer_auth(t);
@@ -298,11 +305,12 @@ fn busy_or_error(
 #[async_trait]
 impl Station for GenericClient {
     async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
-        let mut all: Vec<TagInfo> = Vec::new();
+        // Bounded: at most max_tags tags, and a station that never stops
+        // paging is malformed.
+        let mut all = TagCollector::new(self.max_tags);
         let mut offset = 0usize;
         let mut skipped = 0usize;
-        // Bounded: a station that never stops paging is malformed.
-        for _page in 0..100_000 {
+        loop {
             let mut url = self.url(&["tags"]);
             url.query_pairs_mut()
                 .append_pair("offset", &offset.to_string())
@@ -316,19 +324,18 @@ impl Station for GenericClient {
                 tracing::warn!(tag = %self.scrub(name.clone()), "skipping a tag with an unknown type or shape");
             }
             offset += page.rows;
-            all.extend(page.tags);
+            let more = all.page(page.tags)?;
             let done = match page.total {
                 Some(total) => offset >= total || page.rows == 0,
                 None => page.rows < TAG_PAGE,
             };
-            if done {
+            if done || !more {
                 if skipped > 0 {
                     tracing::warn!(skipped, "tags skipped while browsing the station");
                 }
-                return Ok(all);
+                return Ok(all.finish());
             }
         }
-        Err(StationError::Malformed("the tag list never ends".into()))
     }
 
     async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {

@@ -1,14 +1,90 @@
 //! HTTP plumbing shared by the REST dialects: the reqwest client with the
-//! configured TLS trust, error classification, bounded body reading and
-//! `Retry-After` parsing.
+//! configured TLS trust, error classification, bounded body reading,
+//! `Retry-After` parsing, and the secrets scrubbed from station text (the
+//! password, the Basic credential, and the session tokens and cookies the
+//! station issued, so a station that echoes one cannot leak it into logs,
+//! `/healthz` or the retained station message).
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER, SET_COOKIE};
 
 use super::{ConnectError, StationError};
-use crate::config::{AuthMode, WinccSettings};
+use crate::config::{AuthMode, Secret, WinccSettings};
+
+/// The `Authorization: Basic ...` value for a base64 credential, marked
+/// sensitive so that neither reqwest nor hyper ever prints it (in `Debug`
+/// output of a request, or in HTTP/2 header compression tables).
+pub fn basic_header(credential: &Secret) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Basic {}", credential.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
+}
+
+/// Session tokens and cookie values kept at once: the current session's
+/// and a few before it (a station may echo an old one).
+const ISSUED_KEPT: usize = 4;
+
+/// The credentials a station issued (session tokens, cookie values). They
+/// are secrets like the password: text from the station is scrubbed of
+/// them too. Holds the newest [`ISSUED_KEPT`].
+#[derive(Default)]
+pub struct Issued(Mutex<VecDeque<Secret>>);
+
+impl Issued {
+    /// Remembers a token or cookie value (empty ones are ignored).
+    pub fn remember(&self, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.iter().any(|s| s.expose() == value) {
+            return;
+        }
+        if q.len() == ISSUED_KEPT {
+            q.pop_front();
+        }
+        q.push_back(Secret::new(value));
+    }
+
+    /// Remembers the value of every cookie a reply sets.
+    pub fn remember_cookies(&self, headers: &HeaderMap) {
+        for v in headers.get_all(SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            let pair = v.split(';').next().unwrap_or_default();
+            if let Some((_, value)) = pair.split_once('=') {
+                self.remember(value.trim().trim_matches('"'));
+            }
+        }
+    }
+
+    /// `fixed` plus every issued credential, for [`super::scrub_text`] and
+    /// [`StationError::scrubbed`].
+    fn with<R>(&self, fixed: &[Option<&Secret>], f: impl FnOnce(&[Option<&Secret>]) -> R) -> R {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Option<&Secret>> = Vec::with_capacity(fixed.len() + q.len());
+        all.extend_from_slice(fixed);
+        // Longest first, so a token that contains another is replaced whole.
+        let mut issued: Vec<&Secret> = q.iter().collect();
+        issued.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+        all.extend(issued.into_iter().map(Some));
+        f(&all)
+    }
+
+    /// `text` with `fixed` secrets and every issued credential replaced by `***`.
+    pub fn scrub(&self, fixed: &[Option<&Secret>], text: String) -> String {
+        self.with(fixed, |all| super::scrub_text(text, all))
+    }
+
+    /// The error with `fixed` secrets and every issued credential scrubbed.
+    pub fn scrub_err(&self, fixed: &[Option<&Secret>], e: StationError) -> StationError {
+        self.with(fixed, |all| e.scrubbed(all))
+    }
+}
 
 /// Largest reply body accepted from a station; anything longer is refused
 /// as malformed instead of filling memory.
@@ -265,7 +341,46 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn issued_tokens_and_cookies_are_scrubbed() {
+        let issued = Issued::default();
+        let pw = Secret::new("pw-123");
+        issued.remember("tok-AAAA");
+        let mut h = HeaderMap::new();
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("session=cookie-BBBB; Path=/; HttpOnly"),
+        );
+        issued.remember_cookies(&h);
+        let text = "echo tok-AAAA and cookie-BBBB and pw-123".to_string();
+        assert_eq!(issued.scrub(&[Some(&pw)], text), "echo *** and *** and ***");
+        let e = issued.scrub_err(
+            &[],
+            StationError::Http {
+                status: 500,
+                message: "bad session tok-AAAA".into(),
+            },
+        );
+        assert!(!e.to_string().contains("tok-AAAA"), "{e}");
+        // Bounded: only the newest few are kept.
+        for i in 0..10 {
+            issued.remember(&format!("t{i:04}"));
+        }
+        assert_eq!(issued.0.lock().unwrap().len(), ISSUED_KEPT);
+        assert_eq!(
+            issued.scrub(&[], "t0009 t0000".into()),
+            "*** t0000".to_string()
+        );
+    }
+
+    #[test]
+    fn the_basic_header_is_sensitive() {
+        let v = basic_header(&Secret::new("dXNlcjpwdw=="));
+        assert!(v.is_sensitive());
+        assert_eq!(v.to_str().unwrap(), "Basic dXNlcjpwdw==");
+        assert!(!format!("{v:?}").contains("dXNlcjpwdw"), "{v:?}");
+    }
 
     #[test]
     fn retry_after_in_seconds_and_as_a_date() {

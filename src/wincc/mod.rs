@@ -189,6 +189,7 @@ impl Drop for TagSubscription {
     }
 }
 
+mod browse;
 mod fast;
 pub mod gate;
 pub mod generic;
@@ -226,12 +227,29 @@ pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     }
 }
 
-/// `s` with every occurrence of the given secrets replaced by `***`.
+/// The longest station text (error messages, names in log lines) the
+/// gateway carries on into write results, logs and status messages.
+pub const MAX_STATION_TEXT: usize = 500;
+
+/// `s` with every occurrence of the given secrets replaced by `***`, then
+/// cut to [`MAX_STATION_TEXT`] characters (`…` marks a cut). Every text a
+/// station sends passes through here before it is used.
 pub fn scrub_text(mut s: String, secrets: &[Option<&crate::config::Secret>]) -> String {
     for secret in secrets.iter().flatten() {
         let x = secret.expose();
         if !x.is_empty() && s.contains(x) {
             s = s.replace(x, "***");
+        }
+    }
+    cap_text(s)
+}
+
+/// `s` cut to [`MAX_STATION_TEXT`] characters, `…` marking the cut.
+pub fn cap_text(mut s: String) -> String {
+    if s.len() > MAX_STATION_TEXT {
+        if let Some((i, _)) = s.char_indices().nth(MAX_STATION_TEXT) {
+            s.truncate(i);
+            s.push('…');
         }
     }
     s

@@ -62,6 +62,10 @@ pub struct UnifiedClient {
     gate: LoginGate,
     /// Why subscriptions cannot be used with these TLS settings, if so.
     ws_unsupported: Option<&'static str>,
+    /// Session tokens the station issued (scrubbed like the password).
+    issued: http::Issued,
+    /// `wincc.max_tags`: the most tags a browse keeps.
+    max_tags: usize,
 }
 
 #[derive(Default)]
@@ -134,6 +138,8 @@ impl UnifiedClient {
             limiter,
             session: Mutex::new(Session::default()),
             gate: LoginGate::default(),
+            issued: http::Issued::default(),
+            max_tags: settings.max_tags,
         })
     }
 
@@ -142,12 +148,13 @@ impl UnifiedClient {
         &self.limiter
     }
 
+    /// Removes the password and every session token the station issued.
     fn scrub(&self, s: String) -> String {
-        super::scrub_text(s, &[self.password.as_ref()])
+        self.issued.scrub(&[self.password.as_ref()], s)
     }
 
     fn scrub_err(&self, e: StationError) -> StationError {
-        e.scrubbed(&[self.password.as_ref()])
+        self.issued.scrub_err(&[self.password.as_ref()], e)
     }
 
     /// The station refused the login: the gate closes (see `wincc::gate`).
@@ -239,6 +246,7 @@ impl UnifiedClient {
             Outcome::AuthFailed(why) => format!("login as {:?} refused: {why}", self.username),
             Outcome::Data(session) => match up::session(&session) {
                 Ok((token, lifetime)) => {
+                    self.issued.remember(&token);
                     self.gate.accept();
                     tracing::info!(user = %self.username, "logged in to the station");
                     metrics::counter!("wincc_gateway_station_logins_total").increment(1);
@@ -264,7 +272,10 @@ impl UnifiedClient {
         {
             Outcome::AuthFailed(why) => Err(StationError::Auth(why)),
             Outcome::Data(session) => match up::session(&session) {
-                Ok((t, lifetime)) => Ok((if t.is_empty() { token.into() } else { t }, lifetime)),
+                Ok((t, lifetime)) => {
+                    self.issued.remember(&t);
+                    Ok((if t.is_empty() { token.into() } else { t }, lifetime))
+                }
                 Err(up::SessionError::Refused(why)) => Err(StationError::Auth(why)),
                 Err(up::SessionError::Malformed(m)) => Err(StationError::Malformed(m)),
             },
@@ -382,7 +393,8 @@ impl Station for UnifiedClient {
         if let Some(first) = skipped.first() {
             tracing::warn!(count = skipped.len(), first = %self.scrub(first.clone()), "skipping browse rows with no usable data type (structures, unsupported types)");
         }
-        Ok(tags)
+        // One reply (at most http::MAX_BODY bytes), cut to max_tags.
+        Ok(super::browse::TagCollector::new(self.max_tags).all(tags))
     }
 
     async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {

@@ -27,6 +27,7 @@ use base64::Engine;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 
+use super::browse::TagCollector;
 use super::gate::LoginGate;
 use super::http;
 use super::limiter::Limiter;
@@ -59,6 +60,8 @@ pub struct WinccV7Client {
     no_batch_write: AtomicBool,
     /// Tag types learnt from browsing, for converting values.
     types: RwLock<HashMap<String, TagType>>,
+    /// `wincc.max_tags`: the most tags a browse keeps.
+    max_tags: usize,
 }
 
 impl WinccV7Client {
@@ -99,6 +102,7 @@ impl WinccV7Client {
             warned_no_filter: AtomicBool::new(false),
             no_batch_write: AtomicBool::new(false),
             types: RwLock::new(HashMap::new()),
+            max_tags: w.max_tags,
         })
     }
 
@@ -141,10 +145,7 @@ impl WinccV7Client {
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
         let mut rb = self.http.request(method, url);
         if let Some(b) = &self.basic {
-            rb = rb.header(
-                reqwest::header::AUTHORIZATION,
-                format!("Basic {}", b.expose()),
-            );
+            rb = rb.header(reqwest::header::AUTHORIZATION, http::basic_header(b));
         }
         if let Some(b) = body {
             rb = rb.json(b);
@@ -210,10 +211,12 @@ impl WinccV7Client {
 #[async_trait]
 impl Station for WinccV7Client {
     async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
-        let mut all: Vec<TagInfo> = Vec::new();
+        // Bounded: at most max_tags tags, and a station that never stops
+        // paging is malformed.
+        let mut collector = TagCollector::new(self.max_tags);
         let mut skipped = 0usize;
         let mut continuation: Option<String> = None;
-        for _page in 0..100_000 {
+        loop {
             let mut url = self.url(&["tagManagement", "Variables"]);
             {
                 let mut q = url.query_pairs_mut();
@@ -230,8 +233,9 @@ impl Station for WinccV7Client {
             for name in page.skipped.iter().take(5) {
                 tracing::warn!(tag = %self.scrub(name.clone()), "skipping a variable with an unknown type or shape");
             }
-            all.extend(page.tags);
-            match page.continuation {
+            let more = collector.page(page.tags)?;
+            let next = if more { page.continuation } else { None };
+            match next {
                 Some(c) if Some(&c) == continuation.as_ref() => {
                     return Err(StationError::Malformed(
                         "the variable list repeats its continuation point".into(),
@@ -242,6 +246,7 @@ impl Station for WinccV7Client {
                     if skipped > 0 {
                         tracing::warn!(skipped, "variables skipped while browsing the station");
                     }
+                    let all = collector.finish();
                     let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
                     types.clear();
                     types.extend(all.iter().map(|t| (t.name.clone(), t.ty)));
@@ -249,9 +254,6 @@ impl Station for WinccV7Client {
                 }
             }
         }
-        Err(StationError::Malformed(
-            "the variable list never ends".into(),
-        ))
     }
 
     async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use super::link::{Incoming, Qos, Reply};
 use super::outbox::Kind;
 use super::SharedOutbox;
+use crate::topic::DecodeError;
 use crate::writes::{WritePolicy, Writer};
 
 /// Larger command payloads are refused without parsing.
@@ -102,13 +103,26 @@ pub(crate) fn parse(
             );
         }
     }
-    let Some(tag) = crate::topic::decode(suffix) else {
-        return (
-            id,
-            Err(format!(
-                "malformed command: topic level {suffix:?} has a bad percent escape"
-            )),
-        );
+    let tag = match crate::topic::decode_strict(suffix) {
+        Ok(tag) => tag,
+        Err(DecodeError::BadEscape) => {
+            return (
+                id,
+                Err(format!(
+                    "malformed command: topic level {suffix:?} has a bad percent escape"
+                )),
+            )
+        }
+        Err(DecodeError::NonCanonical) => {
+            return (
+                id,
+                Err(format!(
+                    "malformed command: topic {suffix:?} is not the canonical encoding of a tag \
+                     name (upper-case hex, escape only + # % / and control characters; \
+                     publish to write/ + the tag's topic exactly as it appears under tags/)"
+                )),
+            )
+        }
     };
     (
         id,
@@ -166,7 +180,7 @@ impl Commands {
                     let r = writer
                         .write(&policy, &job.tag, &job.value)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| crate::wincc::cap_text(e.to_string()));
                     publish_result(&outbox, job.topic, job.reply, &job.id, r);
                 }
             }));
@@ -227,7 +241,13 @@ impl Commands {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(topic, error = %e, "MQTT write command refused");
-                metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => "malformed")
+                let result =
+                    if crate::topic::decode_strict(suffix) == Err(DecodeError::NonCanonical) {
+                        "non_canonical_topic"
+                    } else {
+                        "malformed"
+                    };
+                metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => result)
                     .increment(1);
                 publish_result(&self.outbox, result_topic(None), reply, &id, Err(e));
                 return;
@@ -352,6 +372,14 @@ mod tests {
         assert!(err("bad%", r#"{"value":1}"#).1.contains("percent escape"));
         let huge = format!(r#"{{"value":"{}"}}"#, "x".repeat(MAX_COMMAND_BYTES));
         assert!(err("T", &huge).1.contains("exceeds"));
+        for s in ["a%2bb", "Tag%31", "A%2FB", "A//B", "%41"] {
+            assert!(
+                err(s, r#"{"value":1}"#)
+                    .1
+                    .contains("not the canonical encoding"),
+                "{s:?}"
+            );
+        }
         let (_, r) = parse("T", br#"{"value":1}"#, true);
         assert!(r.unwrap_err().contains("retained"));
     }

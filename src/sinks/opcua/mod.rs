@@ -12,9 +12,14 @@
 //!   Good only after the station accepted it.
 //! * Alarms (see [`events`]): every alarm transition is an OPC UA event
 //!   of `WinCCAlarmEventType` emitted by the `Objects/WinCC` folder.
-//! * Security: endpoints for each configured policy (Sign and
+//! * Security (contract §8): endpoints for each configured policy (Sign and
 //!   SignAndEncrypt for every non-None policy); user names and passwords
-//!   checked by our own authenticator ([`auth`]); anonymous only if allowed.
+//!   checked by our own authenticator ([`auth`]), never accepted in clear;
+//!   anonymous only if allowed; only sessions of `write` users see
+//!   `CurrentWrite` in UserAccessLevel and may write.
+//! * Limits (`opcua.limits`): sessions, subscriptions per session,
+//!   monitored items per session (default: tag count + 1 000), message
+//!   size; over a limit a client gets the matching `Bad_TooMany...` status.
 //!
 //! # Certificates (`pki_dir`)
 //!
@@ -49,7 +54,7 @@ use crate::model::{BadReason, ChangeBatch, StationStatus, TagInfo};
 use crate::writes::{WritePolicy, Writer};
 
 use self::events::AlarmOpcuaEvent;
-use self::nodes::{GatewayNodeManager, WriteTarget};
+use self::nodes::{GatewayNodeManager, ItemLimit, WriteTarget};
 use self::space::{Space, TagEntry};
 
 /// Why the OPC UA sink could not start or stopped.
@@ -130,7 +135,11 @@ impl OpcuaSink {
             writer,
             policy: policy.clone(),
         });
-        let built = server::build(settings, target)?;
+        let items = ItemLimit {
+            configured: settings.limits.max_monitored_items_per_session,
+            tags: Default::default(),
+        };
+        let built = server::build(settings, target, items)?;
         let nodes = built
             .handle
             .node_managers()
@@ -272,6 +281,7 @@ impl OpcuaSink {
                 .iter()
                 .map(|id| (gone.clone(), id, opcua::types::AttributeId::Value)),
         );
+        self.count_tags();
         tracing::info!(
             tags = self.space.len(),
             added = report.added,
@@ -279,6 +289,15 @@ impl OpcuaSink {
             updated = report.updated,
             "OPC UA address space updated"
         );
+    }
+
+    /// Tells the monitored-item limit how many tags there are now.
+    fn count_tags(&self) {
+        self.nodes
+            .inner()
+            .item_limit()
+            .tags
+            .store(self.space.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn apply_changes(&mut self, subs: &SubscriptionCache, batch: &ChangeBatch) {
@@ -318,6 +337,8 @@ impl OpcuaSink {
                 self.space.remove(&mut space, &name);
                 self.space.add(&mut space, &name, entry);
             }
+            drop(space);
+            self.count_tags();
         }
         let now = DateTime::now();
         let mut ids: Vec<NodeId> = Vec::with_capacity(batch.changes.len());

@@ -8,7 +8,11 @@
 //! `write` hook here runs in the session's own task with no lock held while
 //! it awaits the station: a client's write answers Good only after the
 //! station accepted the value, and a slow station blocks nobody else.
+//!
+//! It also bounds the monitored items of a session ([`ItemLimit`]): the
+//! crate only limits them per subscription.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +25,7 @@ use opcua::server::node_manager::memory::{InMemoryNodeManager, InMemoryNodeManag
 use opcua::server::node_manager::{
     NodeManagerBuilder, ParsedWriteValue, RequestContext, ServerContext, WriteNode,
 };
+use opcua::server::CreateMonitoredItem;
 use opcua::sync::RwLock;
 use opcua::types::{
     AttributeId, DataEncoding, DataValue, DateTime, Identifier, NodeId, NumericRange, StatusCode,
@@ -45,16 +50,44 @@ pub struct WriteTarget {
     pub policy: WritePolicy,
 }
 
+/// Monitored items one session may hold over all its subscriptions
+/// (`opcua.limits.max_monitored_items_per_session`; 0: the current tag
+/// count + [`ITEM_HEADROOM`]).
+#[derive(Clone, Default)]
+pub struct ItemLimit {
+    pub configured: usize,
+    /// The number of tag variables, kept current by the sink.
+    pub tags: Arc<AtomicUsize>,
+}
+
+/// Items a session may hold beyond one per tag when the limit is automatic.
+pub const ITEM_HEADROOM: usize = 1000;
+
+impl ItemLimit {
+    pub fn per_session(&self) -> usize {
+        if self.configured > 0 {
+            self.configured
+        } else {
+            self.tags.load(Ordering::Relaxed) + ITEM_HEADROOM
+        }
+    }
+}
+
 /// Our part of the node manager (see the module doc).
 pub struct GatewayNodes {
     namespaces: Vec<NamespaceMetadata>,
     tag_ns: u16,
     writes: Option<WriteTarget>,
+    items: ItemLimit,
 }
 
 /// A builder for the server: registers `namespace_uri` and
 /// `<namespace_uri>/folders` and adds `Objects/WinCC` and the alarm event type.
-pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeManagerBuilder {
+pub fn builder(
+    namespace_uri: &str,
+    writes: Option<WriteTarget>,
+    items: ItemLimit,
+) -> impl NodeManagerBuilder {
     let uris = [
         namespace_uri.to_string(),
         format!("{namespace_uri}/folders"),
@@ -75,6 +108,7 @@ pub fn builder(namespace_uri: &str, writes: Option<WriteTarget>) -> impl NodeMan
                 .collect(),
             tag_ns: idx[0],
             writes,
+            items,
         }
     })
 }
@@ -83,6 +117,28 @@ impl GatewayNodes {
     /// Index of the tag namespace.
     pub fn tag_ns(&self) -> u16 {
         self.tag_ns
+    }
+
+    /// The monitored-item limit (shared with the sink, which keeps the tag count).
+    pub fn item_limit(&self) -> &ItemLimit {
+        &self.items
+    }
+
+    /// Monitored items the session of `context` holds now, over all its
+    /// subscriptions and node managers.
+    fn session_items(context: &RequestContext) -> usize {
+        let Some(subs) = context
+            .subscriptions
+            .get_session_subscriptions(context.session_id)
+        else {
+            return 0;
+        };
+        let subs = subs.lock();
+        subs.subscription_ids()
+            .iter()
+            .filter_map(|id| subs.get(*id))
+            .map(|s| s.len())
+            .sum()
     }
 
     /// Index of the folder namespace.
@@ -188,6 +244,57 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
 
     fn namespaces(&self) -> Vec<NamespaceMetadata> {
         self.namespaces.clone()
+    }
+
+    /// Value items on our nodes: refused with `Bad_TooManyMonitoredItems`
+    /// beyond the session's limit, counting what the session holds already.
+    /// Concurrent calls of one session may together pass it by at most one
+    /// call (`max_monitored_items_per_call`); memory stays bounded.
+    async fn create_value_monitored_items(
+        &self,
+        context: &RequestContext,
+        address_space: &RwLock<AddressSpace>,
+        items: &mut [&mut &mut CreateMonitoredItem],
+    ) {
+        let limit = self.items.per_session();
+        let held = Self::session_items(context);
+        let room = limit.saturating_sub(held);
+        let refused = items.len().saturating_sub(room);
+        if refused > 0 {
+            tracing::warn!(
+                session = context.session_id,
+                held,
+                asked = items.len(),
+                refused,
+                limit,
+                "OPC UA: monitored items over the per-session limit refused"
+            );
+            metrics::counter!("wincc_gateway_opcua_limit_refusals_total", "limit" => "monitored_items")
+                .increment(refused as u64);
+        }
+        let (accepted, over) = items.split_at_mut(room.min(items.len()));
+        for item in over.iter_mut() {
+            item.set_status(StatusCode::BadTooManyMonitoredItems);
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let to_read: Vec<_> = accepted.iter().map(|r| r.item_to_monitor()).collect();
+        let values = self
+            .read_values(
+                context,
+                address_space,
+                &to_read,
+                0.0,
+                TimestampsToReturn::Both,
+            )
+            .await;
+        for (value, node) in values.into_iter().zip(accepted.iter_mut()) {
+            if value.status() != StatusCode::BadAttributeIdInvalid {
+                node.set_initial_value(value);
+            }
+            node.set_status(StatusCode::Good);
+        }
     }
 
     async fn write(

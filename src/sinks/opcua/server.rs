@@ -9,10 +9,10 @@ use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::{Server, ServerBuilder, ServerEndpoint, ServerHandle};
 use opcua::types::MessageSecurityMode;
 
-use crate::config::{resolve_secret, OpcuaSettings, Secret};
+use crate::config::{resolve_secret, OpcuaRole, OpcuaSettings};
 
-use super::auth::GatewayAuth;
-use super::nodes::{builder as nodes_builder, WriteTarget};
+use super::auth::{install_plaintext_guard, GatewayAuth, UserEntry};
+use super::nodes::{builder as nodes_builder, ItemLimit, WriteTarget};
 use super::OpcuaError;
 
 /// The server, its handle and the bound socket, ready to run.
@@ -74,7 +74,7 @@ fn policy_modes(
 }
 
 /// The configured users with their passwords resolved.
-fn users(settings: &OpcuaSettings) -> Result<Vec<(String, Secret)>, OpcuaError> {
+fn users(settings: &OpcuaSettings) -> Result<Vec<UserEntry>, OpcuaError> {
     let mut out = Vec::with_capacity(settings.users.len());
     for (i, u) in settings.users.iter().enumerate() {
         if u.username.is_empty() {
@@ -84,7 +84,11 @@ fn users(settings: &OpcuaSettings) -> Result<Vec<(String, Secret)>, OpcuaError> 
         }
         let key = format!("opcua.users[{i}].password");
         match resolve_secret(&key, &u.password_env, &u.password_file) {
-            Ok(Some(p)) => out.push((u.username.clone(), p)),
+            Ok(Some(p)) => out.push(UserEntry {
+                name: u.username.clone(),
+                password: p,
+                role: u.role,
+            }),
             Ok(None) => {
                 return Err(OpcuaError::Config(format!(
                     "{key}_env: a user needs password_env or password_file"
@@ -114,7 +118,11 @@ pub fn application_uri(namespace_uri: &str) -> String {
     format!("{namespace_uri}:server")
 }
 
-pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Built, OpcuaError> {
+pub fn build(
+    settings: &OpcuaSettings,
+    writes: Option<WriteTarget>,
+    items: ItemLimit,
+) -> Result<Built, OpcuaError> {
     let (host, port, path) = parse_endpoint(&settings.endpoint)?;
     if settings.namespace_uri.is_empty() {
         return Err(OpcuaError::Config(
@@ -132,13 +140,21 @@ pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Bu
             "opcua.allow_anonymous = false and no [[opcua.users]]: nobody could connect".into(),
         ));
     }
+    if settings.write_enabled && !users.iter().any(|u| u.role == OpcuaRole::Write) {
+        return Err(OpcuaError::Config(
+            "opcua.write_enabled = true but no user in opcua.users has role = \"write\": \
+             nobody could write (anonymous sessions never write)"
+                .into(),
+        ));
+    }
     let mut endpoints = Vec::new();
     for name in &settings.security_policies {
         let (policy, modes) = policy_modes(name)?;
         for &mode in modes {
             let mut ep = ServerEndpoint::new(path.clone(), policy, mode, &[]);
             if policy == SecurityPolicy::None && !users.is_empty() {
-                // Passwords are encrypted with the server certificate even here.
+                // Passwords are encrypted with the server certificate even
+                // here; a plaintext one is refused (see `auth`).
                 ep.password_security_policy =
                     Some(SecurityPolicy::Basic256Sha256.to_str().to_string());
             }
@@ -181,7 +197,7 @@ pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Bu
         .port(bound.port())
         .discovery_urls(vec![endpoint_url.clone()])
         .with_authenticator(Arc::new(GatewayAuth::new(settings.allow_anonymous, &users)))
-        .with_node_manager(nodes_builder(&settings.namespace_uri, writes))
+        .with_node_manager(nodes_builder(&settings.namespace_uri, writes, items))
         .diagnostics_enabled(true)
         .max_sessions(limits.max_sessions)
         .max_session_timeout_ms(limits.max_session_timeout_ms)
@@ -203,6 +219,8 @@ pub fn build(settings: &OpcuaSettings, writes: Option<WriteTarget>) -> Result<Bu
         builder = builder.add_endpoint(id, ep);
     }
     let (server, handle) = builder.build().map_err(OpcuaError::Server)?;
+    // Before any connection copies the loaders into its decoding context.
+    install_plaintext_guard(&mut handle.info().type_loaders.write());
     check_own_cert(Path::new(&settings.pki_dir), &app_uri, needs_cert)?;
     Ok(Built {
         server,

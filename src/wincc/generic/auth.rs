@@ -99,10 +99,16 @@ impl GenericClient {
         if let Some(e) = busy_or_error(status, &headers, &bytes, &self.limiter) {
             return Err(self.scrub_err(e));
         }
+        // The session's credentials are secrets from now on: a station that
+        // echoes them in an error text must not leak them.
+        self.issued.remember_cookies(&headers);
         let v = parse::json(&bytes).map_err(|e| self.scrub_err(e))?;
         let o = v.as_object();
         let token =
             o.and_then(|o| parse::get_any_str(o, &["token", "access_token", "accessToken"]));
+        if let Some(t) = &token {
+            self.issued.remember(t);
+        }
         let expires_in = o
             .and_then(|o| parse::get_ci(o, "expiresIn"))
             .and_then(Value::as_f64)
