@@ -84,6 +84,10 @@ pub struct WinccSettings {
     pub ca_file: String,
     pub pinned_cert_sha256: String,
     pub accept_invalid_certs: bool,
+    /// Skip the host-name check of a certificate trusted by
+    /// `pinned_cert_sha256` or `ca_file` (a Unified runtime's self-signed
+    /// certificate names only `localhost`). Refused without either.
+    pub tls_skip_hostname_check: bool,
     pub max_tags_per_request: usize,
     /// How often poll-group globs are re-resolved against `GET /tags` (0: only at start).
     pub discovery_interval_s: u64,
@@ -103,6 +107,7 @@ impl Default for WinccSettings {
             ca_file: String::new(),
             pinned_cert_sha256: String::new(),
             accept_invalid_certs: false,
+            tls_skip_hostname_check: false,
             max_tags_per_request: 500,
             discovery_interval_s: 300,
             rate_limit: RateLimit::default(),

@@ -17,6 +17,14 @@
 //! act as in the generic dialect (HTTP 429/500/503, latency, outage; body
 //! faults spoil `tagValues`, `browse` and `activeAlarms` answers).
 //! `GET /graphql` is the WebSocket side (`super::unified_ws`).
+//!
+//! Like a V20 runtime (WINCC-DIALECTS.md §10): `/graphql/` serves the same
+//! (with `SimOptions::unified_require_trailing_slash`, `POST /graphql` is
+//! answered 301 to `/graphql/`); a POST without a non-empty
+//! `apollo-require-preflight` (or `x-apollo-operation-name`) header is
+//! answered 400 "potential Cross-Site Request Forgery" (Apollo's CSRF
+//! prevention); a user listed in `SimOptions::unified_users_without_rights`
+//! logs in, then every data operation answers `FORBIDDEN` "Access denied".
 //! Timestamps are `YYYY-MM-DDTHH:MM:SS.mmmZ`; unset ones are the epoch.
 
 use std::sync::Arc;
@@ -49,6 +57,7 @@ const EPOCH: &str = "1970-01-01T00:00:00.000Z";
 pub fn router(state: Arc<SimState>) -> Router {
     control::router()
         .route("/graphql", post(graphql).get(super::unified_ws::upgrade))
+        .route("/graphql/", post(graphql).get(super::unified_ws::upgrade))
         .fallback(not_found)
         .with_state(state)
 }
@@ -120,7 +129,53 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     auth::strip_scheme(h, "bearer")
 }
 
-async fn graphql(State(st): St, headers: HeaderMap, body: Body) -> Response {
+/// Apollo's answer to a POST that is not preflighted.
+const CSRF: &str = "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). Please either specify a 'content-type' header (with a type that is not one of application/x-www-form-urlencoded, multipart/form-data, text/plain) or provide a non-empty value for one of the following headers: x-apollo-operation-name, apollo-require-preflight";
+
+/// Whether a request carries one of Apollo's preflight headers, non-empty.
+fn preflighted(headers: &HeaderMap) -> bool {
+    ["apollo-require-preflight", "x-apollo-operation-name"]
+        .iter()
+        .any(|h| headers.get(*h).is_some_and(|v| !v.is_empty()))
+}
+
+/// The answers a V20 runtime gives before looking at the body: 301 to the
+/// trailing slash (when required), 400 without a preflight header.
+fn transport_refusal(st: &SimState, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+    if st.opts.unified_require_trailing_slash && uri.path() == "/graphql" {
+        let location = match uri.query() {
+            Some(q) => format!("/graphql/?{q}"),
+            None => "/graphql/".to_string(),
+        };
+        return Some(
+            (
+                StatusCode::MOVED_PERMANENTLY,
+                [(axum::http::header::LOCATION, location)],
+                "Moved Permanently",
+            )
+                .into_response(),
+        );
+    }
+    if !preflighted(headers) {
+        return Some(
+            (
+                StatusCode::BAD_REQUEST,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                json!({"errors": [{"message": CSRF, "extensions": {"code": "BAD_REQUEST"}}]})
+                    .to_string(),
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+async fn graphql(State(st): St, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    if let Some(r) = transport_refusal(&st, &uri, &headers) {
+        let _f = st.stats.begin("POST /graphql");
+        st.stats.status(r.status().as_u16());
+        return r;
+    }
     let bytes = match read_body(body, &headers, st.opts.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
@@ -215,8 +270,21 @@ fn execute(st: &SimState, headers: &HeaderMap, op: &Operation, vars: &Value) -> 
             None => Err(auth::AuthFailure::Missing),
             Some(t) => st.sessions().check(t),
         };
-        if let Err(f) = checked {
-            return gql_error("UNAUTHENTICATED", format!("Unauthorized: {}", f.message()));
+        match checked {
+            Err(f) => {
+                return gql_error("UNAUTHENTICATED", format!("Unauthorized: {}", f.message()))
+            }
+            Ok(user)
+                if lacks_rights(st, &user)
+                    && !matches!(op.field.as_str(), "extendSession" | "logout") =>
+            {
+                return json_ok(&json!({
+                    "data": null,
+                    "errors": [{"message": "Access denied", "path": [op.field],
+                        "extensions": {"code": "FORBIDDEN"}}],
+                }));
+            }
+            Ok(_) => {}
         }
     }
     match op.field.as_str() {
@@ -234,6 +302,15 @@ fn execute(st: &SimState, headers: &HeaderMap, op: &Operation, vars: &Value) -> 
         "writeTagValues" => write(st, op.arg("input", vars)),
         _ => active_alarms(st, op.arg("filterString", vars)),
     }
+}
+
+/// Whether `user` lacks the runtime right "Openness Runtime - read and
+/// write access" (`SimOptions::unified_users_without_rights`).
+pub(crate) fn lacks_rights(st: &SimState, user: &str) -> bool {
+    st.opts
+        .unified_users_without_rights
+        .iter()
+        .any(|u| u == user)
 }
 
 fn session_json(

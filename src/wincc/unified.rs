@@ -1,14 +1,26 @@
 //! The `unified` dialect: WinCC Unified's GraphQL API (`POST {base_url}`,
-//! e.g. `https://host/graphql`), WINCC-DIALECTS.md §2.
+//! e.g. `https://host/graphql/`), WINCC-DIALECTS.md §2 and §10.
+//!
+//! Transport: the configured endpoint is used verbatim (a trailing slash
+//! kept); a 301/307/308 answer is followed once, as a POST, to the same
+//! origin only (a permanent one is remembered, with a warning saying which
+//! `base_url` to configure); every request carries `Content-Type:
+//! application/json` and `apollo-require-preflight: true` (the runtime's
+//! Apollo server refuses other POSTs as potential CSRF).
 //!
 //! Every operation is one GraphQL request with its arguments passed as
 //! `variables` (never inlined into the query text). Auth: the `login`
 //! mutation returns a token sent as `Authorization: Bearer` on every request;
-//! `extendSession` is called once two thirds of the session lifetime have
-//! passed. A GraphQL auth error (or HTTP 401/403) discards the session: the
-//! client logs in once more and retries the request once, never looping. A
-//! refused login (`error.code` other than "0", e.g. "101") closes the gate
-//! for 5 s, growing to 60 s; calls in between fail at once with
+//! `extendSession` is called once two thirds of the session lifetime (from
+//! `expires`, minutes or years) have passed. GraphQL errors are classified
+//! by `extensions.code` only: `UNAUTHENTICATED` (or HTTP 401/403) discards
+//! the session: the client logs in once more and retries the request once,
+//! never looping. `FORBIDDEN` with a live session means the user lacks the
+//! runtime right "Openness Runtime - read and write access": no new login;
+//! the call fails with [`StationError::Auth`] naming that right, and calls
+//! are held back for 5 s growing to 60 s (like a refused login). A refused
+//! login (`error.code` other than "0", e.g. "101") closes the gate for 5 s,
+//! growing to 60 s; calls in between fail at once with
 //! [`StationError::Auth`] and send nothing. `auth = "none"` sends no token
 //! (a server without the auth plugin).
 //!
@@ -60,8 +72,14 @@ pub struct UnifiedClient {
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
     gate: LoginGate,
-    /// Why subscriptions cannot be used with these TLS settings, if so.
-    ws_unsupported: Option<&'static str>,
+    /// Closed while the user lacks the Openness runtime right (FORBIDDEN).
+    rights: LoginGate,
+    /// Where a permanent redirect (301/308) moved the endpoint, if it did.
+    moved_to: std::sync::Mutex<Option<Url>>,
+    /// The TLS configuration of `wss://` subscriptions: the same trust as
+    /// HTTPS (pin, `ca_file`, host-name check); `None` for `ws://` or the
+    /// system roots alone.
+    ws_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Default)]
@@ -82,6 +100,8 @@ struct Ticket {
 enum Outcome {
     Data(Value),
     AuthFailed(String),
+    /// `FORBIDDEN`: the user lacks a runtime right (the station's words).
+    Forbidden(String),
 }
 
 impl UnifiedClient {
@@ -119,13 +139,22 @@ impl UnifiedClient {
             )
             .map_err(ConnectError::Secret)?
         };
-        let custom_tls = !settings.ca_file.is_empty() || settings.accept_invalid_certs;
-        let ws_unsupported = (url.scheme() == "https" && custom_tls).then_some(
-            "subscriptions over wss:// use the system trust store only; with ca_file or accept_invalid_certs the gateway polls",
-        );
+        let custom_tls = !settings.ca_file.is_empty()
+            || settings.accept_invalid_certs
+            || !settings.pinned_cert_sha256.trim().is_empty();
+        let ws_tls = if url.scheme() == "https" && custom_tls {
+            Some(Arc::new(super::tls::client_config(
+                settings,
+                &[b"http/1.1"],
+            )?))
+        } else {
+            None
+        };
         Ok(UnifiedClient {
-            ws_unsupported,
-            http: http::build_client(settings)?,
+            ws_tls,
+            rights: LoginGate::for_attempts("attempt"),
+            moved_to: std::sync::Mutex::new(None),
+            http: http::build_client_with(settings, reqwest::redirect::Policy::none())?,
             url,
             auth: settings.auth,
             username: settings.username.clone(),
@@ -150,25 +179,75 @@ impl UnifiedClient {
         e.scrubbed(&[self.password.as_ref()])
     }
 
+    /// `FORBIDDEN` with a live session: the user lacks the Openness
+    /// runtime right. Holds calls back on the login backoff, never logs in
+    /// again for it.
+    pub(crate) fn lacks_right(&self, why: &str) -> StationError {
+        self.rights.refuse(
+            &self.username,
+            self.scrub(format!(
+                "user {:?} lacks the WinCC Unified runtime right \"{}\" (the station answered FORBIDDEN: {why}); give the user's role that right in the runtime's user management",
+                self.username,
+                up::OPENNESS_RIGHT
+            )),
+        )
+    }
+
     /// The station refused the login: the gate closes (see `wincc::gate`).
     fn refused(&self, why: String) -> StationError {
         self.gate.refuse(&self.username, self.scrub(why))
     }
 
-    /// One POST under a limiter permit: status, headers, body.
+    /// The endpoint: `base_url` verbatim, or where a permanent redirect
+    /// moved it.
+    fn endpoint(&self) -> Url {
+        let moved = self.moved_to.lock().unwrap_or_else(|e| e.into_inner());
+        moved.clone().unwrap_or_else(|| self.url.clone())
+    }
+
+    /// One POST under a limiter permit: status, headers, body. A
+    /// 301/307/308 is followed once, as a POST, within the same origin.
     async fn post(
         &self,
         endpoint: &'static str,
         body: &Value,
         bearer: Option<&str>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let mut rb = self.http.post(self.url.clone()).json(body);
-        if let Some(t) = bearer {
-            rb = rb.bearer_auth(t);
+        let mut url = self.endpoint();
+        let mut followed = false;
+        loop {
+            // `json` sets Content-Type: application/json.
+            let mut rb = self
+                .http
+                .post(url.clone())
+                .json(body)
+                .header("apollo-require-preflight", "true");
+            if let Some(t) = bearer {
+                rb = rb.bearer_auth(t);
+            }
+            let (status, headers, bytes) =
+                http::exchange(&self.limiter, rb, endpoint, self.timeout)
+                    .await
+                    .map_err(|e| self.scrub_err(e))?;
+            if !matches!(status.as_u16(), 301 | 307 | 308) {
+                return Ok((status, headers, bytes));
+            }
+            let target = redirect_target(&url, &headers, status, followed)?;
+            if status != StatusCode::TEMPORARY_REDIRECT {
+                let mut moved = self.moved_to.lock().unwrap_or_else(|e| e.into_inner());
+                if moved.as_ref() != Some(&target) {
+                    tracing::warn!(
+                        configured = %self.url,
+                        moved_to = %target,
+                        status = status.as_u16(),
+                        "the station moved its GraphQL endpoint permanently; following it as a POST (set wincc.base_url = \"{target}\" to save the extra request)"
+                    );
+                    *moved = Some(target.clone());
+                }
+            }
+            url = target;
+            followed = true;
         }
-        http::exchange(&self.limiter, rb, endpoint, self.timeout)
-            .await
-            .map_err(|e| self.scrub_err(e))
     }
 
     /// One GraphQL exchange: HTTP status handling (one retry after a short
@@ -209,15 +288,22 @@ impl UnifiedClient {
                     message: message.chars().take(500).collect(),
                 }));
             }
+            if v.is_err() && endpoint != "login" && tracing::enabled!(tracing::Level::DEBUG) {
+                let text: String = String::from_utf8_lossy(&bytes).chars().take(4096).collect();
+                tracing::debug!(endpoint, bytes = bytes.len(), reply = %self.scrub(text), "station reply that did not parse");
+            }
             let v = v.map_err(|e| self.scrub_err(e))?;
             if let Some(e) = up::graphql_errors(&v) {
-                if e.is_auth {
-                    return Ok(Outcome::AuthFailed(self.scrub(e.message)));
-                }
-                return Err(self.scrub_err(StationError::Refused {
-                    code: e.code,
-                    message: format!("GraphQL error: {}", e.message),
-                }));
+                return match e.kind {
+                    up::GqlErrorKind::Unauthenticated => {
+                        Ok(Outcome::AuthFailed(self.scrub(e.message)))
+                    }
+                    up::GqlErrorKind::Forbidden => Ok(Outcome::Forbidden(self.scrub(e.message))),
+                    up::GqlErrorKind::Other => Err(self.scrub_err(StationError::Refused {
+                        code: e.code,
+                        message: format!("GraphQL error: {}", e.message),
+                    })),
+                };
             }
             return up::data_root(v, root)
                 .map(Outcome::Data)
@@ -236,7 +322,9 @@ impl UnifiedClient {
         let body = json!({"query": LOGIN, "operationName": "Login",
             "variables": {"username": self.username, "password": pw}});
         let refusal = match self.exchange("login", "login", &body, None).await? {
-            Outcome::AuthFailed(why) => format!("login as {:?} refused: {why}", self.username),
+            Outcome::AuthFailed(why) | Outcome::Forbidden(why) => {
+                format!("login as {:?} refused: {why}", self.username)
+            }
             Outcome::Data(session) => match up::session(&session) {
                 Ok((token, lifetime)) => {
                     self.gate.accept();
@@ -262,7 +350,7 @@ impl UnifiedClient {
             .exchange("extend_session", "extendSession", &body, Some(token))
             .await?
         {
-            Outcome::AuthFailed(why) => Err(StationError::Auth(why)),
+            Outcome::AuthFailed(why) | Outcome::Forbidden(why) => Err(StationError::Auth(why)),
             Outcome::Data(session) => match up::session(&session) {
                 Ok((t, lifetime)) => Ok((if t.is_empty() { token.into() } else { t }, lifetime)),
                 Err(up::SessionError::Refused(why)) => Err(StationError::Auth(why)),
@@ -328,6 +416,7 @@ impl UnifiedClient {
     ) -> Result<Value, StationError> {
         let body = json!({"query": query, "operationName": op, "variables": variables});
         let result = async {
+            self.rights.check()?;
             let mut ticket = self.ticket(None).await?;
             let mut relogged = false;
             loop {
@@ -335,7 +424,11 @@ impl UnifiedClient {
                     .exchange(endpoint, root, &body, ticket.bearer.as_deref())
                     .await?
                 {
-                    Outcome::Data(v) => return Ok(v),
+                    Outcome::Data(v) => {
+                        self.rights.accept();
+                        return Ok(v);
+                    }
+                    Outcome::Forbidden(why) => return Err(self.lacks_right(&why)),
                     Outcome::AuthFailed(why) if self.auth == AuthMode::None => {
                         return Err(StationError::Auth(format!(
                             "the station requires a login ({why}); set wincc.auth = \"session\""
@@ -359,11 +452,54 @@ impl UnifiedClient {
     }
 }
 
+/// Longest session lifetime taken at its word (a runtime handing out
+/// tokens for years must not overflow a clock): about 30 years.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 fn set_expiry(s: &mut Session, lifetime: Option<Duration>) {
     let now = Instant::now();
-    s.expires_at = lifetime.map(|l| now + l);
-    // Extend once two thirds of the lifetime have passed.
-    s.refresh_at = lifetime.map(|l| now + l.mul_f64(2.0 / 3.0));
+    let lifetime = lifetime.map(|l| l.min(MAX_LIFETIME));
+    s.expires_at = lifetime.and_then(|l| now.checked_add(l));
+    // Extend once two thirds of the lifetime have passed, whatever its
+    // length (75 minutes and years were both seen).
+    s.refresh_at = lifetime.and_then(|l| now.checked_add(l.mul_f64(2.0 / 3.0)));
+}
+
+/// Where a 301/307/308 answer sends a POST: its `Location`, resolved
+/// against `from`, within the same origin (the Bearer token never goes to
+/// another host or scheme), and only once per request.
+fn redirect_target(
+    from: &Url,
+    headers: &reqwest::header::HeaderMap,
+    status: StatusCode,
+    followed: bool,
+) -> Result<Url, StationError> {
+    let fail = |why: String| StationError::Http {
+        status: status.as_u16(),
+        message: why,
+    };
+    if followed {
+        return Err(fail(
+            "the station redirected the GraphQL endpoint twice; set wincc.base_url to the final URL"
+                .into(),
+        ));
+    }
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| fail("a redirect without a Location header".into()))?;
+    let target = from.join(location).map_err(|e| {
+        fail(format!(
+            "a redirect to an unusable Location {location:?}: {e}"
+        ))
+    })?;
+    if target.origin() != from.origin() {
+        return Err(fail(format!(
+            "the station redirects to another origin ({}); not followed with the session token, set wincc.base_url to it if it is right",
+            target.origin().ascii_serialization()
+        )));
+    }
+    Ok(target)
 }
 
 #[async_trait]
@@ -490,12 +626,9 @@ impl Station for UnifiedClient {
         }
     }
 
-    /// A `tagValues` subscription over WebSocket; `Ok(None)` when these TLS
-    /// settings rule WebSocket subscriptions out (the caller polls).
+    /// A `tagValues` subscription over WebSocket (`wss://` with the same
+    /// TLS trust as HTTPS).
     async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
-        if self.ws_unsupported.is_some() {
-            return Ok(None);
-        }
         self.subscribe_tag_values(names).await.map(Some)
     }
 }
