@@ -324,7 +324,14 @@ pub fn values(
                             r.quality = parse::quality_from_code(c);
                         }
                     }
-                    match types.get(&**n).copied().or_else(|| row_type(row)) {
+                    // The browse's type decides; a row's own code only
+                    // converts (a code it cannot map leaves the value as
+                    // it is: the browse reports such tags, once).
+                    let ty = types
+                        .get(&**n)
+                        .copied()
+                        .or_else(|| row_type(row).filter(|t| matches!(t, VarType::Known(_))));
+                    match ty {
                         Some(VarType::Known(ty)) => {
                             r.value = convert(ty, std::mem::take(&mut r.value));
                         }
@@ -520,8 +527,8 @@ mod tests {
         for c in [0, 12, 13, 14, 15, 16, 17, 18, 19] {
             assert_eq!(codes[c], None, "code {c}");
         }
-        // A row of an unsupported type is bad with the reason, whatever its value.
-        let types = HashMap::new();
+        // A tag browsed as unsupported is bad with the reason, whatever its value.
+        let types = HashMap::from([("R".to_string(), VarType::Unsupported(12))]);
         let body = br#"[{"variableName":"R","dataType":12,"value":"AAEC","qualitycode":128},
                         {"variableName":"S","dataType":"3","value":"200","qualitycode":128}]"#;
         let (r, _) = values(body, &names(&["R", "S"]), &types, chrono::Utc::now()).unwrap();
@@ -533,6 +540,12 @@ mod tests {
         assert_eq!(
             (r[1].value.clone(), r[1].quality),
             (json!(200), Quality::Good)
+        );
+        // Not browsed: the row's unknown code leaves the value as it is.
+        let (r, _) = values(body, &names(&["R"]), &HashMap::new(), chrono::Utc::now()).unwrap();
+        assert_eq!(
+            (r[0].value.clone(), r[0].quality),
+            (json!("AAEC"), Quality::Good)
         );
         assert_eq!(
             value_types(body).unwrap().get("S"),
