@@ -177,6 +177,15 @@ fn unified_settings(sim: &SimHandle) -> Settings {
         Dialect::Unified,
     );
     s.wincc.auth = AuthMode::Session;
+    // A password file of its own: the shared one is rewritten by every
+    // other test while this one logs in.
+    let pw = std::env::temp_dir().join(format!(
+        "tls-pin-{}-{}.pw",
+        std::process::id(),
+        sim.addr().port()
+    ));
+    std::fs::write(&pw, "pw").unwrap();
+    s.wincc.password_file = pw.to_string_lossy().into_owned();
     s
 }
 
