@@ -48,6 +48,11 @@ use crate::config::AuthMode;
 use crate::model::{format_ts, parse_ts, AlarmState, Quality};
 use crate::wincc::unified_parse::unified_type_name;
 
+#[path = "unified_transport.rs"]
+mod transport;
+pub(crate) use transport::lacks_rights;
+use transport::transport_refusal;
+
 type St = State<Arc<SimState>>;
 
 /// The unset timestamp of Unified.
@@ -127,47 +132,6 @@ fn refusal(r: Refusal) -> Response {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let h = headers.get(AUTHORIZATION)?.to_str().ok()?;
     auth::strip_scheme(h, "bearer")
-}
-
-/// Apollo's answer to a POST that is not preflighted.
-const CSRF: &str = "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). Please either specify a 'content-type' header (with a type that is not one of application/x-www-form-urlencoded, multipart/form-data, text/plain) or provide a non-empty value for one of the following headers: x-apollo-operation-name, apollo-require-preflight";
-
-/// Whether a request carries one of Apollo's preflight headers, non-empty.
-fn preflighted(headers: &HeaderMap) -> bool {
-    ["apollo-require-preflight", "x-apollo-operation-name"]
-        .iter()
-        .any(|h| headers.get(*h).is_some_and(|v| !v.is_empty()))
-}
-
-/// The answers a V20 runtime gives before looking at the body: 301 to the
-/// trailing slash (when required), 400 without a preflight header.
-fn transport_refusal(st: &SimState, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
-    if st.opts.unified_require_trailing_slash && uri.path() == "/graphql" {
-        let location = match uri.query() {
-            Some(q) => format!("/graphql/?{q}"),
-            None => "/graphql/".to_string(),
-        };
-        return Some(
-            (
-                StatusCode::MOVED_PERMANENTLY,
-                [(axum::http::header::LOCATION, location)],
-                "Moved Permanently",
-            )
-                .into_response(),
-        );
-    }
-    if !preflighted(headers) {
-        return Some(
-            (
-                StatusCode::BAD_REQUEST,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                json!({"errors": [{"message": CSRF, "extensions": {"code": "BAD_REQUEST"}}]})
-                    .to_string(),
-            )
-                .into_response(),
-        );
-    }
-    None
 }
 
 async fn graphql(State(st): St, uri: Uri, headers: HeaderMap, body: Body) -> Response {
@@ -302,15 +266,6 @@ fn execute(st: &SimState, headers: &HeaderMap, op: &Operation, vars: &Value) -> 
         "writeTagValues" => write(st, op.arg("input", vars)),
         _ => active_alarms(st, op.arg("filterString", vars)),
     }
-}
-
-/// Whether `user` lacks the runtime right "Openness Runtime - read and
-/// write access" (`SimOptions::unified_users_without_rights`).
-pub(crate) fn lacks_rights(st: &SimState, user: &str) -> bool {
-    st.opts
-        .unified_users_without_rights
-        .iter()
-        .any(|u| u == user)
 }
 
 fn session_json(
