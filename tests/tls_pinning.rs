@@ -286,8 +286,7 @@ interval_ms = 1000
 tags = ["**"]
 "#;
     let e = Settings::from_toml_with_env(toml, "t", std::iter::empty())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("wincc.tls_skip_hostname_check"), "{e}");
     let pinned = toml.replace(

@@ -173,7 +173,7 @@ fn row_writable(o: &Map<String, Value>) -> bool {
     match get_ci(o, "accessRights").and_then(Value::as_str) {
         Some(a) => {
             let a = a.to_ascii_lowercase();
-            !(a.contains("read") && !a.contains("write"))
+            !a.contains("read") || a.contains("write")
         }
         None => true,
     }
