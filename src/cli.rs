@@ -27,6 +27,10 @@ pub enum Command {
     Run {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Log level for this run (e.g. `debug` for a capture of what the
+        /// station answers); overrides `log.level`, `RUST_LOG` overrides it.
+        #[arg(long = "log-level", value_name = "LEVEL")]
+        log_level: Option<String>,
     },
     /// Validates a configuration file (and its environment overrides); exit 0 or 2.
     CheckConfig {
@@ -43,6 +47,9 @@ pub enum Command {
         /// Print a JSON array instead of lines.
         #[arg(long)]
         json: bool,
+        /// Log level (default `warn`; `debug` shows what the station answers).
+        #[arg(long = "log-level", value_name = "LEVEL")]
+        log_level: Option<String>,
     },
     /// Only the WinCC REST simulator (for tests, benchmarks, trials).
     Simulate(SimulateArgs),
@@ -204,22 +211,24 @@ pub fn main(cli: Cli) -> ExitCode {
             config,
             filter,
             json,
+            log_level,
         } => {
             let settings = match load(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            init_logging(settings.log.format, "warn");
+            init_logging(settings.log.format, log_level.as_deref().unwrap_or("warn"));
             runtime(
                 || async move { crate::gateway::browse(&settings, filter.as_deref(), json).await },
             )
         }
-        Command::Run { config } => {
+        Command::Run { config, log_level } => {
             let settings = match load(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            init_logging(settings.log.format, &settings.log.level);
+            let level = log_level.unwrap_or_else(|| settings.log.level.clone());
+            init_logging(settings.log.format, &level);
             runtime(|| async move { crate::gateway::run(settings, shutdown_signal()).await })
         }
         Command::Demo(args) => {

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TagType {
     Bool,
+    Int8,
     Int16,
     Int32,
     Int64,
+    UInt8,
     UInt16,
     UInt32,
     Float,
@@ -25,11 +27,13 @@ pub enum TagType {
 }
 
 impl TagType {
-    pub const ALL: [TagType; 10] = [
+    pub const ALL: [TagType; 12] = [
         TagType::Bool,
+        TagType::Int8,
         TagType::Int16,
         TagType::Int32,
         TagType::Int64,
+        TagType::UInt8,
         TagType::UInt16,
         TagType::UInt32,
         TagType::Float,
@@ -41,9 +45,11 @@ impl TagType {
     pub fn as_str(self) -> &'static str {
         match self {
             TagType::Bool => "Bool",
+            TagType::Int8 => "Int8",
             TagType::Int16 => "Int16",
             TagType::Int32 => "Int32",
             TagType::Int64 => "Int64",
+            TagType::UInt8 => "UInt8",
             TagType::UInt16 => "UInt16",
             TagType::UInt32 => "UInt32",
             TagType::Float => "Float",
@@ -60,6 +66,11 @@ impl TagType {
             .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
+    /// Whether the type is one of the integer types (see [`TagType::integer_range`]).
+    pub fn is_integer(self) -> bool {
+        self.integer_range().is_some()
+    }
+
     pub fn is_numeric(self) -> bool {
         !matches!(self, TagType::Bool | TagType::String | TagType::DateTime)
     }
@@ -67,9 +78,11 @@ impl TagType {
     /// The inclusive range of an integer type, `None` for other types.
     pub fn integer_range(self) -> Option<(i128, i128)> {
         match self {
+            TagType::Int8 => Some((i8::MIN as i128, i8::MAX as i128)),
             TagType::Int16 => Some((i16::MIN as i128, i16::MAX as i128)),
             TagType::Int32 => Some((i32::MIN as i128, i32::MAX as i128)),
             TagType::Int64 => Some((i64::MIN as i128, i64::MAX as i128)),
+            TagType::UInt8 => Some((0, u8::MAX as i128)),
             TagType::UInt16 => Some((0, u16::MAX as i128)),
             TagType::UInt32 => Some((0, u32::MAX as i128)),
             _ => None,
@@ -338,6 +351,15 @@ mod tests {
             assert_eq!(TagType::parse(&t.as_str().to_lowercase()), Some(t));
         }
         assert_eq!(TagType::parse("Quaternion"), None);
+    }
+
+    #[test]
+    fn eight_bit_types_have_their_exact_ranges() {
+        assert_eq!(TagType::Int8.integer_range(), Some((-128, 127)));
+        assert_eq!(TagType::UInt8.integer_range(), Some((0, 255)));
+        assert_eq!(TagType::parse("uint8"), Some(TagType::UInt8));
+        assert_eq!(TagType::parse("Int8"), Some(TagType::Int8));
+        assert!(TagType::Int8.is_numeric() && TagType::UInt8.is_integer());
     }
 
     #[test]

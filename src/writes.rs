@@ -241,7 +241,13 @@ pub fn convert(ty: TagType, v: &Value) -> Result<Value, WriteError> {
             Value::Bool(_) => Ok(v.clone()),
             _ => mismatch("a JSON bool"),
         },
-        TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32 => {
+        TagType::Int8
+        | TagType::Int16
+        | TagType::Int32
+        | TagType::Int64
+        | TagType::UInt8
+        | TagType::UInt16
+        | TagType::UInt32 => {
             let Value::Number(n) = v else {
                 return mismatch("a JSON number with no fractional part");
             };
@@ -319,6 +325,39 @@ fn describe(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn eight_bit_integers_take_exactly_their_range() {
+        for (ty, ok, bad) in [
+            (
+                TagType::Int8,
+                [-128.0, 127.0, -3.0],
+                [-129.0, 128.0, 1000.0],
+            ),
+            (TagType::UInt8, [0.0, 255.0, 7.0], [-1.0, 256.0, 1e9]),
+        ] {
+            for v in ok {
+                assert_eq!(convert(ty, &json!(v)).unwrap(), json!(v as i64), "{ty} {v}");
+            }
+            for v in bad {
+                assert!(
+                    matches!(
+                        convert(ty, &json!(v as i64)),
+                        Err(WriteError::OutOfRange(_))
+                    ),
+                    "{ty} {v}"
+                );
+                assert!(
+                    matches!(convert(ty, &json!(v)), Err(WriteError::OutOfRange(_))),
+                    "{ty} {v} as a float"
+                );
+            }
+        }
+        assert!(matches!(
+            convert(TagType::UInt8, &json!("7")),
+            Err(WriteError::TypeMismatch(_))
+        ));
+    }
 
     #[test]
     fn conversions_follow_the_contract() {

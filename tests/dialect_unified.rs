@@ -2,7 +2,10 @@
 //! real HTTP (loopback): the poller's output equals the generic dialect's
 //! for the same station data, login refusal without a tight loop, exactly
 //! one re-login after expiry, extendSession, per-name errors, writes,
-//! alarms, and the simulator's GraphQL rules.
+//! alarms, and the simulator's GraphQL rules. Round 2 (WINCC-DIALECTS.md
+//! §10): trailing slash, redirects, the CSRF header, errors by code, the
+//! missing Openness right, one tag per `next` frame and `Removed`, session
+//! lifetimes of seconds or years.
 
 use crate::common;
 
@@ -311,6 +314,7 @@ async fn active_alarms_are_listed() {
 async fn post(sim: &SimHandle, body: Value, token: Option<&str>) -> Value {
     let mut rb = reqwest::Client::new()
         .post(format!("{}/graphql", sim.base_url()))
+        .header("apollo-require-preflight", "true")
         .json(&body);
     if let Some(t) = token {
         rb = rb.bearer_auth(t);
@@ -534,4 +538,153 @@ async fn every_graphql_request_goes_through_the_rate_limiter() {
         "the limit was pressed: {st:?}"
     );
     assert_eq!(st.max_in_flight, 1, "{st:?}");
+}
+
+/// A unified station with its options changed by `f`, and a client of it
+/// at `path` (e.g. "/graphql/").
+async fn unified_at(
+    path: &str,
+    f: impl FnOnce(&mut SimOptions),
+) -> (SimHandle, Arc<UnifiedClient>, tempfile::TempDir) {
+    let mut o = SimOptions {
+        token_ttl: Duration::from_secs(3600),
+        seed: 7,
+        dialect: Dialect::Unified,
+        ..quiet(30, AuthMode::Session, PASSWORD)
+    };
+    f(&mut o);
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = wincc(&sim, Dialect::Unified, PASSWORD, &dir);
+    s.base_url = format!("{}{path}", sim.base_url());
+    let c = Arc::new(UnifiedClient::new(&s).unwrap());
+    (sim, c, dir)
+}
+
+#[tokio::test]
+async fn the_endpoint_is_used_verbatim_and_a_redirect_is_followed_once_as_a_post() {
+    // A station that wants the trailing slash: configured with it, no redirect.
+    let (sim, c, _dir) = unified_at("/graphql/", |o| o.unified_require_trailing_slash = true).await;
+    let names = sim.tag_names()[..3].to_vec();
+    assert!(c
+        .read_values(&arcs(&names))
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.error.is_none()));
+    assert_eq!(sim.stats().statuses.get("301"), None);
+    assert_eq!(count(&sim, "tagValues"), 1);
+    assert_eq!(count(&sim, "login"), 1);
+
+    // Configured without it: the 301 is followed as a POST (reqwest's own
+    // redirect would have made it a GET, answered 405), once, and remembered.
+    let (sim, c, _dir) = unified_at("/graphql", |o| o.unified_require_trailing_slash = true).await;
+    let r = c.read_values(&arcs(&names)).await.unwrap();
+    assert!(r.iter().all(|r| r.error.is_none()), "{r:?}");
+    c.read_values(&arcs(&names)).await.unwrap();
+    assert_eq!(count(&sim, "tagValues"), 2);
+    assert_eq!(count(&sim, "login"), 1);
+    assert_eq!(
+        requests(&sim, "POST /graphql"),
+        1,
+        "one redirected request, then the remembered endpoint"
+    );
+    // And the subscription goes to the same endpoint.
+    let mut sub = c.subscribe_tag_values(&arcs(&names)).await.unwrap();
+    sub_until(&mut sub, "Added", |r| *r.name == *names[2]).await;
+}
+
+#[tokio::test]
+async fn every_request_carries_the_csrf_header_and_the_station_refuses_others() {
+    let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
+    let names = sim.tag_names()[..2].to_vec();
+    c.read_values(&arcs(&names)).await.unwrap();
+    assert_eq!(sim.stats().statuses.get("400"), None, "no request refused");
+    // Without the header: 400, in Apollo's words.
+    let r = reqwest::Client::new()
+        .post(format!("{}/graphql", sim.base_url()))
+        .json(&json!({"query": "query { browse { name } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("potential Cross-Site Request Forgery"));
+}
+
+#[tokio::test]
+async fn a_user_without_the_openness_right_is_reported_not_logged_in_again() {
+    let (sim, c, _dir) = unified_at("/graphql", |o| {
+        o.unified_users_without_rights = vec!["gateway".into()]
+    })
+    .await;
+    let names = sim.tag_names()[..2].to_vec();
+    let e = c.read_values(&arcs(&names)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StationError::Auth(_)), "{e:?}");
+    assert!(
+        text.contains("Openness Runtime - read and write access") && text.contains("Access denied"),
+        "{text}"
+    );
+    assert!(e.is_outage(), "the station is reported as refusing");
+    // Held back on the login backoff: no request, no new login.
+    for _ in 0..5 {
+        let again = c.read_values(&arcs(&names)).await.unwrap_err();
+        assert!(again.to_string().contains("Openness Runtime"), "{again}");
+    }
+    assert_eq!(
+        sim.stats().logins,
+        1,
+        "a live session is not a reason to log in"
+    );
+    assert_eq!(count(&sim, "tagValues"), 1);
+    assert!(!text.contains(PASSWORD));
+    // The subscription says the same.
+    let sim2 = start_sim(SimOptions {
+        seed: 7,
+        dialect: Dialect::Unified,
+        unified_users_without_rights: vec!["gateway".into()],
+        ..quiet(30, AuthMode::Session, PASSWORD)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c2 = UnifiedClient::new(&wincc(&sim2, Dialect::Unified, PASSWORD, &dir)).unwrap();
+    let mut sub = c2.subscribe_tag_values(&arcs(&names)).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        Ok(Some(wincc_gateway::wincc::SubscriptionEvent::Closed(e))) => {
+            assert!(e.to_string().contains("Openness Runtime"), "{e}");
+        }
+        other => panic!("expected the subscription to end: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn removed_tags_are_bad_with_the_stations_reason() {
+    let (sim, c, _dir) = unified(Duration::from_secs(3600)).await;
+    let names = sim.tag_names()[..2].to_vec();
+    let mut sub = c.subscribe_tag_values(&arcs(&names)).await.unwrap();
+    sub_until(&mut sub, "Added", |r| *r.name == *names[1]).await;
+    assert!(sim.remove_tag(&names[0]));
+    let seen = sub_until(&mut sub, "Removed", |r| *r.name == *names[0]).await;
+    let r = seen.iter().find(|r| *r.name == *names[0]).unwrap();
+    assert_eq!(r.quality, Quality::Bad);
+    assert!(
+        matches!(&r.error, Some(BadReason::TagError { code, message }) if code == "removed" && message.starts_with("Removed")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn sessions_of_years_are_not_extended_early_nor_overflow() {
+    let years = Duration::from_secs(20 * 365 * 24 * 3600);
+    let (sim, c, _dir) = unified(years).await;
+    let names = sim.tag_names()[..2].to_vec();
+    for _ in 0..3 {
+        c.read_values(&arcs(&names)).await.unwrap();
+    }
+    assert_eq!(sim.stats().logins, 1);
+    assert_eq!(count(&sim, "extendSession"), 0);
 }

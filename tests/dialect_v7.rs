@@ -2,7 +2,10 @@
 //! output equals the generic dialect's for identical station data; each
 //! simulated field quirk (dropped rows, empty body, mixed key case, values
 //! as strings, slow large batches); writes; browse paging; Basic auth;
-//! alarms through a REST filter.
+//! alarms through a REST filter. Round 2 (WINCC-DIALECTS.md §10): no
+//! writability field (absent = writable, the station's errorcode refuses),
+//! alarms in WinCC's words, 8-bit and unsupported `dataType` codes, and
+//! browse rows without a type.
 
 use crate::common;
 
@@ -70,8 +73,10 @@ fn script(sim: &SimHandle, phase: usize) {
         };
         let v = match (phase, t.ty) {
             (1, TagType::Double | TagType::Float) => Some(json!(i as f64 + 0.25)),
-            (1, TagType::Int32 | TagType::Int16 | TagType::Int64) => Some(json!(i as i64 - 7)),
-            (1, TagType::UInt16 | TagType::UInt32) => Some(json!(i + 3)),
+            (1, TagType::Int32 | TagType::Int16 | TagType::Int64 | TagType::Int8) => {
+                Some(json!(i as i64 - 7))
+            }
+            (1, TagType::UInt16 | TagType::UInt32 | TagType::UInt8) => Some(json!(i + 3)),
             (1, TagType::Bool) => Some(json!(i % 2 == 0)),
             (1, TagType::String) => Some(json!(format!("text {i} \"quoted\" ü"))),
             // Generated from the start time: made identical on both stations.
@@ -342,7 +347,12 @@ async fn browse_follows_continuation_points_to_the_end() {
     let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
     sim.reset_stats();
     let tags = c.list_tags().await.unwrap();
-    assert_eq!(tags, sim.tags());
+    // Names and types as the station has them; writable all (the station
+    // says nothing about it: its answer to a write decides).
+    let station: Vec<(String, TagType)> = sim.tags().into_iter().map(|t| (t.name, t.ty)).collect();
+    let listed: Vec<(String, TagType)> = tags.iter().map(|t| (t.name.clone(), t.ty)).collect();
+    assert_eq!(listed, station);
+    assert!(tags.iter().all(|t| t.writable));
     assert_eq!(
         sim.stats().requests.get("GET /tagManagement/Variables"),
         Some(&3)
@@ -586,4 +596,241 @@ async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
     assert_eq!(sim.value(&ro.name), ro_before);
     let after = requests(&sim, "PUT /tagManagement/Values");
     assert_eq!(after - before, 1, "one request for the whole batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_rows_without_writability_are_writable_and_the_station_refuses() {
+    let sim = sim_with(Dialect::WinccV7, 40).await;
+    // The station serves no writability field at all.
+    let raw: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/WinCCRestService/tagManagement/Variables",
+            sim.base_url()
+        ))
+        .basic_auth("gateway", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = raw["variables"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.to_lowercase().contains("writ"))));
+
+    let s = client_settings(&sim, PASSWORD, 2000, "");
+    let station = client(&s);
+    let tags = station.list_tags().await.unwrap();
+    assert!(tags.iter().all(|t| t.writable), "absent means writable");
+    let directory: wincc_gateway::writes::TagMap =
+        tags.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    let (_tx, dir) = tokio::sync::watch::channel(Arc::new(directory));
+    let writer = wincc_gateway::writes::Writer::new(station.clone(), dir);
+    let policy = wincc_gateway::writes::WritePolicy::new("mqtt", true, &["**".into()]).unwrap();
+    // A tag writable at the station: written, not refused as read-only.
+    let at_station = sim.tags();
+    let w = at_station
+        .iter()
+        .find(|t| t.writable && t.ty == TagType::Double)
+        .unwrap();
+    writer.write(&policy, &w.name, &json!(4.25)).await.unwrap();
+    assert_eq!(sim.value(&w.name), Some(json!(4.25)));
+    // Read-only at the station: the station's errorcode and text refuse it.
+    let ro = at_station
+        .iter()
+        .find(|t| !t.writable && t.ty == TagType::Double)
+        .unwrap();
+    let before = sim.value(&ro.name);
+    let e = writer
+        .write(&policy, &ro.name, &json!(1.0))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, wincc_gateway::writes::WriteError::StationRefused(_)),
+        "{e:?}"
+    );
+    assert!(text.contains("2: ") && text.contains("read-only"), "{text}");
+    assert_eq!(sim.value(&ro.name), before);
+    // Out of range for the tag's type: refused before any station call.
+    let i8_tag = at_station.iter().find(|t| t.ty == TagType::Int8).unwrap();
+    let puts = |sim: &SimHandle| requests(sim, "PUT /tagManagement/Value/{name}");
+    let n = puts(&sim);
+    for v in [json!(128), json!(-129), json!(1.5)] {
+        assert!(
+            writer.write(&policy, &i8_tag.name, &v).await.is_err(),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        puts(&sim),
+        n,
+        "no station call for a value that does not fit"
+    );
+    writer
+        .write(&policy, &i8_tag.name, &json!(-128))
+        .await
+        .unwrap();
+    assert_eq!(sim.value(&i8_tag.name), Some(json!(-128)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_and_unsupported_data_type_codes() {
+    let sim = start_sim(SimOptions {
+        seed: 7,
+        dialect: Dialect::WinccV7,
+        v7_type_codes: vec![("Raw/Block".into(), 12), ("Plain/Struct".into(), 14)],
+        ..quiet(40, AuthMode::Basic, PASSWORD)
+    })
+    .await;
+    for name in ["Raw/Block", "Plain/Struct"] {
+        sim.add_tag(
+            wincc_gateway::model::TagInfo {
+                name: name.into(),
+                ty: TagType::String,
+                writable: true,
+            },
+            json!("AAEC"),
+        );
+    }
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let tags = c.list_tags().await.unwrap();
+    let ty = |n: &str| tags.iter().find(|t| t.name == n).map(|t| t.ty);
+    assert_eq!(
+        ty("Raw/Block"),
+        Some(TagType::String),
+        "listed, not skipped"
+    );
+    let eight: Vec<_> = sim
+        .tags()
+        .into_iter()
+        .filter(|t| matches!(t.ty, TagType::Int8 | TagType::UInt8))
+        .collect();
+    assert_eq!(eight.len(), 2, "the simulator has an Int8 and a UInt8 tag");
+    for t in &eight {
+        assert_eq!(ty(&t.name), Some(t.ty), "{}", t.name);
+    }
+    let names: Vec<String> = ["Raw/Block", "Plain/Struct"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(eight.iter().map(|t| t.name.clone()))
+        .collect();
+    let r = c.read_values(&arcs(&names)).await.unwrap();
+    for (r, code) in r.iter().zip([12, 14]) {
+        assert_eq!((r.quality, &r.value), (Quality::Bad, &Value::Null));
+        assert_eq!(
+            r.error,
+            Some(BadReason::TagError {
+                code: "unsupported_type".into(),
+                message: format!("unsupported WinCC data type {code}"),
+            })
+        );
+    }
+    for (r, t) in r[2..].iter().zip(&eight) {
+        assert_eq!(r.quality, Quality::Good);
+        assert_eq!(Some(r.value.clone()), sim.value(&t.name));
+    }
+    // Never written: refused by the client, no station call.
+    let before = requests(&sim, "PUT /tagManagement/Value/{name}");
+    let e = c
+        .write_value("Raw/Block", TagType::String, &json!("x"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("data type 12"), "{e}");
+    assert_eq!(requests(&sim, "PUT /tagManagement/Value/{name}"), before);
+
+    // Through the poller: bad with the reason, published once.
+    let mut rig = Polling::start(&settings(&sim, Dialect::WinccV7, PASSWORD, &["Raw/**"]));
+    let got = rig
+        .changes_until(Duration::from_millis(1500), |_| false)
+        .await;
+    let raw: Vec<_> = got.iter().filter(|c| &*c.name == "Raw/Block").collect();
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    assert_eq!(raw[0].quality, Quality::Bad);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_rows_without_a_type_learn_it_from_a_read() {
+    let sim = start_sim(SimOptions {
+        seed: 7,
+        dialect: Dialect::WinccV7,
+        v7_untyped_browse: true,
+        ..quiet(40, AuthMode::Basic, PASSWORD)
+    })
+    .await;
+    let c = client(&client_settings(&sim, PASSWORD, 2000, ""));
+    let tags = c.list_tags().await.unwrap();
+    // Every tag with a WinCC code keeps its type (Int64 and DateTime have
+    // none at a V7 station: code 0, unsupported, still listed).
+    for t in sim.tags() {
+        let listed = tags.iter().find(|l| l.name == t.name).unwrap();
+        if !matches!(t.ty, TagType::Int64 | TagType::DateTime) {
+            assert_eq!(listed.ty, t.ty, "{}", t.name);
+        }
+    }
+    assert_eq!(tags.len(), sim.tags().len());
+    assert_eq!(requests(&sim, "POST /tagManagement/Values"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_in_wincc_words_are_mapped_and_none_is_dropped() {
+    let sim = sim_with(Dialect::WinccV7, 30).await;
+    let raise = |id: Value, text: &str| AlarmCommand {
+        action: AlarmAction::Raise,
+        id: Some(id),
+        name: Some("Tank.High".into()),
+        text: Some(text.into()),
+        class: Some("Alarm".into()),
+        priority: Some(3),
+    };
+    sim.alarm(raise(json!(17), "level high")).unwrap();
+    sim.alarm(raise(json!("18"), "pressure high")).unwrap();
+    sim.alarm(raise(json!(19), "door open")).unwrap();
+    let act = |action, id: &str| AlarmCommand {
+        action,
+        id: Some(json!(id)),
+        name: None,
+        text: None,
+        class: None,
+        priority: None,
+    };
+    sim.alarm(act(AlarmAction::Ack, "18")).unwrap();
+    // What the station serves: WinCC's words and message numbers.
+    let raw: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/WinCCRestService/alarmLogging/MessageList/F1",
+            sim.base_url()
+        ))
+        .basic_auth("gateway", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<&str> = raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["State"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["came in", "came in acknowledged", "came in"]);
+    assert_eq!(raw[0]["MsgNr"], 17);
+
+    let c = client(&client_settings(&sim, PASSWORD, 2000, "F1"));
+    let a = c.active_alarms().await.unwrap();
+    let seen: Vec<(&str, wincc_gateway::model::AlarmState)> =
+        a.iter().map(|a| (a.id.as_str(), a.state)).collect();
+    use wincc_gateway::model::AlarmState::*;
+    assert_eq!(seen, [("17", Raised), ("18", Acknowledged), ("19", Raised)]);
+    let expected = sim.active_alarms();
+    assert_eq!(a[0].text, "level high");
+    assert_eq!((a[0].class.as_str(), a[0].priority), ("Alarm", 3));
+    assert_eq!(a[0].raised_at, expected[0].raised_at);
+    assert_eq!(a[1].acknowledged_at, expected[1].acknowledged_at);
+    assert_eq!(a[0].name, "Tank.High");
 }

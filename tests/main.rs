@@ -13,6 +13,7 @@ mod demo;
 mod dialect_e2e;
 mod dialect_unified;
 mod dialect_v7;
+mod eight_bit_types;
 mod gateway_alarms;
 mod mqtt_buffer;
 mod mqtt_buffer_restart;

@@ -89,6 +89,10 @@ pub struct WinccSettings {
     pub ca_file: String,
     pub pinned_cert_sha256: String,
     pub accept_invalid_certs: bool,
+    /// Skip the host-name check of a certificate trusted by
+    /// `pinned_cert_sha256` or `ca_file` (a Unified runtime's self-signed
+    /// certificate names only `localhost`). Refused without either.
+    pub tls_skip_hostname_check: bool,
     pub max_tags_per_request: usize,
     /// The most tags the gateway takes from the station's tag list; a
     /// station with more gets a clear error and the first `max_tags` are
@@ -112,6 +116,7 @@ impl Default for WinccSettings {
             ca_file: String::new(),
             pinned_cert_sha256: String::new(),
             accept_invalid_certs: false,
+            tls_skip_hostname_check: false,
             max_tags_per_request: 500,
             max_tags: 200_000,
             discovery_interval_s: 300,

@@ -114,6 +114,16 @@ impl Settings {
         if !w.ca_file.is_empty() && !Path::new(&w.ca_file).is_file() {
             bad("wincc.ca_file", q(&w.ca_file), "file does not exist");
         }
+        if w.tls_skip_hostname_check
+            && w.pinned_cert_sha256.trim().is_empty()
+            && w.ca_file.is_empty()
+        {
+            bad(
+                "wincc.tls_skip_hostname_check",
+                "true".into(),
+                "needs wincc.pinned_cert_sha256 or wincc.ca_file: without the host name, only a pin or your own CA says which certificate is the station's",
+            );
+        }
         if w.auth != AuthMode::None {
             if let Err(e) = resolve_secret("wincc.password", &w.password_env, &w.password_file) {
                 p.push(e);

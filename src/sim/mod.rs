@@ -97,6 +97,20 @@ pub struct SimOptions {
     pub alarms: bool,
     /// Which station API is served (contract §5 and §6).
     pub dialect: Dialect,
+    /// wincc-v7: `dataType` codes served instead of the tag's own, by tag
+    /// name (e.g. 12, a raw data type the gateway cannot convert); such a
+    /// tag's browse row has no `typeName`.
+    pub v7_type_codes: Vec<(String, i64)>,
+    /// wincc-v7: browse rows carry only `variableName` (no `dataType`,
+    /// no `typeName`), the type is only in the `Values` rows.
+    pub v7_untyped_browse: bool,
+    /// unified: `POST /graphql` (no trailing slash) is answered 301 to
+    /// `/graphql/`, as observed on a V20 runtime.
+    pub unified_require_trailing_slash: bool,
+    /// unified: users who log in but lack the runtime right "Openness
+    /// Runtime - read and write access": every other operation answers
+    /// `FORBIDDEN` "Access denied".
+    pub unified_users_without_rights: Vec<String>,
 }
 
 impl Default for SimOptions {
@@ -111,6 +125,10 @@ impl Default for SimOptions {
             max_body_bytes: 1024 * 1024,
             alarms: true,
             dialect: Dialect::Generic,
+            v7_type_codes: Vec::new(),
+            v7_untyped_browse: false,
+            unified_require_trailing_slash: false,
+            unified_users_without_rights: Vec::new(),
         }
     }
 }

@@ -44,8 +44,10 @@ const fn walk(lo: f64, hi: f64) -> Behaviour {
     Behaviour::Walk { lo, hi }
 }
 
-/// Machine signals. The first ten cover every type, so that even a tiny
-/// simulator (fewer than 20 tags) has one tag of each type.
+/// Machine signals. The first ten cover every type but the 8-bit ones,
+/// which come last, so that a simulator of 19 tags (fewer than 20: no
+/// hostile names) has one tag of each type; the 8-bit signals were
+/// appended so that the names and order of the first seventeen stayed.
 const MACHINE: &[Signal] = &[
     ("Speed", TagType::Double, false, walk(0.0, 3000.0)),
     ("Motor Current", TagType::Float, false, walk(0.0, 50.0)),
@@ -84,6 +86,8 @@ const MACHINE: &[Signal] = &[
         Behaviour::Counter { step: 1 },
     ),
     ("Recipe", TagType::String, true, Behaviour::Choice(RECIPES)),
+    ("Valve Position", TagType::UInt8, true, walk(0.0, 100.0)),
+    ("Trim", TagType::Int8, true, walk(-50.0, 50.0)),
 ];
 
 /// Tank signals, joined with `.` (`Tank3.Level`).
@@ -170,7 +174,7 @@ pub fn generate(n: usize, seed: u64) -> Vec<TagSpec> {
     let mut unit = 0usize;
     while out.len() < regular {
         // The first unit is always a production line, so that the first
-        // ten tags cover every type.
+        // nineteen tags cover every type.
         let kind = if unit == 0 {
             0
         } else {
@@ -242,6 +246,8 @@ pub fn generate(n: usize, seed: u64) -> Vec<TagSpec> {
 pub fn default_behaviour(ty: TagType) -> Behaviour {
     match ty {
         TagType::Bool => Behaviour::Toggle,
+        TagType::Int8 => walk(-100.0, 100.0),
+        TagType::UInt8 => walk(0.0, 250.0),
         TagType::Int16 => walk(-1000.0, 1000.0),
         TagType::Int32 => walk(-100_000.0, 100_000.0),
         TagType::Int64 => Behaviour::Counter { step: 100 },
@@ -286,8 +292,8 @@ mod tests {
 
     #[test]
     fn small_populations_cover_every_type_without_hostile_names() {
-        let t = generate(10, 1);
-        assert_eq!(t.len(), 10);
+        let t = generate(19, 1);
+        assert_eq!(t.len(), 19);
         for ty in TagType::ALL {
             assert!(t.iter().any(|s| s.info.ty == ty), "{ty} missing");
         }

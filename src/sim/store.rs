@@ -104,7 +104,13 @@ pub fn check_value(ty: TagType, v: &Value) -> Result<SimValue, TagError> {
             .as_bool()
             .map(SimValue::Bool)
             .ok_or_else(|| mismatch("a bool")),
-        TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32 => {
+        TagType::Int8
+        | TagType::Int16
+        | TagType::Int32
+        | TagType::Int64
+        | TagType::UInt8
+        | TagType::UInt16
+        | TagType::UInt32 => {
             let Value::Number(n) = v else {
                 return Err(mismatch("an integer"));
             };

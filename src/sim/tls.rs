@@ -71,7 +71,17 @@ pub fn acceptor(cert: &SelfSigned) -> io::Result<TlsAcceptor> {
 /// `localhost` and `127.0.0.1`; returns the handle and the certificate's
 /// DER (use [`SimHandle::https_base_url`] as the base URL).
 pub async fn start_tls(listen: SocketAddr, opts: SimOptions) -> io::Result<(SimHandle, Vec<u8>)> {
-    let cert = self_signed(&["localhost", "127.0.0.1"])?;
+    start_tls_named(listen, opts, &["localhost", "127.0.0.1"]).await
+}
+
+/// [`start_tls`] with a certificate for `names` only: `&["localhost"]`
+/// is what a WinCC Unified runtime presents, whatever its address.
+pub async fn start_tls_named(
+    listen: SocketAddr,
+    opts: SimOptions,
+    names: &[&str],
+) -> io::Result<(SimHandle, Vec<u8>)> {
+    let cert = self_signed(names)?;
     let sim = start_with(listen, opts, Some(acceptor(&cert)?)).await?;
     Ok((sim, cert.cert_der))
 }

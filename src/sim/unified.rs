@@ -17,6 +17,14 @@
 //! act as in the generic dialect (HTTP 429/500/503, latency, outage; body
 //! faults spoil `tagValues`, `browse` and `activeAlarms` answers).
 //! `GET /graphql` is the WebSocket side (`super::unified_ws`).
+//!
+//! Like a V20 runtime (WINCC-DIALECTS.md §10): `/graphql/` serves the same
+//! (with `SimOptions::unified_require_trailing_slash`, `POST /graphql` is
+//! answered 301 to `/graphql/`); a POST without a non-empty
+//! `apollo-require-preflight` (or `x-apollo-operation-name`) header is
+//! answered 400 "potential Cross-Site Request Forgery" (Apollo's CSRF
+//! prevention); a user listed in `SimOptions::unified_users_without_rights`
+//! logs in, then every data operation answers `FORBIDDEN` "Access denied".
 //! Timestamps are `YYYY-MM-DDTHH:MM:SS.mmmZ`; unset ones are the epoch.
 
 use std::sync::Arc;
@@ -40,6 +48,11 @@ use crate::config::AuthMode;
 use crate::model::{format_ts, parse_ts, AlarmState, Quality};
 use crate::wincc::unified_parse::unified_type_name;
 
+#[path = "unified_transport.rs"]
+mod transport;
+pub(crate) use transport::lacks_rights;
+use transport::transport_refusal;
+
 type St = State<Arc<SimState>>;
 
 /// The unset timestamp of Unified.
@@ -49,6 +62,7 @@ const EPOCH: &str = "1970-01-01T00:00:00.000Z";
 pub fn router(state: Arc<SimState>) -> Router {
     control::router()
         .route("/graphql", post(graphql).get(super::unified_ws::upgrade))
+        .route("/graphql/", post(graphql).get(super::unified_ws::upgrade))
         .fallback(not_found)
         .with_state(state)
 }
@@ -120,7 +134,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     auth::strip_scheme(h, "bearer")
 }
 
-async fn graphql(State(st): St, headers: HeaderMap, body: Body) -> Response {
+async fn graphql(State(st): St, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    if let Some(r) = transport_refusal(&st, &uri, &headers) {
+        let _f = st.stats.begin("POST /graphql");
+        st.stats.status(r.status().as_u16());
+        return r;
+    }
     let bytes = match read_body(body, &headers, st.opts.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
@@ -215,8 +234,21 @@ fn execute(st: &SimState, headers: &HeaderMap, op: &Operation, vars: &Value) -> 
             None => Err(auth::AuthFailure::Missing),
             Some(t) => st.sessions().check(t),
         };
-        if let Err(f) = checked {
-            return gql_error("UNAUTHENTICATED", format!("Unauthorized: {}", f.message()));
+        match checked {
+            Err(f) => {
+                return gql_error("UNAUTHENTICATED", format!("Unauthorized: {}", f.message()))
+            }
+            Ok(user)
+                if lacks_rights(st, &user)
+                    && !matches!(op.field.as_str(), "extendSession" | "logout") =>
+            {
+                return json_ok(&json!({
+                    "data": null,
+                    "errors": [{"message": "Access denied", "path": [op.field],
+                        "extensions": {"code": "FORBIDDEN"}}],
+                }));
+            }
+            Ok(_) => {}
         }
     }
     match op.field.as_str() {

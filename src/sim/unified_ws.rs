@@ -8,7 +8,9 @@
 //! `next` per tag with `notificationReason: "Added"` (unknown names too,
 //! with error code "2"), then `"Modified"` whenever a tag's value, quality
 //! or timestamp changes (checked every 100 ms), `"Removed"` when it is
-//! removed. `complete` ends a subscription; `ping` gets `pong`. Statistics
+//! removed. A user without the Openness runtime right gets an `error`
+//! (`FORBIDDEN`, "Access denied") for a subscription. `complete` ends a
+//! subscription; `ping` gets `pong`. Statistics
 //! count `"GET /graphql websocket"` and `"WS subscribe tagValues"`.
 
 use std::collections::HashMap;
@@ -90,6 +92,7 @@ async fn serve(mut socket: WebSocket, st: Arc<SimState>) {
     if msg["type"] != "connection_init" {
         return close(socket, 4400, "expected connection_init").await;
     }
+    let mut forbidden = false;
     if st.opts.auth != AuthMode::None {
         let token = msg["payload"]
             .as_object()
@@ -99,9 +102,11 @@ async fn serve(mut socket: WebSocket, st: Arc<SimState>) {
             })
             .and_then(|(_, v)| v.as_str())
             .and_then(|h| auth::strip_scheme(h, "bearer"));
-        if token.is_none_or(|t| st.sessions().check(t).is_err()) {
+        let user = token.and_then(|t| st.sessions().check(t).ok());
+        let Some(user) = user else {
             return close(socket, 4403, "Forbidden").await;
-        }
+        };
+        forbidden = super::unified::lacks_rights(&st, &user);
     }
     if socket
         .send(text(json!({"type": "connection_ack"})))
@@ -128,6 +133,12 @@ async fn serve(mut socket: WebSocket, st: Arc<SimState>) {
                     Some("pong") => {}
                     Some("complete") => {
                         subs.remove(&id);
+                    }
+                    Some("subscribe") if !id.is_empty() && forbidden => {
+                        drop(st.stats.begin("WS subscribe tagValues"));
+                        out.push(text(json!({"id": id, "type": "error", "payload": [
+                            {"message": "Access denied", "path": ["tagValues"],
+                             "extensions": {"code": "FORBIDDEN"}}]})));
                     }
                     Some("subscribe") if !id.is_empty() => {
                         drop(st.stats.begin("WS subscribe tagValues"));

@@ -8,14 +8,15 @@
 //! | method, path (under `/WinCCRestService`) | answer |
 //! |---|---|
 //! | `POST /tagManagement/Values` `{"variableNames":[..]}` | array of `{variableName, dataType, value, timestamp, qualitycode, errorcode}`; unknown names `{variableName, error, errorcode}` |
-//! | `GET /tagManagement/Variables?itemLimit=N&continuationPoint=C` | `{"variables":[{variableName, dataType, typeName, writable}], "continuationPoint": C' or null}` |
+//! | `GET /tagManagement/Variables?itemLimit=N&continuationPoint=C` | `{"variables":[{variableName, dataType, typeName}], "continuationPoint": C' or null}`: no writability field, like a real station (WINCC-DIALECTS.md §10); `SimOptions::v7_untyped_browse` leaves the types out, `v7_type_codes` serves other codes |
 //! | `GET /tagManagement/Value/{name}` | one row as above |
 //! | `PUT /tagManagement/Value/{name}` `{"value":V}` | `{variableName, errorcode}`: 0 accepted, 2 read-only, 3 wrong type or range; unknown tag 404 with errorcode 1 |
-//! | `GET /alarmLogging/MessageList/{filter}` | array of the active alarms (any non-empty filter) |
+//! | `GET /alarmLogging/MessageList/{filter}` | array of the active alarms in WinCC's words (any non-empty filter), see [`message_row`] |
 //!
-//! `dataType` codes: 1 Bool, 4 Int16, 5 UInt16, 6 Int32, 7 UInt32, 8 Float,
-//! 9 Double, 10 String; Int64 and DateTime have no WinCC code and are sent
-//! as 0 (clients take the type from browsing). `qualitycode` is the stored
+//! `dataType` codes: 1 Bool, 2 Int8, 3 UInt8, 4 Int16, 5 UInt16, 6 Int32,
+//! 7 UInt32, 8 Float, 9 Double, 10 String; Int64 and DateTime have no WinCC
+//! code and are sent as 0 (clients take the type from browsing's
+//! `typeName`). `qualitycode` is the stored
 //! raw code, else 0x80 / 0x40 / 0x00 for good / uncertain / bad.
 //!
 //! The quirks (switched through `/_sim/faults`, see [`super::Faults`]):
@@ -39,7 +40,7 @@ use super::generic::{refusal, User};
 use super::http::{json_ok, json_response, parse_json, read_body, spoil, ApiError};
 use super::store::{SimTag, TagStore};
 use super::{control, SimState};
-use crate::model::{format_ts, Quality, TagType};
+use crate::model::{format_ts, Alarm, AlarmState, Quality, TagType};
 
 type St = State<Arc<SimState>>;
 
@@ -169,7 +170,14 @@ async fn dispatch(State(st): St, req: Request) -> Result<Response, ApiError> {
             st.stats.tags_read(1);
             let store = st.store();
             let mut out = Vec::with_capacity(160);
-            write_row(&store, &name, BatchQuirks::default(), 0, &mut out);
+            write_row(
+                &store,
+                &st.opts.v7_type_codes,
+                &name,
+                BatchQuirks::default(),
+                0,
+                &mut out,
+            );
             Ok(json_response(StatusCode::OK, out))
         }
         ("PUT", Route::Value(raw)) => {
@@ -179,7 +187,9 @@ async fn dispatch(State(st): St, req: Request) -> Result<Response, ApiError> {
         }
         ("GET", Route::MessageList(raw)) => {
             decode(raw)?;
-            Ok(json_ok(&st.alarms().current()))
+            let rows: Vec<serde_json::Value> =
+                st.alarms().current().iter().map(message_row).collect();
+            Ok(json_ok(&rows))
         }
         (_, Route::Other) => Err(ApiError::not_found(format!("no resource at {path}"))),
         _ => Err(ApiError::new(
@@ -190,6 +200,37 @@ async fn dispatch(State(st): St, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// An alarm as a `MessageList` row in WinCC's own words: the message
+/// number `MsgNr` (a number where the id is numeric, else a string), the
+/// state as WinCC's words ("came in", "came in acknowledged", "went
+/// out"), one time stamp per state change.
+pub fn message_row(a: &Alarm) -> serde_json::Value {
+    let number = a.id.parse::<u64>().map_or_else(
+        |_| serde_json::Value::from(a.id.clone()),
+        serde_json::Value::from,
+    );
+    let state = match a.state {
+        AlarmState::Raised => "came in",
+        AlarmState::Acknowledged => "came in acknowledged",
+        AlarmState::Cleared => "went out",
+    };
+    let state_time = match a.state {
+        AlarmState::Raised => Some(&a.raised_at),
+        AlarmState::Acknowledged => a.acknowledged_at.as_ref(),
+        AlarmState::Cleared => a.cleared_at.as_ref(),
+    };
+    serde_json::json!({
+        "MsgNr": number,
+        "State": state,
+        "Text1": a.text,
+        "ClassName": a.class,
+        "Priority": a.priority,
+        "Source": a.name,
+        "TimeStamp": a.raised_at,
+        "StateTime": state_time,
+    })
+}
+
 /// Percent-decodes a name taken from the raw path, exactly once.
 fn decode(raw: &str) -> Result<String, ApiError> {
     percent_decode_str(raw)
@@ -198,10 +239,21 @@ fn decode(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("name is not valid UTF-8 after percent-decoding"))
 }
 
+/// The `dataType` code served for a tag: its override from
+/// `SimOptions::v7_type_codes`, else [`type_code`].
+fn served_code(codes: &[(String, i64)], name: &str, ty: TagType) -> i64 {
+    codes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(i64::from(type_code(ty)), |(_, c)| *c)
+}
+
 /// WinCC's `dataType` code of a type (0: WinCC has none).
 pub fn type_code(ty: TagType) -> u32 {
     match ty {
         TagType::Bool => 1,
+        TagType::Int8 => 2,
+        TagType::UInt8 => 3,
         TagType::Int16 => 4,
         TagType::UInt16 => 5,
         TagType::Int32 => 6,
@@ -260,7 +312,14 @@ fn key(out: &mut Vec<u8>, k: &str) {
 }
 
 /// Appends one row for `name`; `i` picks the key spelling when keys are mixed.
-fn write_row(store: &TagStore, name: &str, q: BatchQuirks, i: usize, out: &mut Vec<u8>) {
+fn write_row(
+    store: &TagStore,
+    codes: &[(String, i64)],
+    name: &str,
+    q: BatchQuirks,
+    i: usize,
+    out: &mut Vec<u8>,
+) {
     let k = &KEYS[if q.mixed_key_case { i % 3 } else { 0 }];
     out.push(b'{');
     key(out, k[0]);
@@ -276,7 +335,7 @@ fn write_row(store: &TagStore, name: &str, q: BatchQuirks, i: usize, out: &mut V
     };
     out.push(b',');
     key(out, k[1]);
-    let _ = serde_json::to_writer(&mut *out, &type_code(tag.info.ty));
+    let _ = serde_json::to_writer(&mut *out, &served_code(codes, &tag.info.name, tag.info.ty));
     out.push(b',');
     key(out, k[2]);
     let v = tag.value.to_json();
@@ -310,6 +369,7 @@ struct ReadReq {
 /// quirks: the body and the number of names asked for.
 pub fn read_values_json(
     store: &TagStore,
+    codes: &[(String, i64)],
     body: &[u8],
     q: BatchQuirks,
 ) -> Result<(Vec<u8>, usize), ApiError> {
@@ -329,7 +389,7 @@ pub fn read_values_json(
             out.push(b',');
         }
         first = false;
-        write_row(store, name, q, i, &mut out);
+        write_row(store, codes, name, q, i, &mut out);
     }
     out.push(b']');
     Ok((out, n))
@@ -341,7 +401,7 @@ async fn read_values(st: &Arc<SimState>, bytes: &[u8]) -> Result<Response, ApiEr
     if !q.delay.is_zero() {
         tokio::time::sleep(q.delay).await;
     }
-    let (out, n) = read_values_json(&st.store(), bytes, q)?;
+    let (out, n) = read_values_json(&st.store(), &st.opts.v7_type_codes, bytes, q)?;
     st.stats.tags_read(n);
     Ok(json_response(StatusCode::OK, out))
 }
@@ -367,12 +427,22 @@ fn variables(st: &SimState, query: &str) -> Result<Response, ApiError> {
     let rows: Vec<serde_json::Value> = tags[start..end]
         .iter()
         .map(|t| {
-            serde_json::json!({
-                "variableName": t.info.name,
-                "dataType": type_code(t.info.ty),
-                "typeName": t.info.ty.as_str(),
-                "writable": t.info.writable,
-            })
+            let name = &t.info.name;
+            let overridden = st.opts.v7_type_codes.iter().any(|(n, _)| n == name);
+            if st.opts.v7_untyped_browse {
+                serde_json::json!({ "variableName": name })
+            } else if overridden {
+                serde_json::json!({
+                    "variableName": name,
+                    "dataType": served_code(&st.opts.v7_type_codes, name, t.info.ty),
+                })
+            } else {
+                serde_json::json!({
+                    "variableName": name,
+                    "dataType": type_code(t.info.ty),
+                    "typeName": t.info.ty.as_str(),
+                })
+            }
         })
         .collect();
     let next = (end < tags.len()).then(|| end.to_string());
@@ -502,7 +572,7 @@ mod tests {
             .collect();
         let body = serde_json::to_vec(&serde_json::json!({ "variableNames": names })).unwrap();
         let parse = |q| {
-            let (out, n) = read_values_json(&store, &body, q).unwrap();
+            let (out, n) = read_values_json(&store, &[], &body, q).unwrap();
             assert_eq!(n, 4);
             out
         };

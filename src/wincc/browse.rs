@@ -15,16 +15,16 @@ use super::StationError;
 const MIN_PAGE_BUDGET: usize = 1_000;
 
 /// Collects the pages of one browse (see the module doc).
-pub(crate) struct TagCollector {
+pub(crate) struct TagCollector<T = TagInfo> {
     max_tags: usize,
     max_pages: usize,
     pages: usize,
-    tags: Vec<TagInfo>,
+    tags: Vec<T>,
     /// Tags the station listed beyond `max_tags` (at least; paging stopped).
     over: usize,
 }
 
-impl TagCollector {
+impl<T> TagCollector<T> {
     pub(crate) fn new(max_tags: usize) -> Self {
         let max_tags = max_tags.max(1);
         TagCollector {
@@ -39,7 +39,7 @@ impl TagCollector {
     /// Takes one page. `Ok(true)`: ask for the next page; `Ok(false)`: the
     /// cap is reached, stop paging. `Err`: the station sent more pages than
     /// any tag list of `max_tags` tags needs.
-    pub(crate) fn page(&mut self, tags: Vec<TagInfo>) -> Result<bool, StationError> {
+    pub(crate) fn page(&mut self, tags: Vec<T>) -> Result<bool, StationError> {
         self.pages += 1;
         let room = self.max_tags - self.tags.len();
         if tags.len() > room {
@@ -61,13 +61,13 @@ impl TagCollector {
     }
 
     /// Takes a tag list that came in one piece (no paging).
-    pub(crate) fn all(mut self, tags: Vec<TagInfo>) -> Vec<TagInfo> {
+    pub(crate) fn all(mut self, tags: Vec<T>) -> Vec<T> {
         let _ = self.page(tags);
         self.finish()
     }
 
     /// The tags, at most `max_tags`; logs the cut once per browse.
-    pub(crate) fn finish(self) -> Vec<TagInfo> {
+    pub(crate) fn finish(self) -> Vec<T> {
         if self.over > 0 {
             tracing::error!(
                 max_tags = self.max_tags,

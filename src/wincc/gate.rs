@@ -25,6 +25,8 @@ struct State {
 /// See the module docs. Cheap to check; one per client.
 pub struct LoginGate {
     state: Mutex<State>,
+    /// What waits while the gate is closed ("login attempt"), for messages.
+    attempt: &'static str,
 }
 
 fn backoff() -> ExponentialBackoff {
@@ -44,11 +46,21 @@ impl Default for LoginGate {
                 backoff: backoff(),
                 last_refusal: String::new(),
             }),
+            attempt: "login attempt",
         }
     }
 }
 
 impl LoginGate {
+    /// A gate for refusals other than a login's (e.g. a missing access
+    /// right): same pauses, messages saying "next `attempt` in N s".
+    pub fn for_attempts(attempt: &'static str) -> Self {
+        LoginGate {
+            attempt,
+            ..LoginGate::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -58,8 +70,9 @@ impl LoginGate {
         let g = self.lock();
         match g.closed_until {
             Some(until) if until > Instant::now() => Err(StationError::Auth(format!(
-                "{}; next login attempt in {:.0} s",
+                "{}; next {} in {:.0} s",
                 g.last_refusal,
+                self.attempt,
                 (until - Instant::now()).as_secs_f64().ceil()
             ))),
             _ => Ok(()),
@@ -73,11 +86,12 @@ impl LoginGate {
         let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
         g.closed_until = Some(Instant::now() + wait);
         g.last_refusal = why;
-        tracing::warn!(user = %user, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the login");
+        tracing::warn!(user = %user, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the {}", self.attempt);
         metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
         StationError::Auth(format!(
-            "{}; next login attempt in {} s",
+            "{}; next {} in {} s",
             g.last_refusal,
+            self.attempt,
             wait.as_secs()
         ))
     }

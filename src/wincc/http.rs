@@ -130,15 +130,44 @@ pub fn base_url(raw: &str, what: &str) -> Result<reqwest::Url, ConnectError> {
 
 /// Builds the HTTP client: per-request timeout, cookie store for cookie
 /// auth, system roots plus `ca_file`, and verification off only when
-/// `accept_invalid_certs` says so (with a warning).
+/// `accept_invalid_certs` says so (with a warning). Redirects are followed
+/// as reqwest does (a 301/302 turns a POST into a GET).
 pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> {
+    build_client_with(w, reqwest::redirect::Policy::default())
+}
+
+/// [`build_client`] with the given redirect policy (the unified dialect
+/// follows redirects itself, keeping the POST).
+pub fn build_client_with(
+    w: &WinccSettings,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, ConnectError> {
     let timeout = Duration::from_millis(w.timeout_ms.max(1));
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("wincc-gateway/", env!("CARGO_PKG_VERSION")))
         .pool_max_idle_per_host(w.rate_limit.max_in_flight.max(1) as usize)
+        .redirect(redirects)
         .cookie_store(w.auth == AuthMode::Cookie);
+    let built = |b: reqwest::ClientBuilder| {
+        b.build().map_err(|e| ConnectError::Setting {
+            key: "wincc.base_url",
+            why: format!("cannot build the HTTP client: {}", chain(&e)),
+        })
+    };
+    if super::tls::needs_own_config(w) {
+        // A pin trusts exactly one certificate: it replaces the CA roots
+        // and the accept_invalid_certs switch. ca_file without the host
+        // name check: see wincc::tls.
+        if w.accept_invalid_certs {
+            tracing::warn!(
+                "wincc.accept_invalid_certs is ignored: wincc.pinned_cert_sha256 or tls_skip_hostname_check is set"
+            );
+        }
+        let config = super::tls::client_config(w, &[b"h2", b"http/1.1"])?;
+        return built(b.tls_backend_preconfigured(config));
+    }
     if !w.ca_file.is_empty() {
         let pem = std::fs::read(&w.ca_file).map_err(|e| ConnectError::Setting {
             key: "wincc.ca_file",
@@ -157,23 +186,6 @@ pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> 
         }
         b = b.tls_certs_merge(certs);
     }
-    if !w.pinned_cert_sha256.trim().is_empty() {
-        // Pinning trusts exactly one certificate: it replaces the CA roots
-        // and the accept_invalid_certs switch.
-        if w.accept_invalid_certs {
-            tracing::warn!(
-                "wincc.accept_invalid_certs is ignored: wincc.pinned_cert_sha256 is set"
-            );
-        }
-        let config = super::tls::pinned_client_config(&w.pinned_cert_sha256)?;
-        return b
-            .tls_backend_preconfigured(config)
-            .build()
-            .map_err(|e| ConnectError::Setting {
-                key: "wincc.base_url",
-                why: format!("cannot build the HTTP client: {}", chain(&e)),
-            });
-    }
     if w.accept_invalid_certs {
         tracing::warn!(
             base_url = %w.base_url,
@@ -181,10 +193,7 @@ pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> 
         );
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    b.build().map_err(|e| ConnectError::Setting {
-        key: "wincc.base_url",
-        why: format!("cannot build the HTTP client: {}", chain(&e)),
-    })
+    built(b)
 }
 
 /// hyper's text for a connection closed before the reply was complete.

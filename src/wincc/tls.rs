@@ -1,21 +1,33 @@
-//! Certificate pinning (`wincc.pinned_cert_sha256`): a rustls client
-//! configuration that trusts exactly one end-entity certificate, named by
-//! the SHA-256 of its DER encoding, whatever its issuer, host name or
-//! validity dates (WinCC stations present self-signed certificates made by
-//! the WinCC Certificate Manager). The handshake signatures are still
-//! verified with the crypto provider's algorithms, so only the holder of
-//! that certificate's private key can complete the handshake.
+//! The station's TLS trust, one rustls configuration for every connection
+//! to it (HTTPS and the Unified `wss://` subscriptions alike).
+//!
+//! Certificate pinning (`wincc.pinned_cert_sha256`) trusts exactly one
+//! end-entity certificate, named by the SHA-256 of its DER encoding,
+//! whatever its issuer, host name or validity dates (WinCC stations present
+//! self-signed certificates made by the WinCC Certificate Manager; a
+//! Unified runtime's names only `localhost`). The handshake signatures are
+//! still verified with the crypto provider's algorithms, so only the holder
+//! of that certificate's private key can complete the handshake.
+//!
+//! `wincc.ca_file` adds trust anchors to the system's; with
+//! `wincc.tls_skip_hostname_check = true` the chain must lead to `ca_file`
+//! alone (never to a public CA, whose certificates for other hosts would
+//! otherwise pass) and only the host-name check is skipped.
+//! `accept_invalid_certs` verifies nothing but the handshake signature.
 
 use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 use super::ConnectError;
+use crate::config::WinccSettings;
 
 /// Lower-case hex of the SHA-256 of `der`, bytes separated by `:`
 /// (the form certificate tools print).
@@ -154,6 +166,194 @@ pub fn pinned_client_config(pinned: &str) -> Result<rustls::ClientConfig, Connec
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Verifies the chain against the roots, but not the host name (see the
+/// module docs: only ever built over `ca_file` alone).
+#[derive(Debug)]
+struct AnyNameVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts any certificate (`accept_invalid_certs`); handshake signatures
+/// are still checked.
+#[derive(Debug)]
+struct NoVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificates of `wincc.ca_file`.
+fn ca_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
+    let bad = |why: String| ConnectError::Setting {
+        key: "wincc.ca_file",
+        why,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read {path:?}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{path:?} is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(format!("{path:?} holds no certificate")));
+    }
+    Ok(certs)
+}
+
+/// Whether the settings need the gateway's own TLS configuration for
+/// HTTPS (reqwest's own trust handles the rest: system roots, `ca_file`
+/// merged in, `accept_invalid_certs`).
+pub fn needs_own_config(w: &WinccSettings) -> bool {
+    !w.pinned_cert_sha256.trim().is_empty() || (w.tls_skip_hostname_check && !w.ca_file.is_empty())
+}
+
+/// The rustls client configuration for the station with the configured
+/// trust (module docs), offering `alpn` (HTTPS: `h2`, `http/1.1`;
+/// WebSocket: `http/1.1`). The pin wins over everything else; then
+/// `accept_invalid_certs`; then `ca_file` (alone when the host name is not
+/// checked, else with the system roots).
+pub fn client_config(
+    w: &WinccSettings,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, ConnectError> {
+    let setup = |e: rustls::Error| ConnectError::Setting {
+        key: "wincc.base_url",
+        why: format!("cannot set up TLS: {e}"),
+    };
+    let mut config = if !w.pinned_cert_sha256.trim().is_empty() {
+        pinned_client_config(&w.pinned_cert_sha256)?
+    } else {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(setup)?;
+        let verifier: Arc<dyn ServerCertVerifier> = if w.accept_invalid_certs {
+            Arc::new(NoVerifier { provider })
+        } else {
+            let any_name = w.tls_skip_hostname_check && !w.ca_file.is_empty();
+            let mut roots = RootCertStore::empty();
+            if !w.ca_file.is_empty() {
+                let (added, _) = roots.add_parsable_certificates(ca_certificates(&w.ca_file)?);
+                if added == 0 {
+                    return Err(ConnectError::Setting {
+                        key: "wincc.ca_file",
+                        why: format!("{:?} holds no usable CA certificate", w.ca_file),
+                    });
+                }
+            }
+            if !any_name {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| ConnectError::Setting {
+                    key: "wincc.ca_file",
+                    why: format!("no usable trust anchor: {e}"),
+                })?;
+            if any_name {
+                Arc::new(AnyNameVerifier { inner })
+            } else {
+                inner
+            }
+        };
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

@@ -1,14 +1,26 @@
 //! The `unified` dialect: WinCC Unified's GraphQL API (`POST {base_url}`,
-//! e.g. `https://host/graphql`), WINCC-DIALECTS.md §2.
+//! e.g. `https://host/graphql/`), WINCC-DIALECTS.md §2 and §10.
+//!
+//! Transport: the configured endpoint is used verbatim (a trailing slash
+//! kept); a 301/307/308 answer is followed once, as a POST, to the same
+//! origin only (a permanent one is remembered, with a warning saying which
+//! `base_url` to configure); every request carries `Content-Type:
+//! application/json` and `apollo-require-preflight: true` (the runtime's
+//! Apollo server refuses other POSTs as potential CSRF).
 //!
 //! Every operation is one GraphQL request with its arguments passed as
 //! `variables` (never inlined into the query text). Auth: the `login`
 //! mutation returns a token sent as `Authorization: Bearer` on every request;
-//! `extendSession` is called once two thirds of the session lifetime have
-//! passed. A GraphQL auth error (or HTTP 401/403) discards the session: the
-//! client logs in once more and retries the request once, never looping. A
-//! refused login (`error.code` other than "0", e.g. "101") closes the gate
-//! for 5 s, growing to 60 s; calls in between fail at once with
+//! `extendSession` is called once two thirds of the session lifetime (from
+//! `expires`, minutes or years) have passed. GraphQL errors are classified
+//! by `extensions.code` only: `UNAUTHENTICATED` (or HTTP 401/403) discards
+//! the session: the client logs in once more and retries the request once,
+//! never looping. `FORBIDDEN` with a live session means the user lacks the
+//! runtime right "Openness Runtime - read and write access": no new login;
+//! the call fails with [`StationError::Auth`] naming that right, and calls
+//! are held back for 5 s growing to 60 s (like a refused login). A refused
+//! login (`error.code` other than "0", e.g. "101") closes the gate for 5 s,
+//! growing to 60 s; calls in between fail at once with
 //! [`StationError::Auth`] and send nothing. `auth = "none"` sends no token
 //! (a server without the auth plugin).
 //!
@@ -35,6 +47,8 @@ use super::{ConnectError, Station, StationError};
 use crate::config::{resolve_secret, AuthMode, Secret, WinccSettings};
 use crate::model::{Alarm, Reading, TagInfo, TagType};
 
+#[path = "unified_transport.rs"]
+mod transport;
 #[path = "unified_ws.rs"]
 mod ws;
 /// Re-exported: the dialect-neutral subscription types live in `crate::wincc`.
@@ -60,12 +74,18 @@ pub struct UnifiedClient {
     limiter: Arc<Limiter>,
     session: Mutex<Session>,
     gate: LoginGate,
-    /// Why subscriptions cannot be used with these TLS settings, if so.
-    ws_unsupported: Option<&'static str>,
     /// Session tokens the station issued (scrubbed like the password).
     issued: http::Issued,
     /// `wincc.max_tags`: the most tags a browse keeps.
     max_tags: usize,
+    /// Closed while the user lacks the Openness runtime right (FORBIDDEN).
+    rights: LoginGate,
+    /// Where a permanent redirect (301/308) moved the endpoint, if it did.
+    moved_to: std::sync::Mutex<Option<Url>>,
+    /// The TLS configuration of `wss://` subscriptions: the same trust as
+    /// HTTPS (pin, `ca_file`, host-name check); `None` for `ws://` or the
+    /// system roots alone.
+    ws_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Default)]
@@ -86,6 +106,8 @@ struct Ticket {
 enum Outcome {
     Data(Value),
     AuthFailed(String),
+    /// `FORBIDDEN`: the user lacks a runtime right (the station's words).
+    Forbidden(String),
 }
 
 impl UnifiedClient {
@@ -123,13 +145,22 @@ impl UnifiedClient {
             )
             .map_err(ConnectError::Secret)?
         };
-        let custom_tls = !settings.ca_file.is_empty() || settings.accept_invalid_certs;
-        let ws_unsupported = (url.scheme() == "https" && custom_tls).then_some(
-            "subscriptions over wss:// use the system trust store only; with ca_file or accept_invalid_certs the gateway polls",
-        );
+        let custom_tls = !settings.ca_file.is_empty()
+            || settings.accept_invalid_certs
+            || !settings.pinned_cert_sha256.trim().is_empty();
+        let ws_tls = if url.scheme() == "https" && custom_tls {
+            Some(Arc::new(super::tls::client_config(
+                settings,
+                &[b"http/1.1"],
+            )?))
+        } else {
+            None
+        };
         Ok(UnifiedClient {
-            ws_unsupported,
-            http: http::build_client(settings)?,
+            ws_tls,
+            rights: LoginGate::for_attempts("attempt"),
+            moved_to: std::sync::Mutex::new(None),
+            http: http::build_client_with(settings, reqwest::redirect::Policy::none())?,
             url,
             auth: settings.auth,
             username: settings.username.clone(),
@@ -157,25 +188,23 @@ impl UnifiedClient {
         self.issued.scrub_err(&[self.password.as_ref()], e)
     }
 
+    /// `FORBIDDEN` with a live session: the user lacks the Openness
+    /// runtime right. Holds calls back on the login backoff, never logs in
+    /// again for it.
+    pub(crate) fn lacks_right(&self, why: &str) -> StationError {
+        self.rights.refuse(
+            &self.username,
+            self.scrub(format!(
+                "user {:?} lacks the WinCC Unified runtime right \"{}\" (the station answered FORBIDDEN: {why}); give the user's role that right in the runtime's user management",
+                self.username,
+                up::OPENNESS_RIGHT
+            )),
+        )
+    }
+
     /// The station refused the login: the gate closes (see `wincc::gate`).
     fn refused(&self, why: String) -> StationError {
         self.gate.refuse(&self.username, self.scrub(why))
-    }
-
-    /// One POST under a limiter permit: status, headers, body.
-    async fn post(
-        &self,
-        endpoint: &'static str,
-        body: &Value,
-        bearer: Option<&str>,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let mut rb = self.http.post(self.url.clone()).json(body);
-        if let Some(t) = bearer {
-            rb = rb.bearer_auth(t);
-        }
-        http::exchange(&self.limiter, rb, endpoint, self.timeout)
-            .await
-            .map_err(|e| self.scrub_err(e))
     }
 
     /// One GraphQL exchange: HTTP status handling (one retry after a short
@@ -216,15 +245,22 @@ impl UnifiedClient {
                     message: message.chars().take(500).collect(),
                 }));
             }
+            if v.is_err() && endpoint != "login" && tracing::enabled!(tracing::Level::DEBUG) {
+                let text: String = String::from_utf8_lossy(&bytes).chars().take(4096).collect();
+                tracing::debug!(endpoint, bytes = bytes.len(), reply = %self.scrub(text), "station reply that did not parse");
+            }
             let v = v.map_err(|e| self.scrub_err(e))?;
             if let Some(e) = up::graphql_errors(&v) {
-                if e.is_auth {
-                    return Ok(Outcome::AuthFailed(self.scrub(e.message)));
-                }
-                return Err(self.scrub_err(StationError::Refused {
-                    code: e.code,
-                    message: format!("GraphQL error: {}", e.message),
-                }));
+                return match e.kind {
+                    up::GqlErrorKind::Unauthenticated => {
+                        Ok(Outcome::AuthFailed(self.scrub(e.message)))
+                    }
+                    up::GqlErrorKind::Forbidden => Ok(Outcome::Forbidden(self.scrub(e.message))),
+                    up::GqlErrorKind::Other => Err(self.scrub_err(StationError::Refused {
+                        code: e.code,
+                        message: format!("GraphQL error: {}", e.message),
+                    })),
+                };
             }
             return up::data_root(v, root)
                 .map(Outcome::Data)
@@ -243,7 +279,9 @@ impl UnifiedClient {
         let body = json!({"query": LOGIN, "operationName": "Login",
             "variables": {"username": self.username, "password": pw}});
         let refusal = match self.exchange("login", "login", &body, None).await? {
-            Outcome::AuthFailed(why) => format!("login as {:?} refused: {why}", self.username),
+            Outcome::AuthFailed(why) | Outcome::Forbidden(why) => {
+                format!("login as {:?} refused: {why}", self.username)
+            }
             Outcome::Data(session) => match up::session(&session) {
                 Ok((token, lifetime)) => {
                     self.issued.remember(&token);
@@ -270,7 +308,7 @@ impl UnifiedClient {
             .exchange("extend_session", "extendSession", &body, Some(token))
             .await?
         {
-            Outcome::AuthFailed(why) => Err(StationError::Auth(why)),
+            Outcome::AuthFailed(why) | Outcome::Forbidden(why) => Err(StationError::Auth(why)),
             Outcome::Data(session) => match up::session(&session) {
                 Ok((t, lifetime)) => {
                     self.issued.remember(&t);
@@ -339,6 +377,7 @@ impl UnifiedClient {
     ) -> Result<Value, StationError> {
         let body = json!({"query": query, "operationName": op, "variables": variables});
         let result = async {
+            self.rights.check()?;
             let mut ticket = self.ticket(None).await?;
             let mut relogged = false;
             loop {
@@ -346,7 +385,11 @@ impl UnifiedClient {
                     .exchange(endpoint, root, &body, ticket.bearer.as_deref())
                     .await?
                 {
-                    Outcome::Data(v) => return Ok(v),
+                    Outcome::Data(v) => {
+                        self.rights.accept();
+                        return Ok(v);
+                    }
+                    Outcome::Forbidden(why) => return Err(self.lacks_right(&why)),
                     Outcome::AuthFailed(why) if self.auth == AuthMode::None => {
                         return Err(StationError::Auth(format!(
                             "the station requires a login ({why}); set wincc.auth = \"session\""
@@ -370,11 +413,17 @@ impl UnifiedClient {
     }
 }
 
+/// Longest session lifetime taken at its word (a runtime handing out
+/// tokens for years must not overflow a clock): about 30 years.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 fn set_expiry(s: &mut Session, lifetime: Option<Duration>) {
     let now = Instant::now();
-    s.expires_at = lifetime.map(|l| now + l);
-    // Extend once two thirds of the lifetime have passed.
-    s.refresh_at = lifetime.map(|l| now + l.mul_f64(2.0 / 3.0));
+    let lifetime = lifetime.map(|l| l.min(MAX_LIFETIME));
+    s.expires_at = lifetime.and_then(|l| now.checked_add(l));
+    // Extend once two thirds of the lifetime have passed, whatever its
+    // length (75 minutes and years were both seen).
+    s.refresh_at = lifetime.and_then(|l| now.checked_add(l.mul_f64(2.0 / 3.0)));
 }
 
 #[async_trait]
@@ -502,12 +551,9 @@ impl Station for UnifiedClient {
         }
     }
 
-    /// A `tagValues` subscription over WebSocket; `Ok(None)` when these TLS
-    /// settings rule WebSocket subscriptions out (the caller polls).
+    /// A `tagValues` subscription over WebSocket (`wss://` with the same
+    /// TLS trust as HTTPS).
     async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
-        if self.ws_unsupported.is_some() {
-            return Ok(None);
-        }
         self.subscribe_tag_values(names).await.map(Some)
     }
 }

@@ -15,56 +15,83 @@ use super::StationError;
 use crate::model::TagType;
 use crate::model::{format_ts, parse_ts, Alarm, AlarmState, BadReason, Quality, Reading, TagInfo};
 
+/// What a GraphQL error means to the client, from its `extensions.code`
+/// alone (never from the words of its message, which vary by version and
+/// language).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GqlErrorKind {
+    /// `UNAUTHENTICATED`: no session, or it ended. Log in again.
+    Unauthenticated,
+    /// `FORBIDDEN`: the session is alive but its user lacks the runtime
+    /// right "Openness Runtime - read and write access". No new login.
+    Forbidden,
+    /// Anything else (syntax, arguments, filter, ...): the request failed.
+    Other,
+}
+
 /// The first entry of a GraphQL `errors[]` array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GqlError {
     /// `extensions.code`, or "graphql".
     pub code: String,
     pub message: String,
-    /// Whether it says the request is not (or no longer) authenticated.
-    pub is_auth: bool,
+    pub kind: GqlErrorKind,
 }
 
-/// Words that mark an auth failure in a GraphQL error (code or message).
-const AUTH_MARKS: [&str; 8] = [
-    "unauthenticated",
-    "unauthorized",
-    "unauthorised",
-    "not logged in",
-    "isloggedin",
-    "session",
-    "token",
-    "forbidden",
-];
+/// The right a Unified user needs for the gateway's operations.
+pub const OPENNESS_RIGHT: &str = "Openness Runtime - read and write access";
+
+/// The kind of an `extensions.code` (any case).
+pub fn error_kind(code: &str) -> GqlErrorKind {
+    match code.trim().to_ascii_uppercase().as_str() {
+        "UNAUTHENTICATED" => GqlErrorKind::Unauthenticated,
+        "FORBIDDEN" => GqlErrorKind::Forbidden,
+        _ => GqlErrorKind::Other,
+    }
+}
 
 /// The request-level error of a reply, if it has a non-empty `errors[]`.
+/// When several errors are given, one that is about auth or rights wins.
 pub fn graphql_errors(v: &Value) -> Option<GqlError> {
     let errors = v
         .as_object()
         .and_then(|o| get_ci(o, "errors"))?
         .as_array()?;
-    let first = errors.first()?;
-    let o = first.as_object();
-    let message = o
+    let parsed: Vec<GqlError> = errors.iter().map(one_error).collect();
+    let rank = |e: &GqlError| match e.kind {
+        GqlErrorKind::Unauthenticated => 0,
+        GqlErrorKind::Forbidden => 1,
+        GqlErrorKind::Other => 2,
+    };
+    parsed.into_iter().min_by_key(rank)
+}
+
+fn one_error(e: &Value) -> GqlError {
+    let o = e.as_object();
+    let mut message = o
         .and_then(|o| get_ci(o, "message"))
         .and_then(Value::as_str)
         .unwrap_or("unnamed GraphQL error")
         .chars()
         .take(500)
         .collect::<String>();
+    if let Some(path) = o.and_then(|o| get_ci(o, "path")).and_then(Value::as_array) {
+        let path: Vec<String> = path.iter().filter_map(text).collect();
+        if !path.is_empty() {
+            message = format!("{message} (at {})", path.join("."));
+        }
+    }
     let code = o
         .and_then(|o| get_ci(o, "extensions"))
         .and_then(Value::as_object)
         .and_then(|e| get_ci(e, "code"))
         .and_then(text)
         .unwrap_or_else(|| "graphql".into());
-    let hay = format!("{code} {message}").to_ascii_lowercase();
-    let is_auth = AUTH_MARKS.iter().any(|m| hay.contains(m));
-    Some(GqlError {
+    GqlError {
+        kind: error_kind(&code),
         code,
         message,
-        is_auth,
-    })
+    }
 }
 
 /// `data.<root>` of a reply without errors.
@@ -259,10 +286,12 @@ fn reading(name: &Arc<str>, row: &Map<String, Value>, received: DateTime<Utc>) -
 pub fn unified_type(s: &str) -> Option<TagType> {
     let t = match s.trim().to_ascii_lowercase().as_str() {
         "bool" => TagType::Bool,
-        "sint" | "int" | "int8" | "int16" => TagType::Int16,
+        "sint" | "int8" => TagType::Int8,
+        "usint" | "byte" | "uint8" => TagType::UInt8,
+        "int" | "int16" => TagType::Int16,
         "dint" | "int32" => TagType::Int32,
         "lint" | "int64" => TagType::Int64,
-        "usint" | "uint" | "byte" | "word" | "uint8" | "uint16" => TagType::UInt16,
+        "uint" | "word" | "uint16" => TagType::UInt16,
         "udint" | "dword" | "uint32" => TagType::UInt32,
         "real" | "float" => TagType::Float,
         "lreal" | "double" => TagType::Double,
@@ -277,6 +306,8 @@ pub fn unified_type(s: &str) -> Option<TagType> {
 pub fn unified_type_name(t: TagType) -> &'static str {
     match t {
         TagType::Bool => "Bool",
+        TagType::Int8 => "SInt",
+        TagType::UInt8 => "USInt",
         TagType::Int16 => "Int",
         TagType::Int32 => "DInt",
         TagType::Int64 => "LInt",
@@ -449,9 +480,19 @@ mod tests {
             &json!({"errors":[{"message":"Unauthorized","extensions":{"code":"UNAUTHENTICATED"}}]}),
         )
         .unwrap();
-        assert!(e.is_auth);
+        assert_eq!(e.kind, GqlErrorKind::Unauthenticated);
         let e = graphql_errors(&json!({"errors":[{"message":"Syntax Error"}]})).unwrap();
-        assert!(!e.is_auth && e.code == "graphql");
+        assert!(e.kind == GqlErrorKind::Other && e.code == "graphql");
+        // By code, never by words: a message about a "session" or a "token"
+        // is not an auth error, "Access denied" with FORBIDDEN is a right.
+        let e = graphql_errors(&json!({"errors":[{"message":"invalid session token argument","extensions":{"code":"BAD_USER_INPUT"}}]})).unwrap();
+        assert_eq!(e.kind, GqlErrorKind::Other);
+        let e = graphql_errors(&json!({"errors":[
+            {"message":"x","extensions":{"code":"301"}},
+            {"message":"Access denied","path":["tagValues"],"extensions":{"code":"FORBIDDEN"}}]}))
+        .unwrap();
+        assert_eq!(e.kind, GqlErrorKind::Forbidden);
+        assert_eq!(e.message, "Access denied (at tagValues)");
         assert!(graphql_errors(&json!({"data":{}, "errors":[]})).is_none());
         let later = format_ts(&(Utc::now() + chrono::Duration::seconds(100)));
         let (t, l) = session(&json!({"token":"abc","expires":later,"error":{"code":"0"}})).unwrap();
@@ -468,6 +509,9 @@ mod tests {
             assert_eq!(unified_type(unified_type_name(t)), Some(t));
         }
         assert_eq!(unified_type("ULInt"), None);
+        assert_eq!(unified_type("SInt"), Some(TagType::Int8));
+        assert_eq!(unified_type("USInt"), Some(TagType::UInt8));
+        assert_eq!(unified_type("Byte"), Some(TagType::UInt8));
     }
 
     #[test]

@@ -6,9 +6,17 @@
 //!
 //! The handshake goes through the station's rate limiter like any request;
 //! a rejected `connection_init` (close code 4401/4403) is answered with one
-//! fresh login and one more attempt, never more. `wss://` uses the system
-//! trust store; with `ca_file` or `accept_invalid_certs` set, subscriptions
-//! are refused (the caller keeps polling).
+//! fresh login and one more attempt, never more. `wss://` trusts exactly
+//! what HTTPS trusts (`pinned_cert_sha256`, `ca_file`,
+//! `tls_skip_hostname_check`, `accept_invalid_certs`; see `wincc::tls`),
+//! checked before the Bearer token is sent. The handshake carries
+//! `apollo-require-preflight: true` like every HTTP request, and goes to
+//! the endpoint a permanent redirect moved it to, if one did.
+//!
+//! `next` frames carry one tag each (the SDL's `TagValueNotification`); a
+//! list is accepted too. `notificationReason` `Removed` / `Removed (Name
+//! changed)` makes the tag bad with that reason. A subscription `error`
+//! with `FORBIDDEN` names the missing runtime right.
 //!
 //! A silent connection (station switched off, cable pulled: no FIN ever
 //! comes) is found with WebSocket-level pings (not the `graphql-transport-ws`
@@ -52,12 +60,7 @@ impl UnifiedClient {
         &self,
         names: &[Arc<str>],
     ) -> Result<TagSubscription, StationError> {
-        if let Some(why) = self.ws_unsupported {
-            return Err(StationError::Refused {
-                code: "unsupported".into(),
-                message: why.into(),
-            });
-        }
+        self.rights.check()?;
         let mut ticket = self.ticket(None).await?;
         let mut ws = match self.handshake(ticket.bearer.as_deref()).await? {
             Handshake::Ok(ws) => ws,
@@ -84,7 +87,7 @@ impl UnifiedClient {
 
     /// Connects and sends `connection_init`; waits for `connection_ack`.
     async fn handshake(&self, bearer: Option<&str>) -> Result<Handshake, StationError> {
-        let mut url = self.url.clone();
+        let mut url = self.endpoint();
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         url.set_scheme(scheme)
             .map_err(|_| StationError::Malformed("cannot build the WebSocket URL".into()))?;
@@ -96,12 +99,20 @@ impl UnifiedClient {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("graphql-transport-ws"),
         );
+        req.headers_mut()
+            .insert("apollo-require-preflight", HeaderValue::from_static("true"));
+        let connector = self
+            .ws_tls
+            .as_ref()
+            .map(|c| tokio_tungstenite::Connector::Rustls(Arc::clone(c)));
         let timeout = self.timeout;
         let mut ws = {
             let _permit = self.limiter.acquire().await;
             metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => "subscribe")
                 .increment(1);
-            match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(req)).await {
+            let connect =
+                tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector);
+            match tokio::time::timeout(timeout, connect).await {
                 Err(_) => return Err(StationError::Timeout(timeout)),
                 Ok(Err(e)) => return Err(StationError::Unreachable(format!("WebSocket: {e}"))),
                 Ok(Ok((ws, _))) => ws,
@@ -151,6 +162,9 @@ impl UnifiedClient {
 }
 
 /// Notification rows → readings, matched by the name each row carries.
+/// One row per `next` frame (the SDL's type), a list accepted too; a row
+/// whose `notificationReason` starts with `Removed` is that tag bad with
+/// the station's reason.
 fn readings(payload: &Value) -> Result<Vec<Reading>, StationError> {
     let rows = match &payload["data"]["tagValues"] {
         Value::Array(a) => a.clone(),
@@ -165,7 +179,48 @@ fn readings(payload: &Value) -> Result<Vec<Reading>, StationError> {
         .iter()
         .filter_map(|r| r["name"].as_str().map(Arc::from))
         .collect();
-    up::tag_values(&Value::Array(rows), &names, chrono::Utc::now())
+    let now = chrono::Utc::now();
+    let mut readings = up::tag_values(&Value::Array(rows.clone()), &names, now)?;
+    for (r, row) in readings.iter_mut().zip(&rows) {
+        let reason = row["notificationReason"].as_str().unwrap_or("").trim();
+        if reason.to_ascii_lowercase().starts_with("removed") {
+            r.value = Value::Null;
+            r.quality = crate::model::Quality::Bad;
+            r.quality_code = None;
+            r.error = Some(crate::model::BadReason::TagError {
+                code: "removed".into(),
+                message: format!("{reason}: the tag does not exist at the station any more"),
+            });
+        }
+    }
+    Ok(readings)
+}
+
+/// A subscription's `error` frame as an error: `FORBIDDEN` names the
+/// missing runtime right, `UNAUTHENTICATED` is an auth failure.
+fn subscription_error(payload: &Value) -> StationError {
+    let errors = match payload {
+        Value::Array(_) => payload.clone(),
+        other => Value::Array(vec![other.clone()]),
+    };
+    match up::graphql_errors(&json!({ "errors": errors })) {
+        Some(e) if e.kind == up::GqlErrorKind::Forbidden => StationError::Auth(format!(
+            "the subscription was refused (FORBIDDEN: {}): the user lacks the WinCC Unified runtime right \"{}\"",
+            e.message,
+            up::OPENNESS_RIGHT
+        )),
+        Some(e) if e.kind == up::GqlErrorKind::Unauthenticated => {
+            StationError::Auth(format!("the subscription was refused: {}", e.message))
+        }
+        Some(e) => StationError::Refused {
+            code: e.code,
+            message: format!("subscription: {}", e.message),
+        },
+        None => StationError::Refused {
+            code: "subscription".into(),
+            message: payload.to_string().chars().take(300).collect(),
+        },
+    }
 }
 
 async fn read_loop(
@@ -230,16 +285,61 @@ async fn read_loop(
             Some("ping") => {
                 let _ = ws.send(text(json!({"type": "pong"}))).await;
             }
-            Some("error") => {
-                break StationError::Refused {
-                    code: "subscription".into(),
-                    message: v["payload"].to_string().chars().take(300).collect(),
-                }
-            }
+            Some("error") => break subscription_error(&v["payload"]),
             Some("complete") => break StationError::Unreachable("subscription completed".into()),
             _ => {}
         }
     };
     tracing::info!(error = %end, "tag subscription ended");
     let _ = tx.send(SubscriptionEvent::Closed(end)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BadReason, Quality};
+
+    #[test]
+    fn one_tag_per_frame_a_list_too_and_removed_reasons() {
+        let one = json!({"data": {"tagValues": {"name": "A", "value": {"value": 3,
+            "timestamp": "2026-01-01T00:00:00.000Z", "quality": {"quality": "GOOD_CASCADE"}},
+            "error": {"code": "0"}, "notificationReason": "Modified"}}});
+        let r = readings(&one).unwrap();
+        assert_eq!(
+            (r.len(), &*r[0].name, r[0].value.clone()),
+            (1, "A", json!(3))
+        );
+        let list = json!({"data": {"tagValues": [
+            {"name": "A", "value": {"value": 1}, "notificationReason": "Added"},
+            {"name": "B", "value": {"value": 2}, "notificationReason": "Removed (Name changed)"},
+            {"name": "C", "value": null, "error": {"code": "2", "description": "Cannot resolve provided name"}, "notificationReason": "Removed"}]}});
+        let r = readings(&list).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].quality, Quality::Good);
+        for (r, reason) in r[1..].iter().zip(["Removed (Name changed)", "Removed"]) {
+            assert_eq!((r.quality, &r.value), (Quality::Bad, &Value::Null));
+            assert!(
+                matches!(&r.error, Some(BadReason::TagError { code, message }) if code == "removed" && message.starts_with(reason)),
+                "{r:?}"
+            );
+        }
+        assert!(readings(&json!({"data": null})).is_err());
+    }
+
+    #[test]
+    fn subscription_errors_are_classified_by_code() {
+        let e = subscription_error(
+            &json!([{"message": "Access denied", "extensions": {"code": "FORBIDDEN"}}]),
+        );
+        assert!(
+            matches!(&e, StationError::Auth(m) if m.contains(up::OPENNESS_RIGHT)),
+            "{e:?}"
+        );
+        let e =
+            subscription_error(&json!([{"message": "bad filter", "extensions": {"code": "301"}}]));
+        assert!(
+            matches!(&e, StationError::Refused { code, .. } if code == "301"),
+            "{e:?}"
+        );
+    }
 }

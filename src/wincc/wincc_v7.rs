@@ -8,9 +8,14 @@
 //! empty 200 body, make those tags bad for the cycle and count
 //! `wincc_gateway_station_rows_missing_total`. Browse `GET
 //! tagManagement/Variables?itemLimit&continuationPoint` until no
-//! continuation point; write `PUT tagManagement/Value/{name}` `{"value":V}`
-//! (non-zero `errorcode` = refused); alarms `GET
-//! alarmLogging/MessageList/{[alarms] filter}`.
+//! continuation point; rows carry no writability (absent = writable: the
+//! station decides) and, where they carry no type, a read supplies it; a
+//! `dataType` the gateway cannot convert lists the tag as always bad
+//! ("unsupported WinCC data type N") and never written. Write `PUT
+//! tagManagement/Value/{name}` `{"value":V}` (non-zero `errorcode` =
+//! refused, with the station's text); alarms `GET
+//! alarmLogging/MessageList/{[alarms] filter}` in WinCC's own words (see
+//! `alarms`).
 //!
 //! Values are converted to the tag's type where it is known (from browse,
 //! else from the row's integer `dataType`): numbers, bools and texts given
@@ -41,7 +46,13 @@ pub const BROWSE_PAGE: usize = 1000;
 
 mod reply;
 
-pub use reply::{convert, type_from_code, values, variable_page, write_result, VariablePage};
+mod alarms;
+
+pub use alarms::{alarm_rows, state_from_words};
+pub use reply::{
+    convert, type_from_code, value_types, values, variable_page, write_result, VarType,
+    VariablePage,
+};
 
 /// A client for the `wincc-v7` dialect. Cheap to share (`Arc`).
 pub struct WinccV7Client {
@@ -58,8 +69,16 @@ pub struct WinccV7Client {
     /// The station answered the batch write with 404/405 (it has no
     /// `PUT tagManagement/Values`, e.g. V7.5): writes go one at a time.
     no_batch_write: AtomicBool,
-    /// Tag types learnt from browsing, for converting values.
-    types: RwLock<HashMap<String, TagType>>,
+    /// Tag types learnt from browsing, for converting values and refusing
+    /// writes to tags of a type the gateway cannot convert.
+    types: RwLock<HashMap<String, VarType>>,
+    /// When each active alarm was first seen: its `raised_at` where the
+    /// station's row gives no time (stable from one poll to the next).
+    first_seen: std::sync::Mutex<HashMap<String, String>>,
+    /// Unknown alarm state words already warned about (once each).
+    warned_states: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Tags of an unsupported type already warned about (once each).
+    warned_unsupported: std::sync::Mutex<std::collections::HashSet<String>>,
     /// `wincc.max_tags`: the most tags a browse keeps.
     max_tags: usize,
 }
@@ -103,6 +122,9 @@ impl WinccV7Client {
             no_batch_write: AtomicBool::new(false),
             types: RwLock::new(HashMap::new()),
             max_tags: w.max_tags,
+            warned_unsupported: Default::default(),
+            first_seen: Default::default(),
+            warned_states: Default::default(),
         })
     }
 
@@ -206,14 +228,12 @@ impl WinccV7Client {
         .await;
         result.map_err(StationError::counted)
     }
-}
-
-#[async_trait]
-impl Station for WinccV7Client {
-    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
-        // Bounded: at most max_tags tags, and a station that never stops
-        // paging is malformed.
-        let mut collector = TagCollector::new(self.max_tags);
+    /// Every page of `GET tagManagement/Variables`: the typed tags and
+    /// the named rows without a type. Bounded like every dialect's browse
+    /// (`wincc/browse.rs`): at most `max_tags` rows, typed or not, and a
+    /// station that never stops paging is malformed.
+    async fn browse_pages(&self) -> Result<Browsed, StationError> {
+        let mut collector = TagCollector::<BrowseRow>::new(self.max_tags);
         let mut skipped = 0usize;
         let mut continuation: Option<String> = None;
         loop {
@@ -228,12 +248,17 @@ impl Station for WinccV7Client {
             let (_, body) = self
                 .call("list_tags", Method::GET, url, None, false)
                 .await?;
-            let page = variable_page(&body).map_err(|e| self.scrub_err(e))?;
+            let page = variable_page(&body).map_err(|e| {
+                self.debug_reply("list_tags", &body);
+                self.scrub_err(e)
+            })?;
             skipped += page.skipped.len();
-            for name in page.skipped.iter().take(5) {
-                tracing::warn!(tag = %self.scrub(name.clone()), "skipping a variable with an unknown type or shape");
+            for row in page.skipped.iter().take(5) {
+                tracing::warn!(row = %self.scrub(row.clone()), "skipping a variable row that is not a named variable");
             }
-            let more = collector.page(page.tags)?;
+            let rows = page.tags.into_iter().map(BrowseRow::Typed);
+            let rows = rows.chain(page.untyped.into_iter().map(BrowseRow::Untyped));
+            let more = collector.page(rows.collect())?;
             let next = if more { page.continuation } else { None };
             match next {
                 Some(c) if Some(&c) == continuation.as_ref() => {
@@ -244,16 +269,158 @@ impl Station for WinccV7Client {
                 Some(c) => continuation = Some(c),
                 None => {
                     if skipped > 0 {
-                        tracing::warn!(skipped, "variables skipped while browsing the station");
+                        tracing::warn!(skipped, "variable rows skipped while browsing the station");
                     }
-                    let all = collector.finish();
-                    let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
-                    types.clear();
-                    types.extend(all.iter().map(|t| (t.name.clone(), t.ty)));
-                    return Ok(all);
+                    let (mut all, mut untyped) = (Vec::new(), Vec::new());
+                    for row in collector.finish() {
+                        match row {
+                            BrowseRow::Typed(t) => all.push(t),
+                            BrowseRow::Untyped(u) => untyped.push(u),
+                        }
+                    }
+                    return Ok((all, untyped));
                 }
             }
         }
+    }
+
+    /// The types of variables the browse did not type, from the `dataType`
+    /// of their `Values` rows (read in chunks of [`BROWSE_PAGE`]). A
+    /// variable whose row gives no type either is left out, with a warning
+    /// naming it.
+    async fn learn_types(
+        &self,
+        untyped: Vec<(String, bool)>,
+    ) -> Result<Vec<(TagInfo, VarType)>, StationError> {
+        let mut out = Vec::with_capacity(untyped.len());
+        let mut unknown = Vec::new();
+        for chunk in untyped.chunks(BROWSE_PAGE) {
+            let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
+            let body = json!({ "variableNames": names });
+            let url = self.url(&["tagManagement", "Values"]);
+            let (_, reply) = self
+                .call("list_tags", Method::POST, url, Some(&body), false)
+                .await?;
+            let types = value_types(&reply).map_err(|e| self.scrub_err(e))?;
+            for (name, writable) in chunk {
+                match types.get(name) {
+                    Some(vt) => out.push((
+                        TagInfo {
+                            name: name.clone(),
+                            ty: vt.tag_type(),
+                            writable: *writable,
+                        },
+                        *vt,
+                    )),
+                    None => unknown.push(name.clone()),
+                }
+            }
+        }
+        if let Some(first) = unknown.first() {
+            tracing::warn!(
+                count = unknown.len(),
+                first = %self.scrub(first.clone()),
+                "variables left out: neither the variable list nor a read gives their dataType"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Warns once per tag about a data type the gateway cannot convert (the
+    /// tag itself is listed and reported bad with the reason).
+    fn warn_unsupported(&self, all: &[(TagInfo, VarType)]) {
+        let mut warned = self
+            .warned_unsupported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (t, vt) in all {
+            if let VarType::Unsupported(code) = vt {
+                if warned.insert(t.name.clone()) {
+                    tracing::warn!(tag = %self.scrub(t.name.clone()), code, "unsupported WinCC data type {code}: the tag is reported bad and never written");
+                }
+            }
+        }
+    }
+
+    /// Logs (debug) a reply that did not parse, for a capture to send in:
+    /// the first 4 KiB, secrets scrubbed.
+    fn debug_reply(&self, endpoint: &str, body: &[u8]) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let text: String = String::from_utf8_lossy(body).chars().take(4096).collect();
+            tracing::debug!(endpoint, bytes = body.len(), reply = %self.scrub(text), "station reply that did not parse");
+        }
+    }
+
+    /// The refusal of a write to a tag of an unsupported type, if it is one.
+    fn unsupported_write(&self, name: &str) -> Option<StationError> {
+        let types = self.types.read().unwrap_or_else(|e| e.into_inner());
+        match types.get(name) {
+            Some(VarType::Unsupported(code)) => Some(StationError::Refused {
+                code: "unsupported_type".into(),
+                message: format!(
+                    "tag {name:?} has WinCC data type {code}, which the gateway cannot convert; it is not written"
+                ),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl WinccV7Client {
+    /// Fills in `raised_at` where the station gave no time (when the alarm
+    /// was first seen, kept while it is listed) and warns once per unknown
+    /// state word.
+    fn settle_alarms(&self, rows: alarms::AlarmRows) -> Vec<Alarm> {
+        {
+            let mut warned = self.warned_states.lock().unwrap_or_else(|e| e.into_inner());
+            for w in rows.unknown_states {
+                if warned.len() < 1000 && warned.insert(w.clone()) {
+                    tracing::warn!(state = %self.scrub(w), "unknown WinCC alarm state word; the alarm counts as raised");
+                }
+            }
+        }
+        let now = crate::model::format_ts(&chrono::Utc::now());
+        let mut seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::with_capacity(rows.alarms.len());
+        let alarms = rows
+            .alarms
+            .into_iter()
+            .map(|mut a| {
+                let first = seen.remove(&a.id).unwrap_or_else(|| now.clone());
+                if a.raised_at.is_empty() {
+                    a.raised_at = first.clone();
+                }
+                kept.insert(a.id.clone(), first);
+                a
+            })
+            .collect();
+        *seen = kept;
+        alarms
+    }
+}
+
+/// What browsing found: typed tags, and named rows without a type.
+type Browsed = (Vec<(TagInfo, VarType)>, Vec<(String, bool)>);
+
+/// One row of the variable list: typed, or named only (its type comes
+/// from a read).
+enum BrowseRow {
+    Typed((TagInfo, VarType)),
+    Untyped((String, bool)),
+}
+
+#[async_trait]
+impl Station for WinccV7Client {
+    async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
+        let (mut all, untyped) = self.browse_pages().await?;
+        if !untyped.is_empty() {
+            all.extend(self.learn_types(untyped).await?);
+        }
+        self.warn_unsupported(&all);
+        let mut types = self.types.write().unwrap_or_else(|e| e.into_inner());
+        types.clear();
+        types.extend(all.iter().map(|(t, vt)| (t.name.clone(), *vt)));
+        Ok(all.into_iter().map(|(t, _)| t).collect())
     }
 
     async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {
@@ -270,7 +437,10 @@ impl Station for WinccV7Client {
             let types = self.types.read().unwrap_or_else(|e| e.into_inner());
             values(&reply, names, &types, received)
         };
-        let (mut readings, missing) = parsed.map_err(|e| self.scrub_err(e.counted()))?;
+        let (mut readings, missing) = parsed.map_err(|e| {
+            self.debug_reply("read_values", &reply);
+            self.scrub_err(e.counted())
+        })?;
         if missing > 0 {
             metrics::counter!("wincc_gateway_station_rows_missing_total").increment(missing as u64);
             tracing::warn!(
@@ -295,6 +465,9 @@ impl Station for WinccV7Client {
         _ty: TagType,
         value: &Value,
     ) -> Result<(), StationError> {
+        if let Some(e) = self.unsupported_write(name) {
+            return Err(e);
+        }
         if name.is_empty() || name == "." || name == ".." {
             return Err(StationError::Refused {
                 code: "name".into(),
@@ -321,7 +494,10 @@ impl Station for WinccV7Client {
         }
         // One write, or a station without the batch route: the single-tag
         // route, which every V7 REST version has (WINCC-DIALECTS.md §1.3).
-        if writes.len() == 1 || self.no_batch_write.load(Ordering::Relaxed) {
+        let unsupported = writes
+            .iter()
+            .any(|(name, _, _)| self.unsupported_write(name).is_some());
+        if writes.len() == 1 || unsupported || self.no_batch_write.load(Ordering::Relaxed) {
             return super::write_each(self, writes).await;
         }
         let body = Value::Array(
@@ -375,11 +551,14 @@ impl Station for WinccV7Client {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Vec::new());
         }
-        let (alarms, bad) = parse::alarms(&body).map_err(|e| self.scrub_err(e))?;
-        if let Some(first) = bad.first() {
-            tracing::warn!(count = bad.len(), first = %self.scrub(first.clone()), "skipping alarms that do not parse");
+        let rows = alarm_rows(&body).map_err(|e| {
+            self.debug_reply("alarms", &body);
+            self.scrub_err(e)
+        })?;
+        if let Some(first) = rows.bad.first() {
+            tracing::warn!(count = rows.bad.len(), first = %self.scrub(first.clone()), "skipping messages with no number, id or name");
         }
-        Ok(alarms)
+        Ok(self.settle_alarms(rows))
     }
 
     async fn logout(&self) {}

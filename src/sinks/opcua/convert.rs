@@ -17,9 +17,11 @@ use crate::writes::WriteError;
 pub fn data_type(ty: TagType) -> DataTypeId {
     match ty {
         TagType::Bool => DataTypeId::Boolean,
+        TagType::Int8 => DataTypeId::SByte,
         TagType::Int16 => DataTypeId::Int16,
         TagType::Int32 => DataTypeId::Int32,
         TagType::Int64 => DataTypeId::Int64,
+        TagType::UInt8 => DataTypeId::Byte,
         TagType::UInt16 => DataTypeId::UInt16,
         TagType::UInt32 => DataTypeId::UInt32,
         TagType::Float => DataTypeId::Float,
@@ -67,13 +69,21 @@ pub fn json_to_variant(ty: TagType, v: &Value) -> Result<Variant, ValueError> {
             },
             _ => Err(ValueError::TypeMismatch),
         },
-        TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32 => {
+        TagType::Int8
+        | TagType::Int16
+        | TagType::Int32
+        | TagType::Int64
+        | TagType::UInt8
+        | TagType::UInt16
+        | TagType::UInt32 => {
             let i = json_integer(v)?;
             let (lo, hi) = ty.integer_range().expect("integer type");
             if i < lo || i > hi {
                 return Err(ValueError::OutOfRange);
             }
             Ok(match ty {
+                TagType::Int8 => Variant::SByte(i as i8),
+                TagType::UInt8 => Variant::Byte(i as u8),
                 TagType::Int16 => Variant::Int16(i as i16),
                 TagType::Int32 => Variant::Int32(i as i32),
                 TagType::Int64 => Variant::Int64(i as i64),
@@ -222,6 +232,8 @@ pub fn variant_to_json(ty: TagType, v: &Variant) -> Result<Value, StatusCode> {
     let mismatch = Err(StatusCode::BadTypeMismatch);
     match (ty, v) {
         (TagType::Bool, Variant::Boolean(b)) => Ok(Value::Bool(*b)),
+        (TagType::Int8, Variant::SByte(i)) => Ok(Value::from(*i)),
+        (TagType::UInt8, Variant::Byte(i)) => Ok(Value::from(*i)),
         (TagType::Int16, Variant::Int16(i)) => Ok(Value::from(*i)),
         (TagType::Int32, Variant::Int32(i)) => Ok(Value::from(*i)),
         (TagType::Int64, Variant::Int64(i)) => Ok(Value::from(*i)),
@@ -264,6 +276,42 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Arc;
+
+    #[test]
+    fn eight_bit_tags_are_sbyte_and_byte_with_their_exact_ranges() {
+        assert_eq!(data_type(TagType::Int8), DataTypeId::SByte);
+        assert_eq!(data_type(TagType::UInt8), DataTypeId::Byte);
+        assert_eq!(
+            json_to_variant(TagType::Int8, &json!(-128)),
+            Ok(Variant::SByte(-128))
+        );
+        assert_eq!(
+            json_to_variant(TagType::Int8, &json!(128)),
+            Err(ValueError::OutOfRange)
+        );
+        assert_eq!(
+            json_to_variant(TagType::UInt8, &json!("255")),
+            Ok(Variant::Byte(255))
+        );
+        for bad in [json!(-1), json!(256)] {
+            assert_eq!(
+                json_to_variant(TagType::UInt8, &bad),
+                Err(ValueError::OutOfRange)
+            );
+        }
+        assert_eq!(
+            variant_to_json(TagType::Int8, &Variant::SByte(-7)),
+            Ok(json!(-7))
+        );
+        assert_eq!(
+            variant_to_json(TagType::UInt8, &Variant::Byte(200)),
+            Ok(json!(200))
+        );
+        assert_eq!(
+            variant_to_json(TagType::UInt8, &Variant::Int16(200)),
+            Err(StatusCode::BadTypeMismatch)
+        );
+    }
 
     #[test]
     fn station_json_becomes_the_tags_exact_type() {

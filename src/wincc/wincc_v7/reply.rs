@@ -9,18 +9,22 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
-use crate::model::{Reading, TagInfo, TagType};
+use crate::model::{BadReason, Reading, TagInfo, TagType};
 use crate::wincc::parse::{self, get_ci};
 use crate::wincc::StationError;
 
-/// WinCC's integer `dataType` codes (WINCC-DIALECTS.md §1.4, partly unverified):
-/// 1 binary, 2/3 signed/unsigned 8-bit, 4/5 16-bit, 6/7 32-bit, 8 float,
-/// 9 double, 10/11 text. Other codes are unknown (`None`).
+/// WinCC's variable-type enum as the `dataType` code (WINCC-DIALECTS.md
+/// §10, from the ODK): 1 bit, 2/3 signed/unsigned 8-bit, 4/5 16-bit, 6/7
+/// 32-bit, 8 float, 9 double, 10/11 text (8/16-bit characters). The others
+/// (12 raw, 13 array, 14 struct, 15-17 bit fields, 18 text reference, ...)
+/// have no counterpart: `None`.
 pub fn type_from_code(code: i64) -> Option<TagType> {
     Some(match code {
         1 => TagType::Bool,
-        2 | 4 => TagType::Int16,
-        3 | 5 => TagType::UInt16,
+        2 => TagType::Int8,
+        3 => TagType::UInt8,
+        4 => TagType::Int16,
+        5 => TagType::UInt16,
         6 => TagType::Int32,
         7 => TagType::UInt32,
         8 => TagType::Float,
@@ -30,16 +34,56 @@ pub fn type_from_code(code: i64) -> Option<TagType> {
     })
 }
 
-/// The `dataType` of a row: an integer code, or a type name as a string.
-fn row_type(row: &Map<String, Value>) -> Option<TagType> {
-    let v = get_ci(row, "dataType")?;
-    if let Some(code) = v.as_i64() {
-        return type_from_code(code);
+/// What the gateway makes of a variable's `dataType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarType {
+    /// A type the gateway converts.
+    Known(TagType),
+    /// A WinCC code with no counterpart: the tag is listed, always bad
+    /// ("unsupported WinCC data type N") and never written.
+    Unsupported(i64),
+}
+
+impl VarType {
+    /// The tag type the gateway lists it with: unsupported ones as String
+    /// (their value is always null).
+    pub fn tag_type(self) -> TagType {
+        match self {
+            VarType::Known(t) => t,
+            VarType::Unsupported(_) => TagType::String,
+        }
     }
-    let s = v.as_str()?.trim();
-    match s.parse::<i64>() {
-        Ok(code) => type_from_code(code),
-        Err(_) => TagType::parse(s),
+}
+
+/// The reason given for every reading of a tag of an unsupported type.
+pub fn unsupported_reason(code: i64) -> BadReason {
+    BadReason::TagError {
+        code: "unsupported_type".into(),
+        message: format!("unsupported WinCC data type {code}"),
+    }
+}
+
+/// The type of a row: its integer `dataType` code (a number or a numeric
+/// string), else a type name under `dataType`, `typeName`,
+/// `dataTypeName` or `type`. A code the gateway cannot map is
+/// `Unsupported` unless a type name says what it is.
+fn row_type(row: &Map<String, Value>) -> Option<VarType> {
+    let code = match get_ci(row, "dataType") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    if let Some(t) = code.and_then(type_from_code) {
+        return Some(VarType::Known(t));
+    }
+    let named = ["dataType", "typeName", "dataTypeName", "type"]
+        .iter()
+        .find_map(|k| get_ci(row, k).and_then(Value::as_str))
+        .and_then(TagType::parse);
+    match (named, code) {
+        (Some(t), _) => Some(VarType::Known(t)),
+        (None, Some(c)) => Some(VarType::Unsupported(c)),
+        (None, None) => None,
     }
 }
 
@@ -64,7 +108,13 @@ pub fn convert(ty: TagType, v: Value) -> Value {
         (TagType::Float | TagType::Double, Value::String(s)) => number(s).map_or(v, Value::Number),
         (TagType::Float | TagType::Double, Value::Bool(b)) => Value::from(u8::from(*b)),
         (
-            TagType::Int16 | TagType::Int32 | TagType::Int64 | TagType::UInt16 | TagType::UInt32,
+            TagType::Int8
+            | TagType::Int16
+            | TagType::Int32
+            | TagType::Int64
+            | TagType::UInt8
+            | TagType::UInt16
+            | TagType::UInt32,
             _,
         ) => {
             let n = match &v {
@@ -88,10 +138,45 @@ pub fn convert(ty: TagType, v: Value) -> Value {
 
 /// One page of `GET tagManagement/Variables`.
 pub struct VariablePage {
-    pub tags: Vec<TagInfo>,
+    /// Tags whose type is known (unsupported ones included, see [`VarType`]).
+    pub tags: Vec<(TagInfo, VarType)>,
+    /// Named rows that say nothing about their type: the client learns it
+    /// from a read (the `Values` rows carry `dataType`).
+    pub untyped: Vec<(String, bool)>,
+    /// Rows that are not variables at all (no name, not an object).
     pub skipped: Vec<String>,
     /// Where the next page starts; `None` on the last page.
     pub continuation: Option<String>,
+}
+
+/// Writability of a `Variables` row. No published client reads such a
+/// field (WINCC-DIALECTS.md §10), so its absence means writable and the
+/// station's answer to a write decides; only an explicit `false` (any
+/// spelling: `writable`, `readOnly`, `accessRights`) makes it read-only.
+fn row_writable(o: &Map<String, Value>) -> bool {
+    let flag = |v: &Value| match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_i64().map(|i| i != 0),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(w) = get_ci(o, "writable").and_then(flag) {
+        return w;
+    }
+    if let Some(ro) = get_ci(o, "readOnly").and_then(flag) {
+        return !ro;
+    }
+    match get_ci(o, "accessRights").and_then(Value::as_str) {
+        Some(a) => {
+            let a = a.to_ascii_lowercase();
+            !a.contains("read") || a.contains("write")
+        }
+        None => true,
+    }
 }
 
 /// Parses a browse page: a bare array, or an object with the rows under
@@ -121,6 +206,7 @@ pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
         }
     };
     let mut tags = Vec::with_capacity(rows.len());
+    let mut untyped = Vec::new();
     let mut skipped = Vec::new();
     for row in rows {
         let Value::Object(o) = row else {
@@ -131,26 +217,60 @@ pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
             skipped.push("(a row without a name)".into());
             continue;
         };
-        let ty = row_type(o).or_else(|| {
-            parse::get_any_str(o, &["typeName", "dataTypeName", "type"])
-                .and_then(|s| TagType::parse(&s))
-        });
-        let Some(ty) = ty else {
-            skipped.push(name);
-            continue;
-        };
-        let writable = match get_ci(o, "writable") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-            _ => false,
-        };
-        tags.push(TagInfo { name, ty, writable });
+        let writable = row_writable(o);
+        match row_type(o) {
+            Some(vt) => tags.push((
+                TagInfo {
+                    name,
+                    ty: vt.tag_type(),
+                    writable,
+                },
+                vt,
+            )),
+            None => untyped.push((name, writable)),
+        }
     }
     Ok(VariablePage {
         tags,
+        untyped,
         skipped,
         continuation,
     })
+}
+
+/// The types of the rows of a `POST tagManagement/Values` reply, by name
+/// (how the client learns the type of a variable browsing did not type).
+pub fn value_types(body: &[u8]) -> Result<HashMap<String, VarType>, StationError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(HashMap::new());
+    }
+    let v = parse::json(body)?;
+    let rows = rows_of(&v)?;
+    Ok(rows
+        .iter()
+        .filter_map(Value::as_object)
+        .filter_map(|o| {
+            let name = get_ci(o, "variableName")
+                .or_else(|| get_ci(o, "name"))
+                .and_then(Value::as_str)?;
+            Some((name.to_string(), row_type(o)?))
+        })
+        .collect())
+}
+
+/// The rows of a `Values` reply: a bare array, or one under `values` /
+/// `variables` / `items`.
+fn rows_of(v: &Value) -> Result<&Vec<Value>, StationError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Object(o) => ["values", "variables", "items"]
+            .iter()
+            .find_map(|k| get_ci(o, k).and_then(Value::as_array))
+            .ok_or_else(|| StationError::Malformed("the reply is not an array of rows".into())),
+        _ => Err(StationError::Malformed(
+            "the reply is not an array of rows".into(),
+        )),
+    }
 }
 
 /// Parses a `POST tagManagement/Values` reply: one reading per requested
@@ -159,7 +279,7 @@ pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
 pub fn values(
     body: &[u8],
     names: &[Arc<str>],
-    types: &HashMap<String, TagType>,
+    types: &HashMap<String, VarType>,
     received: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<Reading>, usize), StationError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -170,25 +290,7 @@ pub fn values(
         return Ok((all, names.len()));
     }
     let v = parse::json(body)?;
-    let rows = match &v {
-        Value::Array(a) => a,
-        Value::Object(o) => match ["values", "variables", "items"]
-            .iter()
-            .find_map(|k| get_ci(o, k).and_then(Value::as_array))
-        {
-            Some(a) => a,
-            None => {
-                return Err(StationError::Malformed(
-                    "the reply is not an array of rows".into(),
-                ))
-            }
-        },
-        _ => {
-            return Err(StationError::Malformed(
-                "the reply is not an array of rows".into(),
-            ))
-        }
-    };
+    let rows = rows_of(&v)?;
     let by_name = parse::rows_by_name(rows, "tagManagement/Values", |o| {
         get_ci(o, "variableName")
             .or_else(|| get_ci(o, "name"))
@@ -222,8 +324,23 @@ pub fn values(
                             r.quality = parse::quality_from_code(c);
                         }
                     }
-                    if let Some(ty) = types.get(&**n).copied().or_else(|| row_type(row)) {
-                        r.value = convert(ty, std::mem::take(&mut r.value));
+                    // The browse's type decides; a row's own code only
+                    // converts (a code it cannot map leaves the value as
+                    // it is: the browse reports such tags, once).
+                    let ty = types
+                        .get(&**n)
+                        .copied()
+                        .or_else(|| row_type(row).filter(|t| matches!(t, VarType::Known(_))));
+                    match ty {
+                        Some(VarType::Known(ty)) => {
+                            r.value = convert(ty, std::mem::take(&mut r.value));
+                        }
+                        Some(VarType::Unsupported(code)) => {
+                            r.value = Value::Null;
+                            r.quality = crate::model::Quality::Bad;
+                            r.error = Some(unsupported_reason(code));
+                        }
+                        None => {}
                     }
                 }
                 r
@@ -329,7 +446,7 @@ mod tests {
           {"variableName":"E","error":"unknown variable"},
           {"variableName":"I","dataType":99,"value":"7","qualitycode":192},
           {"variableName":"S","dataType":10,"value":5,"QualityCode":"72"}]"#;
-        let types = HashMap::from([("I".to_string(), TagType::Int32)]);
+        let types = HashMap::from([("I".to_string(), VarType::Known(TagType::Int32))]);
         let now = chrono::Utc::now();
         let (r, missing) =
             values(body, &names(&["A", "B", "C", "E", "I", "S"]), &types, now).unwrap();
@@ -368,13 +485,71 @@ mod tests {
 
     #[test]
     fn browse_pages_carry_continuation_points() {
-        let p = variable_page(br#"{"variables":[{"variableName":"A","dataType":9,"writable":true},{"variableName":"B","dataType":77},{"variableName":"C","dataType":77,"typeName":"Int64"}],"continuationPoint":"3"}"#).unwrap();
-        assert_eq!(p.tags.len(), 2);
-        assert_eq!(p.tags[0].ty, TagType::Double);
-        assert_eq!(p.tags[1].ty, TagType::Int64);
-        assert_eq!(p.skipped, vec!["B".to_string()]);
+        let p = variable_page(br#"{"variables":[{"variableName":"A","dataType":9,"writable":true},{"variableName":"B","dataType":77},{"variableName":"C","dataType":77,"typeName":"Int64"},{"variableName":"D"},{"dataType":1}],"continuationPoint":"3"}"#).unwrap();
+        assert_eq!(p.tags.len(), 3);
+        assert_eq!(p.tags[0].0.ty, TagType::Double);
+        assert_eq!(p.tags[1].1, VarType::Unsupported(77));
+        assert_eq!(p.tags[2].0.ty, TagType::Int64);
+        assert_eq!(p.untyped, vec![("D".to_string(), true)]);
+        assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.continuation.as_deref(), Some("3"));
         let p = variable_page(br#"{"Variables":[],"continuationPoint":null}"#).unwrap();
         assert!(p.continuation.is_none());
+    }
+
+    #[test]
+    fn writability_is_absent_unless_the_row_says_read_only() {
+        let p = variable_page(
+            br#"[{"variableName":"A","dataType":4},
+                 {"variableName":"B","dataType":4,"writable":false},
+                 {"variableName":"C","dataType":4,"ReadOnly":"true"},
+                 {"variableName":"D","dataType":4,"accessRights":"ReadWrite"},
+                 {"variableName":"E","dataType":4,"accessRights":"Read"}]"#,
+        )
+        .unwrap();
+        let w: Vec<bool> = p.tags.iter().map(|(t, _)| t.writable).collect();
+        assert_eq!(w, vec![true, false, false, true, false]);
+    }
+
+    #[test]
+    fn data_type_codes_follow_the_wincc_enum() {
+        let codes: Vec<Option<TagType>> = (0..=19).map(type_from_code).collect();
+        assert_eq!(codes[1], Some(TagType::Bool));
+        assert_eq!(codes[2], Some(TagType::Int8));
+        assert_eq!(codes[3], Some(TagType::UInt8));
+        assert_eq!(codes[4], Some(TagType::Int16));
+        assert_eq!(codes[5], Some(TagType::UInt16));
+        assert_eq!(codes[7], Some(TagType::UInt32));
+        assert_eq!(
+            (codes[10], codes[11]),
+            (Some(TagType::String), Some(TagType::String))
+        );
+        for c in [0, 12, 13, 14, 15, 16, 17, 18, 19] {
+            assert_eq!(codes[c], None, "code {c}");
+        }
+        // A tag browsed as unsupported is bad with the reason, whatever its value.
+        let types = HashMap::from([("R".to_string(), VarType::Unsupported(12))]);
+        let body = br#"[{"variableName":"R","dataType":12,"value":"AAEC","qualitycode":128},
+                        {"variableName":"S","dataType":"3","value":"200","qualitycode":128}]"#;
+        let (r, _) = values(body, &names(&["R", "S"]), &types, chrono::Utc::now()).unwrap();
+        assert_eq!(r[0].quality, Quality::Bad);
+        assert_eq!(r[0].value, Value::Null);
+        assert!(
+            matches!(&r[0].error, Some(BadReason::TagError { message, .. }) if message == "unsupported WinCC data type 12")
+        );
+        assert_eq!(
+            (r[1].value.clone(), r[1].quality),
+            (json!(200), Quality::Good)
+        );
+        // Not browsed: the row's unknown code leaves the value as it is.
+        let (r, _) = values(body, &names(&["R"]), &HashMap::new(), chrono::Utc::now()).unwrap();
+        assert_eq!(
+            (r[0].value.clone(), r[0].quality),
+            (json!("AAEC"), Quality::Good)
+        );
+        assert_eq!(
+            value_types(body).unwrap().get("S"),
+            Some(&VarType::Known(TagType::UInt8))
+        );
     }
 }
