@@ -15,9 +15,11 @@ use crate::model::{Quality, TagType};
 pub(crate) fn datatype(ty: TagType) -> DataType {
     match ty {
         TagType::Bool => DataType::Boolean,
+        TagType::Int8 => DataType::Int8,
         TagType::Int16 => DataType::Int16,
         TagType::Int32 => DataType::Int32,
         TagType::Int64 => DataType::Int64,
+        TagType::UInt8 => DataType::UInt8,
         TagType::UInt16 => DataType::UInt16,
         TagType::UInt32 => DataType::UInt32,
         TagType::Float => DataType::Float,
@@ -60,9 +62,11 @@ fn signed32(i: i64) -> Value {
 pub(crate) fn metric_value(ty: TagType, v: &Json) -> Option<Value> {
     match ty {
         TagType::Bool => v.as_bool().map(Value::Boolean),
+        TagType::Int8 => int_in(v, i8::MIN as i64, i8::MAX as i64).map(signed32),
         TagType::Int16 => int_in(v, i16::MIN as i64, i16::MAX as i64).map(signed32),
         TagType::Int32 => int_in(v, i32::MIN as i64, i32::MAX as i64).map(signed32),
         TagType::Int64 => v.as_i64().map(|i| Value::Long(i as u64)),
+        TagType::UInt8 => int_in(v, 0, u8::MAX as i64).map(|i| Value::Int(i as u32)),
         TagType::UInt16 => int_in(v, 0, u16::MAX as i64).map(|i| Value::Int(i as u32)),
         TagType::UInt32 => int_in(v, 0, u32::MAX as i64).map(|i| Value::Int(i as u32)),
         TagType::Float => v.as_f64().map(|f| Value::Float(f as f32)),
@@ -130,8 +134,9 @@ pub(crate) fn json_value(ty: TagType, v: &Value) -> Json {
 /// match, like [`datatype`].
 fn signed(ty: TagType) -> bool {
     match ty {
-        TagType::Int16 | TagType::Int32 | TagType::Int64 => true,
+        TagType::Int8 | TagType::Int16 | TagType::Int32 | TagType::Int64 => true,
         TagType::Bool
+        | TagType::UInt8
         | TagType::UInt16
         | TagType::UInt32
         | TagType::Float
@@ -161,9 +166,11 @@ mod tests {
             codes,
             vec![
                 (TagType::Bool, 11),
+                (TagType::Int8, 1),
                 (TagType::Int16, 2),
                 (TagType::Int32, 3),
                 (TagType::Int64, 4),
+                (TagType::UInt8, 5),
                 (TagType::UInt16, 6),
                 (TagType::UInt32, 7),
                 (TagType::Float, 9),

@@ -115,13 +115,10 @@ pub(crate) enum PropertyKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum DataType {
-    // Int8 and UInt8 wait for the TagType variants of the same name.
-    #[allow(dead_code)]
     Int8 = 1,
     Int16 = 2,
     Int32 = 3,
     Int64 = 4,
-    #[allow(dead_code)]
     UInt8 = 5,
     UInt16 = 6,
     UInt32 = 7,
