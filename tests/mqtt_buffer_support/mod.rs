@@ -1,7 +1,8 @@
 //! Helpers of the store-and-forward tests: a subscriber whose session the
-#![allow(dead_code)]
 //! broker keeps (so nothing published while it reconnects after a broker
 //! restart is lost to it), and per-tag sequences of what it received.
+
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
