@@ -65,6 +65,13 @@ impl Settings {
         if w.timeout_ms == 0 {
             bad("wincc.timeout_ms", "0".into(), "must be at least 1");
         }
+        if w.write_timeout_ms > 600_000 {
+            bad(
+                "wincc.write_timeout_ms",
+                w.write_timeout_ms.to_string(),
+                "must be at most 600000 (10 min; 0 means timeout_ms): a write must not wait longer",
+            );
+        }
         if w.max_tags_per_request == 0 {
             bad(
                 "wincc.max_tags_per_request",

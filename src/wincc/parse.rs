@@ -302,7 +302,12 @@ pub fn alarms(body: &[u8]) -> Result<(Vec<Alarm>, Vec<String>), StationError> {
     let mut out = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     for row in rows {
-        match serde_json::from_value::<Alarm>(row.clone()) {
+        let mut row = row.clone();
+        // Contract §5: an alarm id may be a JSON number or a string.
+        if let Some(id) = row.get_mut("id").filter(|v| v.is_number()) {
+            *id = Value::String(id.to_string());
+        }
+        match serde_json::from_value::<Alarm>(row) {
             Ok(a) => out.push(a),
             Err(e) => bad.push(e.to_string()),
         }
