@@ -54,8 +54,12 @@ impl Running {
     /// Resolves with why once a task of the gateway ended unexpectedly.
     pub async fn failed(&self) -> String {
         let mut rx = self.failed.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(f) => f.clone().unwrap_or_default(),
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|f| f.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
             Err(_) => std::future::pending().await,
         }
     }

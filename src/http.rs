@@ -223,7 +223,9 @@ mod tests {
         StationState {
             connected,
             since: chrono::Utc::now(),
-            why: connected.is_some_and(|c| !c).then(|| "read failed: refused".into()),
+            why: connected
+                .is_some_and(|c| !c)
+                .then(|| "read failed: refused".into()),
             failing_groups: BTreeMap::new(),
             outages: 0,
         }
@@ -255,8 +257,10 @@ mod tests {
     #[test]
     fn a_failing_group_degrades_the_station_naming_the_first_group_by_name() {
         let mut s = state(Some(true));
-        s.failing_groups.insert("slow".into(), "1 of 2 requests failed".into());
-        s.failing_groups.insert("fast".into(), "2 of 2 requests failed".into());
+        s.failing_groups
+            .insert("slow".into(), "1 of 2 requests failed".into());
+        s.failing_groups
+            .insert("fast".into(), "2 of 2 requests failed".into());
         let (ok, body) = health(&sources(s));
         assert!(!ok);
         assert_eq!(body["station"]["state"], "degraded");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::mosquitto::{free_port, Mosquitto};
 use common::{Msg, TestSubscriber};
-use opcua::types::{AttributeId, NodeId, StatusCode};
+use opcua::types::{AttributeId, NodeId, StatusCode, Variant};
 use wincc_gateway::config::Settings;
 use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
 
@@ -226,13 +226,19 @@ async fn scenario(fault: Fault, p: &str) {
         "not every OPC UA variable is Bad_CommunicationError"
     );
     let dv = opcua_support::read(&client.session, &nodes[..1], AttributeId::Value).await;
-    assert!(dv[0].value.is_none(), "a Bad value is null: {:?}", dv[0]);
+    assert!(
+        matches!(dv[0].value, None | Some(Variant::Empty)),
+        "a Bad value is null: {:?}",
+        dv[0]
+    );
     // Health: degraded at once, with the reason; alive; not ready.
     let (code, body) = get(&format!("{http}/healthz")).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["station"]["state"], "disconnected", "{body}");
-    assert!(body["station"]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(body["station"]["error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
     assert_eq!(get(&format!("{http}/readyz")).await.0, 503);
     assert_eq!(get(&format!("{http}/livez")).await.0, 200);
 
@@ -262,12 +268,7 @@ async fn scenario(fault: Fault, p: &str) {
     let tags = by_tag(&msgs, p);
     let twice: Vec<_> = tags
         .iter()
-        .filter(|(_, v)| {
-            v.iter()
-                .filter(|(at, q)| *at >= t0 && q == "bad")
-                .count()
-                > 1
-        })
+        .filter(|(_, v)| v.iter().filter(|(at, q)| *at >= t0 && q == "bad").count() > 1)
         .map(|(t, _)| t.clone())
         .take(5)
         .collect();
@@ -287,7 +288,12 @@ async fn scenario(fault: Fault, p: &str) {
         t1.elapsed()
     );
     assert!(
-        wait_async(Duration::from_secs(3), || all_opcua(&client, &nodes, StatusCode::Good)).await,
+        wait_async(Duration::from_secs(3), || all_opcua(
+            &client,
+            &nodes,
+            StatusCode::Good
+        ))
+        .await,
         "not every OPC UA variable is Good again"
     );
     assert!(

@@ -17,11 +17,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wincc_gateway::bus::Bus;
 use wincc_gateway::config::{AuthMode, WinccSettings};
-use wincc_gateway::model::TagType;
+use wincc_gateway::model::{TagInfo, TagType};
 use wincc_gateway::poll::station;
 use wincc_gateway::sim::{self, Faults, SimOptions, TooManyRequests};
 use wincc_gateway::wincc::generic::GenericClient;
-use wincc_gateway::wincc::Station;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_cannot_get_a_permit_in_time_is_refused_with_the_reason_never_sent_late() {
@@ -51,11 +50,13 @@ async fn a_write_that_cannot_get_a_permit_in_time_is_refused_with_the_reason_nev
         wincc.write_timeout(),
         stop.clone(),
     );
-    let tags = st.list_tags().await.unwrap();
-    let tag = tags
-        .iter()
-        .find(|t| t.writable && t.ty == TagType::Int32)
-        .expect("a writable Int32 tag");
+    let tag = TagInfo {
+        name: "Setpoint".into(),
+        ty: TagType::Int32,
+        writable: true,
+    };
+    sim.add_tag(tag.clone(), json!(0));
+    assert!(!st.list_tags().await.unwrap().is_empty());
     // The station asks for a 600 s pause.
     sim.set_faults(Faults {
         too_many_requests: Some(TooManyRequests {
@@ -126,7 +127,9 @@ async fn rejecting_station(counts: Arc<Counts>) -> String {
             c.other.fetch_add(1, Ordering::SeqCst);
             (
                 StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error": {"code": "Unauthorized", "message": "session unknown"}})),
+                axum::Json(
+                    json!({"error": {"code": "Unauthorized", "message": "session unknown"}}),
+                ),
             )
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -170,7 +173,10 @@ async fn a_station_that_rejects_every_session_costs_one_login_per_login_pause() 
                 let _ = match i {
                     0 => st.read_values(&[Arc::from("Tank1.Level")]).await.map(drop),
                     1 => st.active_alarms().await.map(drop),
-                    _ => st.write_value("Tank1.Level", TagType::Int32, &json!(1)).await,
+                    _ => {
+                        st.write_value("Tank1.Level", TagType::Int32, &json!(1))
+                            .await
+                    }
                 };
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -188,7 +194,10 @@ async fn a_station_that_rejects_every_session_costs_one_login_per_login_pause() 
     // The station is reported down with the reason, not hammered.
     let s = link.current();
     assert!(s.is_down());
-    assert!(s.why.as_deref().unwrap_or_default().contains("401"), "{s:?}");
+    assert!(
+        s.why.as_deref().unwrap_or_default().contains("401"),
+        "{s:?}"
+    );
     let other = counts.other.load(Ordering::SeqCst);
     assert!(other <= 2 * logins + 1, "{other} rejected requests");
     stop.cancel();

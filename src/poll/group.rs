@@ -27,8 +27,8 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::diff::{ChangeRules, TagSlot};
-use super::subscribe::{self, SubWake, Subscriptions};
 use super::station::{RequestKind, StationLink, StationState};
+use super::subscribe::{self, SubWake, Subscriptions};
 use crate::bus::{Bus, Event};
 use crate::config::PollMode;
 use crate::model::{align_readings, BadReason, ChangeBatch, Reading, TagChange, TagInfo};
@@ -46,7 +46,6 @@ pub(crate) struct GroupTask {
     pub name: Arc<str>,
     pub rules: ChangeRules,
     pub mode: PollMode,
-    pub base_interval: Duration,
     pub batch: usize,
     pub concurrency: usize,
     pub station: Arc<dyn Station>,
@@ -85,7 +84,6 @@ impl GroupTask {
         name: Arc<str>,
         rules: ChangeRules,
         mode: PollMode,
-        base_interval: Duration,
         batch: usize,
         concurrency: usize,
         station: Arc<dyn Station>,
@@ -97,7 +95,6 @@ impl GroupTask {
             name,
             rules,
             mode,
-            base_interval,
             batch: batch.max(1),
             concurrency: concurrency.max(1),
             station,
@@ -107,7 +104,7 @@ impl GroupTask {
             slots: Vec::new(),
             index: HashMap::new(),
             chunks: Vec::new(),
-            period: base_interval,
+            period: Duration::ZERO,
         }
     }
 
@@ -362,7 +359,9 @@ impl GroupTask {
                     None
                 }
             };
-            let Some((i, result, arrived)) = next else { break };
+            let Some((i, result, arrived)) = next else {
+                break;
+            };
             let start = i * batch;
             let end = (start + batch).min(slots.len());
             let part = &mut slots[start..end];

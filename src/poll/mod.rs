@@ -140,7 +140,6 @@ impl Poller {
                 g.name.clone(),
                 g.rules,
                 g.mode,
-                g.interval,
                 self.batch,
                 self.concurrency,
                 self.station.clone(),
@@ -179,7 +178,8 @@ impl Poller {
                         if e.is_outage() {
                             // The monitor declares the outage (a message
                             // away), then probes: wait for its answer.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), link.wait_down()).await;
+                            let _ = tokio::time::timeout(Duration::from_secs(1), link.wait_down())
+                                .await;
                             link.wait_up().await;
                         } else {
                             tokio::time::sleep(wait).await;

@@ -101,8 +101,14 @@ impl StationState {
 }
 
 enum Msg {
-    Outcome { kind: RequestKind, error: Option<StationError> },
-    Group { name: Arc<str>, failure: Option<String> },
+    Outcome {
+        kind: RequestKind,
+        error: Option<StationError>,
+    },
+    Group {
+        name: Arc<str>,
+        failure: Option<String>,
+    },
     ProbeTag(Arc<str>),
 }
 
@@ -264,7 +270,11 @@ impl Monitor {
     async fn probe(&self) -> Result<(), StationError> {
         metrics::counter!("wincc_gateway_station_probes_total").increment(1);
         match &self.probe_tag {
-            Some(t) => self.inner.read_values(std::slice::from_ref(t)).await.map(drop),
+            Some(t) => self
+                .inner
+                .read_values(std::slice::from_ref(t))
+                .await
+                .map(drop),
             None => self.inner.list_tags().await.map(drop),
         }
     }
@@ -335,7 +345,10 @@ impl Monitor {
             s.why = None;
         });
         if was_down {
-            tracing::info!(by = kind.as_str(), "station answers again; every group polls now");
+            tracing::info!(
+                by = kind.as_str(),
+                "station answers again; every group polls now"
+            );
         } else {
             tracing::info!("station connected");
         }
@@ -387,7 +400,8 @@ impl Monitored {
 #[async_trait]
 impl Station for Monitored {
     async fn list_tags(&self) -> Result<Vec<TagInfo>, StationError> {
-        self.gated(RequestKind::Browse, self.inner.list_tags()).await
+        self.gated(RequestKind::Browse, self.inner.list_tags())
+            .await
     }
 
     async fn read_values(&self, names: &[Arc<str>]) -> Result<Vec<Reading>, StationError> {
@@ -494,7 +508,7 @@ mod tests {
         async fn logout(&self) {}
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn one_failure_takes_the_station_down_probes_back_off_and_one_answer_brings_it_back() {
         let inner = Arc::new(Flaky::default());
         let bus = Bus::new();
@@ -503,7 +517,7 @@ mod tests {
         let (station, link, task) = start(
             inner.clone(),
             bus.clone(),
-            Duration::from_millis(200),
+            Duration::from_millis(100),
             Duration::from_secs(1),
             stop.clone(),
         );
@@ -530,15 +544,21 @@ mod tests {
             assert!(e.to_string().contains("not sent"), "{e}");
         }
         assert_eq!(inner.requests.load(Ordering::SeqCst), before);
-        // Probes: 200 ms, then doubling up to 5 s.
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // Probes: after 100 ms, then 200, 400, 800, 1600 ms (doubling up to 5 s).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let probes = inner.requests.load(Ordering::SeqCst) - before;
-        assert!((7..=12).contains(&probes), "{probes} probes in 30 s");
+        assert!((3..=5).contains(&probes), "{probes} probes in 2.5 s");
         assert_eq!(inner.max_in_flight.load(Ordering::SeqCst), 1);
 
         inner.down.store(false, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        assert_eq!(link.current().connected, Some(true));
+        let mut rx = link.watch();
+        tokio::time::timeout(
+            PROBE_MAX + Duration::from_secs(1),
+            rx.wait_for(|s| s.connected == Some(true)),
+        )
+        .await
+        .expect("back within one probe pause")
+        .unwrap();
         let mut seen = Vec::new();
         while let Some(Event::Station(s)) = events.try_recv() {
             seen.push(s.connected);

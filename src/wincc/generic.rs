@@ -209,8 +209,8 @@ impl GenericClient {
             if status == StatusCode::UNAUTHORIZED {
                 // A session that never worked: the station takes the login
                 // but not the session. One that worked has expired.
-                let unproven = ticket.generation
-                    > self.proven.load(std::sync::atomic::Ordering::Relaxed);
+                let unproven =
+                    ticket.generation > self.proven.load(std::sync::atomic::Ordering::Relaxed);
                 match self.auth {
                     AuthMode::Session | AuthMode::Cookie if !relogged && !unproven => {
                         tracing::info!(endpoint, "station session expired (401); logging in again");

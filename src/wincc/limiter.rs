@@ -242,7 +242,10 @@ mod tests {
             .err()
             .expect("refused");
         assert!(e.to_string().contains("Retry-After"), "{e}");
-        assert!(start.elapsed() < Duration::from_millis(100), "refused at once");
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "refused at once"
+        );
         // Without a pause, but with the only slot taken: refused at the deadline.
         let l = limiter(1000, 1000, 1);
         let held = l.acquire().await;
@@ -253,7 +256,10 @@ mod tests {
             .expect("refused");
         assert!(e.to_string().contains("within the write deadline"), "{e}");
         drop(held);
-        assert!(l.acquire_by(Some(Instant::now() + Duration::from_millis(50))).await.is_ok());
+        assert!(l
+            .acquire_by(Some(Instant::now() + Duration::from_millis(50)))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -297,7 +297,11 @@ mod repeat_warn_tests {
         let w = RepeatWarn::new();
         let t0 = Instant::now();
         assert_eq!(w.check_at("a", t0), Some(0));
-        assert_eq!(w.check_at("b", t0), Some(0), "a distinct problem is logged too");
+        assert_eq!(
+            w.check_at("b", t0),
+            Some(0),
+            "a distinct problem is logged too"
+        );
         for i in 1..100 {
             assert_eq!(w.check_at("a", t0 + Duration::from_secs(i)), None);
         }
