@@ -187,7 +187,7 @@ impl GroupTask {
                 }
                 Wake::Sub(SubWake::Event(SubscriptionEvent::Readings(readings))) => {
                     subs.delivered();
-                    self.link.report(RequestKind::Subscription, None);
+                    self.link.settle(RequestKind::Subscription, None).await;
                     let now = Instant::now();
                     let changes = subscribe::apply_readings(
                         &mut self.slots,
@@ -204,7 +204,7 @@ impl GroupTask {
                 Wake::Sub(SubWake::Event(SubscriptionEvent::Closed(e))) => {
                     // Poll at once: the station's state is learnt (and an
                     // outage handled) the same way as in poll mode.
-                    self.link.report(RequestKind::Subscription, Some(&e));
+                    self.link.settle(RequestKind::Subscription, Some(&e)).await;
                     subs.closed(&e);
                     ticks.reset();
                 }

@@ -138,18 +138,42 @@ impl StationLink {
     /// Reports one request's outcome. Only what can change the state is
     /// sent: a success while not connected, an outage-class failure while
     /// not down.
-    pub fn report(&self, kind: RequestKind, error: Option<&StationError>) {
+    pub fn report(&self, kind: RequestKind, error: Option<&StationError>) -> bool {
         let connected = self.state.borrow().connected;
         let send = match error {
             None => connected != Some(true),
             Some(e) => e.is_outage() && connected != Some(false),
         };
-        if send {
-            let _ = self.tx.send(Msg::Outcome {
+        send && self
+            .tx
+            .send(Msg::Outcome {
                 kind,
                 error: error.cloned(),
-            });
+            })
+            .is_ok()
+    }
+
+    /// [`report`](Self::report), then, where that changes the state, waits
+    /// (at most 1 s) until the monitor has changed it: the station is shown
+    /// connected before the values of the answer go out, and down before
+    /// the failed request's caller carries on.
+    pub async fn settle(&self, kind: RequestKind, error: Option<&StationError>) {
+        if !self.report(kind, error) {
+            return;
         }
+        let up = error.is_none();
+        let mut rx = self.state.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            rx.wait_for(|s| {
+                if up {
+                    s.connected == Some(true)
+                } else {
+                    s.is_down()
+                }
+            }),
+        )
+        .await;
     }
 
     /// A group's cycle ended: `failure` is why some of it failed, or `None`
@@ -392,7 +416,7 @@ impl Monitored {
                 }))
             }
         };
-        self.link.report(kind, r.as_ref().err());
+        self.link.settle(kind, r.as_ref().err()).await;
         r
     }
 }
@@ -441,9 +465,9 @@ impl Station for Monitored {
             .filter_map(|r| r.as_ref().err())
             .find(|e| e.is_outage());
         if let Some(e) = outage {
-            self.link.report(RequestKind::Write, Some(e));
+            self.link.settle(RequestKind::Write, Some(e)).await;
         } else if results.iter().any(Result::is_ok) {
-            self.link.report(RequestKind::Write, None);
+            self.link.settle(RequestKind::Write, None).await;
         }
         results
     }
