@@ -359,6 +359,20 @@ pub fn write_result(body: &[u8]) -> Result<(), StationError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn alarm_ids_may_be_json_numbers_or_strings() {
+        let row = |id: &str| {
+            format!(
+                r#"{{"id":{id},"name":"A","text":"T","class":"Alarm","priority":1,"state":"raised","raisedAt":"2026-01-01T00:00:00.000Z"}}"#
+            )
+        };
+        let body = format!(r#"{{"alarms":[{},{}]}}"#, row("42"), row("\"7\""));
+        let (alarms, bad) = alarms(body.as_bytes()).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        let ids: Vec<&str> = alarms.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["42", "7"]);
+    }
+
     fn names(n: &[&str]) -> Vec<Arc<str>> {
         n.iter().map(|s| Arc::from(*s)).collect()
     }
