@@ -8,6 +8,10 @@
 //! twice. After a gateway restart the sinks can seed the set with what they
 //! had announced before (MQTT's retained `alarms/active/...` topics) through
 //! [`AlarmPoller::with_known`].
+//!
+//! While the station is down (the one station state, see
+//! [`crate::poll::station`]) the poller sends nothing and waits for the
+//! monitor's probe to find the station back, then polls at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{AlarmEvent, AlarmEventKind, Bus, Event};
 use crate::model::{format_ts, Alarm, AlarmState};
+use crate::poll::StationLink;
 use crate::wincc::Station;
 
 /// Diffs successive active-alarm lists.
@@ -100,6 +105,7 @@ pub struct AlarmPoller {
     bus: Bus,
     interval: Duration,
     tracker: AlarmTracker,
+    link: Option<StationLink>,
 }
 
 impl AlarmPoller {
@@ -109,6 +115,22 @@ impl AlarmPoller {
             bus,
             interval,
             tracker: AlarmTracker::default(),
+            link: None,
+        }
+    }
+
+    /// Follows the station state of `link`: no poll while the station is
+    /// down, one at once when it is back.
+    pub fn with_link(mut self, link: StationLink) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    async fn wait_station(&self) {
+        if let Some(l) = &self.link {
+            if l.current().is_down() {
+                l.wait_up().await;
+            }
         }
     }
 
@@ -126,6 +148,13 @@ impl AlarmPoller {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
+            }
+            if self.link.as_ref().is_some_and(|l| l.current().is_down()) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wait_station() => {}
+                }
+                ticker.reset();
             }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,

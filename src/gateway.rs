@@ -1,10 +1,19 @@
 //! The composition root: wires station → poller → bus → sinks, and the
 //! guarded write path back; owns start-up and shutdown.
+//!
+//! Every request to the station goes through the station monitor
+//! ([`crate::poll::station`]), whose one state the groups, the alarm poll,
+//! the writes and `/healthz` share. Supervision: each long-running task is
+//! spawned by [`Supervisor::spawn`] under a name; one that panics or ends
+//! before shutdown was asked is logged as an error with its name, turns
+//! `/livez` 503 and stops the gateway, which flushes its sinks and exits
+//! non-zero so that its service manager (systemd `Restart=on-failure`,
+//! the Windows service's recovery actions) restarts it.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -14,7 +23,7 @@ use crate::alarms::AlarmPoller;
 use crate::bus::Bus;
 use crate::config::Settings;
 use crate::http::{self, ComponentState, HealthSources};
-use crate::poll::Poller;
+use crate::poll::{station as monitor, Poller};
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::sinks::sparkplug::SparkplugSink;
@@ -33,6 +42,7 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Running {
@@ -41,14 +51,90 @@ impl Running {
         self.stop.cancel();
         let _ = self.done.await;
     }
+
+    /// Resolves with why once a task of the gateway ended unexpectedly.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|f| f.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// Runs the gateway until `shutdown` resolves, then shuts down cleanly.
+/// A task that ends unexpectedly stops it too (after flushing the sinks),
+/// with an error: the process exits non-zero for its service manager.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(settings).await?;
-    shutdown.await;
+    let failure = tokio::select! {
+        () = shutdown => None,
+        why = running.failed() => Some(why),
+    };
     running.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(
+            "{why}; stopped so that the service manager restarts the gateway"
+        )),
+    }
+}
+
+/// Spawns the gateway's long-running tasks under a name and notices any
+/// that ends before shutdown was asked (see the module docs).
+#[derive(Clone)]
+pub(crate) struct Supervisor {
+    stopping: CancellationToken,
+    failed: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Supervisor {
+    fn new(stopping: CancellationToken) -> Self {
+        Supervisor {
+            stopping,
+            failed: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Runs `task` in its own tokio task; the handle ends when it does.
+    pub(crate) fn spawn<F>(&self, name: &'static str, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let sup = self.clone();
+        let inner = tokio::spawn(task);
+        tokio::spawn(async move {
+            let r = inner.await;
+            let why = match r {
+                Ok(()) if sup.stopping.is_cancelled() => return,
+                Ok(()) => format!("task {name:?} ended unexpectedly"),
+                Err(e) if e.is_panic() => {
+                    let p = e.into_panic();
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    format!("task {name:?} panicked: {msg}")
+                }
+                Err(_) => format!("task {name:?} was cancelled"),
+            };
+            tracing::error!(task = name, error = %why, "a gateway task ended unexpectedly; stopping the gateway");
+            metrics::counter!("wincc_gateway_task_failures_total", "task" => name).increment(1);
+            sup.failed.send_if_modified(|f| {
+                if f.is_none() {
+                    *f = Some(why);
+                    true
+                } else {
+                    false
+                }
+            });
+        })
+    }
 }
 
 /// Starts every part and returns once they are running.
@@ -68,16 +154,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }
 
     let bus = Bus::new();
-    let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
-    let writer = Writer::new(station.clone(), tags_rx);
-
     let poll_stop = CancellationToken::new();
     let sink_stop = CancellationToken::new();
     let stop = CancellationToken::new();
+    let sup = Supervisor::new(stop.clone());
     let mut sinks = Vec::new();
 
-    // Sinks subscribe before the poller starts, so they see the first events.
-    let station_state = http::track_station(bus.subscribe("health", 64));
+    // One station state for every request (polls, alarms, writes).
+    let shortest = settings
+        .poll_groups
+        .iter()
+        .map(|g| Duration::from_millis(g.interval_ms))
+        .min()
+        .unwrap_or(monitor::PROBE_MAX);
+    let monitor_stop = CancellationToken::new();
+    let (station, link, monitor_task) = monitor::start(
+        station,
+        bus.clone(),
+        shortest,
+        settings.wincc.write_timeout(),
+        monitor_stop.clone(),
+    );
+    let monitor_task = sup.spawn("station monitor", async move {
+        let _ = monitor_task.await;
+    });
+    let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
+    let writer = Writer::new(station.clone(), tags_rx);
 
     let mut mqtt_buffer = None;
     let mqtt_state = if settings.mqtt.enabled {
@@ -90,7 +192,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         mqtt_buffer = sink.backlog();
         let sub = bus.subscribe("mqtt", SINK_QUEUE);
         let token = sink_stop.clone();
-        sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
+        sinks.push(sup.spawn("mqtt sink", async move { sink.run(sub, token).await }));
         state
     } else {
         watch::channel(ComponentState::Disabled).1
@@ -106,7 +208,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let state = sink.state();
         let sub = bus.subscribe("opcua", SINK_QUEUE);
         let token = sink_stop.clone();
-        sinks.push(tokio::spawn(async move {
+        sinks.push(sup.spawn("opcua server", async move {
             if let Err(e) = sink.run(sub, token).await {
                 tracing::error!(error = %e, "OPC UA server stopped");
             }
@@ -122,18 +224,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .context("cannot set up Sparkplug")?;
         let sub = bus.subscribe("sparkplug", SINK_QUEUE);
         let token = sink_stop.clone();
-        sinks.push(tokio::spawn(async move { sink.run(sub, token).await }));
+        sinks.push(sup.spawn("sparkplug sink", async move { sink.run(sub, token).await }));
     }
 
     let http_addr = if settings.http.enabled {
         let listen: SocketAddr = settings.http.listen.parse().context("http.listen")?;
         let sources = HealthSources {
-            station: station_state,
+            station: link.watch(),
             mqtt: mqtt_state,
             opcua: opcua_state,
             mqtt_buffer,
-            unhealthy_after: Duration::from_secs(settings.http.unhealthy_after_s),
-            started: Instant::now(),
+            failed: sup.failed.subscribe(),
         };
         let addr = http::serve(listen, sources, stop.clone())
             .await
@@ -145,15 +246,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
 
     let mut producers = Vec::new();
-    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx);
+    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx)
+        .with_monitor(station.clone(), link.clone());
     let token = poll_stop.clone();
-    producers.push(tokio::spawn(async move { poller.run(token).await }));
+    producers.push(sup.spawn("poller", async move { poller.run(token).await }));
     if settings.alarms.enabled {
         let mut alarms = AlarmPoller::new(
             station.clone(),
             bus.clone(),
             Duration::from_millis(settings.alarms.interval_ms),
-        );
+        )
+        .with_link(link.clone());
         if settings.mqtt.enabled {
             // Reconcile with what was announced before a restart.
             match crate::sinks::mqtt::announced_alarms(&settings.mqtt, Duration::from_secs(3)).await
@@ -173,7 +276,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         }
         let token = poll_stop.clone();
-        producers.push(tokio::spawn(async move { alarms.run(token).await }));
+        producers.push(sup.spawn("alarm poller", async move { alarms.run(token).await }));
     }
 
     let stop_wait = stop.clone();
@@ -210,6 +313,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         sink_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), station.logout()).await;
+        monitor_stop.cancel();
+        let _ = monitor_task.await;
         tracing::info!("stopped");
     });
 
@@ -217,6 +322,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         http_addr,
         stop,
         done,
+        failed: sup.failed.subscribe(),
     })
 }
 
@@ -264,4 +370,33 @@ pub async fn browse(settings: &Settings, filter: Option<&str>, json: bool) -> an
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_returns_early_is_named_and_fails_the_gateway() {
+        let stop = CancellationToken::new();
+        let sup = Supervisor::new(stop.clone());
+        let failed = sup.failed.subscribe();
+        let h = sup.spawn("poller", async { panic!("boom") });
+        h.await.unwrap();
+        let why = failed.borrow().clone().expect("failure recorded");
+        assert!(why.contains("\"poller\"") && why.contains("boom"), "{why}");
+
+        let sup = Supervisor::new(stop.clone());
+        let failed = sup.failed.subscribe();
+        sup.spawn("alarm poller", async {}).await.unwrap();
+        let why = failed.borrow().clone().expect("failure recorded");
+        assert!(why.contains("\"alarm poller\" ended unexpectedly"), "{why}");
+
+        // Ending after shutdown was asked is no failure.
+        let sup = Supervisor::new(stop.clone());
+        let failed = sup.failed.subscribe();
+        stop.cancel();
+        sup.spawn("mqtt sink", async {}).await.unwrap();
+        assert!(failed.borrow().is_none());
+    }
 }

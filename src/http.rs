@@ -1,4 +1,13 @@
-//! `GET /healthz` and `GET /metrics` (Prometheus text format).
+//! `GET /healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus text
+//! format).
+//!
+//! Health (contract §7): `/healthz` is `degraded` (503) at once while the
+//! station is not connected (or a poll group is failing: the station is
+//! then shown degraded with the first failing group named) or an enabled
+//! sink is down; the JSON says which part and why. `/readyz` is 200 only
+//! when `/healthz` is ok. `/livez` is 200 while every task of the gateway
+//! runs, 503 once one ended unexpectedly (the process then exits non-zero
+//! for its service manager to restart it).
 //!
 //! Metrics are recorded everywhere with the `metrics` crate's macros; this
 //! module installs the Prometheus recorder once per process and serves what
@@ -8,7 +17,6 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,8 +28,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Event, Subscriber};
-use crate::model::{format_ts, StationStatus};
+use crate::model::format_ts;
+use crate::poll::StationState;
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -69,60 +77,53 @@ impl ComponentState {
     }
 }
 
-/// Where `/healthz` reads from.
+/// Where `/healthz`, `/livez` and `/readyz` read from.
 #[derive(Clone)]
 pub struct HealthSources {
-    pub station: watch::Receiver<Option<StationStatus>>,
+    /// The station's one state (kept by the station monitor).
+    pub station: watch::Receiver<StationState>,
     pub mqtt: watch::Receiver<ComponentState>,
     pub opcua: watch::Receiver<ComponentState>,
     /// `[mqtt.buffer]`, when enabled: shown as `mqtt_buffer`; a buffer that
     /// cannot be written makes the gateway degraded.
     pub mqtt_buffer: Option<watch::Receiver<crate::sinks::mqtt::BacklogStatus>>,
-    /// The station may be unreachable this long before `/healthz` says 503.
-    pub unhealthy_after: Duration,
-    pub started: Instant,
+    /// The first task that ended unexpectedly, with why (for `/livez`).
+    pub failed: watch::Receiver<Option<String>>,
 }
 
-/// Follows `Event::Station` on the bus into a watch channel for `/healthz`.
-pub fn track_station(mut events: Subscriber) -> watch::Receiver<Option<StationStatus>> {
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            if let Event::Station(s) = e {
-                metrics::gauge!("wincc_gateway_station_connected").set(if s.connected {
-                    1.0
-                } else {
-                    0.0
-                });
-                tx.send_replace(Some(s));
-            }
-        }
-    });
-    rx
+fn station_json(s: &StationState) -> (bool, serde_json::Value) {
+    match s.connected {
+        None => (
+            false,
+            json!({"state": "connecting", "since": format_ts(&s.since)}),
+        ),
+        Some(false) => (
+            false,
+            json!({"state": "disconnected", "since": format_ts(&s.since), "error": s.why}),
+        ),
+        Some(true) => match s.failing_groups.iter().next() {
+            None => (
+                true,
+                json!({"state": "connected", "since": format_ts(&s.since)}),
+            ),
+            // Named in a stable order (by name), so the document does not
+            // flap between groups.
+            Some((group, why)) => (
+                false,
+                json!({
+                    "state": "degraded",
+                    "since": format_ts(&s.since),
+                    "error": format!("poll group {group:?}: {why}"),
+                    "failing_groups": s.failing_groups.keys().map(|g| g.to_string()).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+    }
 }
 
 /// The health document and whether it is healthy.
 pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
-    let now = chrono::Utc::now();
-    let station = src.station.borrow().clone();
-    let (station_ok, station_json) = match station {
-        None => {
-            // Not yet known: healthy during the grace period after start.
-            let ok = src.started.elapsed() < src.unhealthy_after;
-            (ok, json!({"state": "connecting"}))
-        }
-        Some(s) if s.connected => (
-            true,
-            json!({"state": "connected", "since": format_ts(&s.since)}),
-        ),
-        Some(s) => {
-            let down_for = (now - s.since).to_std().unwrap_or_default();
-            (
-                down_for < src.unhealthy_after,
-                json!({"state": "disconnected", "since": format_ts(&s.since), "error": s.error}),
-            )
-        }
-    };
+    let (station_ok, station) = station_json(&src.station.borrow());
     let mqtt = src.mqtt.borrow().clone();
     let opcua = src.opcua.borrow().clone();
     let buffer = src.mqtt_buffer.as_ref().map(|b| b.borrow().clone());
@@ -132,7 +133,7 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
         && buffer.as_ref().is_none_or(|b| b.is_ok());
     let mut body = json!({
         "status": if ok { "ok" } else { "degraded" },
-        "station": station_json,
+        "station": station,
         "mqtt": mqtt.to_json(),
         "opcua": opcua.to_json(),
     });
@@ -156,6 +157,26 @@ async fn healthz(State(st): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let (ok, body) = health(&st.health);
+    if ok {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+async fn livez(State(st): State<AppState>) -> Response {
+    match st.health.failed.borrow().clone() {
+        None => (StatusCode::OK, "alive\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "failed", "error": why})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {
@@ -184,6 +205,8 @@ pub async fn serve(
     };
     let app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(state);
     tokio::spawn(async move {
@@ -200,33 +223,57 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn sources(station: Option<StationStatus>, after: Duration) -> HealthSources {
+    fn state(connected: Option<bool>) -> StationState {
+        StationState {
+            connected,
+            since: chrono::Utc::now(),
+            why: connected
+                .is_some_and(|c| !c)
+                .then(|| "read failed: refused".into()),
+            failing_groups: BTreeMap::new(),
+            outages: 0,
+        }
+    }
+
+    fn sources(station: StationState) -> HealthSources {
         HealthSources {
             station: watch::channel(station).1,
             mqtt: watch::channel(ComponentState::Up).1,
             opcua: watch::channel(ComponentState::Disabled).1,
             mqtt_buffer: None,
-            unhealthy_after: after,
-            started: Instant::now(),
+            failed: watch::channel(None).1,
         }
     }
 
     #[test]
-    fn unhealthy_only_after_the_station_was_down_long_enough() {
-        let down = |secs: i64| StationStatus {
-            connected: false,
-            since: chrono::Utc::now() - chrono::Duration::seconds(secs),
-            error: Some("refused".into()),
-        };
-        let (ok, body) = health(&sources(Some(down(1)), Duration::from_secs(30)));
+    fn degraded_at_once_while_the_station_is_not_connected_with_the_reason() {
+        let (ok, body) = health(&sources(state(Some(true))));
         assert!(ok, "{body}");
-        let (ok, body) = health(&sources(Some(down(60)), Duration::from_secs(30)));
+        assert_eq!(body["station"]["state"], "connected");
+        let (ok, body) = health(&sources(state(Some(false))));
         assert!(!ok);
         assert_eq!(body["status"], "degraded");
-        assert_eq!(body["station"]["error"], "refused");
-        let (ok, body) = health(&sources(None, Duration::from_secs(30)));
-        assert!(ok, "{body}");
+        assert_eq!(body["station"]["error"], "read failed: refused");
+        let (ok, body) = health(&sources(state(None)));
+        assert!(!ok, "{body}");
+        assert_eq!(body["station"]["state"], "connecting");
+    }
+
+    #[test]
+    fn a_failing_group_degrades_the_station_naming_the_first_group_by_name() {
+        let mut s = state(Some(true));
+        s.failing_groups
+            .insert("slow".into(), "1 of 2 requests failed".into());
+        s.failing_groups
+            .insert("fast".into(), "2 of 2 requests failed".into());
+        let (ok, body) = health(&sources(s));
+        assert!(!ok);
+        assert_eq!(body["station"]["state"], "degraded");
+        let e = body["station"]["error"].as_str().unwrap();
+        assert!(e.starts_with("poll group \"fast\""), "{e}");
+        assert_eq!(body["station"]["failing_groups"], json!(["fast", "slow"]));
     }
 
     #[test]
@@ -257,7 +304,7 @@ mod tests {
 
     #[test]
     fn opcua_shows_its_session_count() {
-        let mut src = sources(None, Duration::from_secs(30));
+        let mut src = sources(state(Some(true)));
         src.opcua = watch::channel(ComponentState::Serving { sessions: 3 }).1;
         let (ok, body) = health(&src);
         assert!(ok, "{body}");

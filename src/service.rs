@@ -6,6 +6,12 @@
 //! `-c` says otherwise; logs go to `%ProgramData%\wincc-gateway\gateway.log`.
 //! On other systems these commands say so and exit 2 (use systemd there:
 //! `deploy/systemd/wincc-gateway.service`).
+//!
+//! Recovery: `install` sets the service's recovery actions (restart after
+//! 5 s, 10 s, then 30 s; failure count reset after a day) and has them
+//! apply to non-crash failures too; when a task of the gateway ends
+//! unexpectedly the service stops with a service-specific exit code 1, so
+//! the service manager restarts it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +55,8 @@ mod windows {
 
     use anyhow::Context;
     use windows_service::service::{
-        ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
+        ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
+        ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
         ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
     };
     use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
@@ -93,11 +100,28 @@ mod windows {
             account_password: None,
         };
         let service = manager
-            .create_service(&info, ServiceAccess::CHANGE_CONFIG)
+            .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
             .context("cannot create the service")?;
         service
             .set_description("Polls a Siemens WinCC station and publishes to MQTT and OPC UA")
             .ok();
+        // Restart after a failure: a crash, or a stop with a non-zero exit
+        // code (a task of the gateway ended unexpectedly).
+        let restart = |secs| ServiceAction {
+            action_type: ServiceActionType::Restart,
+            delay: Duration::from_secs(secs),
+        };
+        service
+            .update_failure_actions(ServiceFailureActions {
+                reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(86_400)),
+                reboot_msg: None,
+                command: None,
+                actions: Some(vec![restart(5), restart(10), restart(30)]),
+            })
+            .context("cannot set the service's recovery actions")?;
+        service
+            .set_failure_actions_on_non_crash_failures(true)
+            .context("cannot set the service's recovery actions")?;
         println!(
             "installed service {SERVICE_NAME} (config {})",
             config.display()
@@ -171,12 +195,12 @@ mod windows {
             _ => ServiceControlHandlerResult::NotImplemented,
         };
         let status = service_control_handler::register(SERVICE_NAME, handler)?;
-        let report = |state, accept| {
+        let report = |state, accept, exit_code| {
             status.set_service_status(ServiceStatus {
                 service_type: ServiceType::OWN_PROCESS,
                 current_state: state,
                 controls_accepted: accept,
-                exit_code: ServiceExitCode::Win32(0),
+                exit_code,
                 checkpoint: 0,
                 wait_hint: Duration::from_secs(10),
                 process_id: None,
@@ -185,6 +209,7 @@ mod windows {
         report(
             ServiceState::Running,
             ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+            ServiceExitCode::Win32(0),
         )?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -192,9 +217,18 @@ mod windows {
         let result = rt.block_on(crate::gateway::run(settings, async move {
             let _ = stop_rx.await;
         }));
-        report(ServiceState::StopPending, ServiceControlAccept::empty())?;
+        // Non-zero when a task failed: the recovery actions restart us.
+        let exit = match &result {
+            Ok(()) => ServiceExitCode::Win32(0),
+            Err(_) => ServiceExitCode::ServiceSpecific(1),
+        };
+        report(
+            ServiceState::StopPending,
+            ServiceControlAccept::empty(),
+            ServiceExitCode::Win32(0),
+        )?;
         drop(rt);
-        report(ServiceState::Stopped, ServiceControlAccept::empty())?;
+        report(ServiceState::Stopped, ServiceControlAccept::empty(), exit)?;
         result
     }
 }

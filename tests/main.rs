@@ -38,4 +38,6 @@ mod soak_smoke;
 mod sparkplug;
 mod station_generic;
 mod station_hostile;
+mod station_outage;
+mod station_outage_requests;
 mod tls_pinning;

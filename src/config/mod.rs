@@ -100,7 +100,21 @@ pub struct WinccSettings {
     pub max_tags: usize,
     /// How often poll-group globs are re-resolved against `GET /tags` (0: only at start).
     pub discovery_interval_s: u64,
+    /// How long a write may wait for a rate-limit permit (0: `timeout_ms`).
+    pub write_timeout_ms: u64,
     pub rate_limit: RateLimit,
+}
+
+impl WinccSettings {
+    /// `write_timeout_ms`, or `timeout_ms` where it is 0 (contract §7).
+    pub fn write_timeout(&self) -> std::time::Duration {
+        let ms = if self.write_timeout_ms == 0 {
+            self.timeout_ms
+        } else {
+            self.write_timeout_ms
+        };
+        std::time::Duration::from_millis(ms.max(1))
+    }
 }
 
 impl Default for WinccSettings {
@@ -120,6 +134,7 @@ impl Default for WinccSettings {
             max_tags_per_request: 500,
             max_tags: 200_000,
             discovery_interval_s: 300,
+            write_timeout_ms: 0,
             rate_limit: RateLimit::default(),
         }
     }

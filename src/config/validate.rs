@@ -80,6 +80,13 @@ impl Settings {
                 "must be at least 1 (default 200000)",
             );
         }
+        if w.write_timeout_ms > 600_000 {
+            bad(
+                "wincc.write_timeout_ms",
+                w.write_timeout_ms.to_string(),
+                "must be at most 600000 (10 min; 0 means timeout_ms): a write must not wait longer",
+            );
+        }
         if w.max_tags_per_request == 0 {
             bad(
                 "wincc.max_tags_per_request",

@@ -5,8 +5,13 @@
 //! start at multiples of the period (no drift); a cycle that overruns makes
 //! the ticks that fell inside it count as skipped
 //! (`wincc_gateway_poll_cycles_skipped_total{group}`) instead of stacking.
-//! When a whole cycle fails the group backs off (exponential with jitter,
-//! capped at about 30 s) and returns to its interval on the first success.
+//! The group keeps no backoff of its own: the station's one state
+//! ([`super::station`]) decides. When it turns down the group abandons its
+//! cycle, marks every tag bad once and stops polling; when it turns up
+//! again the group polls at once and then on its interval. Failures that
+//! do not take the station down mark the failed chunks' tags bad and are
+//! reported to the state (the group is listed as failing until a clean
+//! cycle).
 //!
 //! A `subscribe` group polls only while its subscription is down (see
 //! [`super::subscribe`]); while it is up, its ticks only drive the heartbeat.
@@ -15,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
@@ -23,8 +27,8 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::diff::{ChangeRules, TagSlot};
+use super::station::{RequestKind, StationLink, StationState};
 use super::subscribe::{self, SubWake, Subscriptions};
-use super::Health;
 use crate::bus::{Bus, Event};
 use crate::config::PollMode;
 use crate::model::{align_readings, BadReason, ChangeBatch, Reading, TagChange, TagInfo};
@@ -42,12 +46,11 @@ pub(crate) struct GroupTask {
     pub name: Arc<str>,
     pub rules: ChangeRules,
     pub mode: PollMode,
-    pub base_interval: Duration,
     pub batch: usize,
     pub concurrency: usize,
     pub station: Arc<dyn Station>,
     pub bus: Bus,
-    pub health: Arc<Health>,
+    pub link: StationLink,
     pub plan_rx: watch::Receiver<Option<Arc<GroupPlan>>>,
     slots: Vec<TagSlot>,
     /// Slot index by tag name (for subscription readings).
@@ -65,16 +68,8 @@ enum Wake {
     Tick,
     Plan,
     Sub(SubWake),
+    Station,
     Stop,
-}
-
-fn outage_backoff(interval: Duration) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(interval.clamp(Duration::from_millis(50), Duration::from_secs(5)))
-        .with_max_delay(Duration::from_secs(15))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn ticker(period: Duration) -> Interval {
@@ -89,29 +84,27 @@ impl GroupTask {
         name: Arc<str>,
         rules: ChangeRules,
         mode: PollMode,
-        base_interval: Duration,
         batch: usize,
         concurrency: usize,
         station: Arc<dyn Station>,
         bus: Bus,
-        health: Arc<Health>,
+        link: StationLink,
         plan_rx: watch::Receiver<Option<Arc<GroupPlan>>>,
     ) -> Self {
         GroupTask {
             name,
             rules,
             mode,
-            base_interval,
             batch: batch.max(1),
             concurrency: concurrency.max(1),
             station,
             bus,
-            health,
+            link,
             plan_rx,
             slots: Vec::new(),
             index: HashMap::new(),
             chunks: Vec::new(),
-            period: base_interval,
+            period: Duration::ZERO,
         }
     }
 
@@ -130,17 +123,14 @@ impl GroupTask {
         let mut subs = Subscriptions::new(self.name.clone(), self.mode);
         subs.open(&self.station, &self.chunks);
         let mut ticks = ticker(self.period);
-        let mut backoff: Option<ExponentialBackoff> = None;
         let mut last_end: Option<Instant> = None;
+        let mut station = self.link.watch();
+        let mut outages_seen = station.borrow_and_update().outages;
         let group = self.name.to_string();
         loop {
-            // While subscribed the ticks only drive the heartbeat: no backoff.
-            let delay = match backoff.as_mut() {
-                Some(b) if !subs.is_up() => Some(b.next().unwrap_or(Duration::from_secs(30))),
-                _ => None,
-            };
+            let down = station.borrow().is_down();
             let wake = tokio::select! {
-                t = ticks.tick(), if delay.is_none() => {
+                t = ticks.tick() => {
                     let t = t.into_std();
                     match last_end {
                         Some(end) if t < end => {
@@ -153,13 +143,26 @@ impl GroupTask {
                         _ => Wake::Tick,
                     }
                 }
-                _ = tokio::time::sleep(delay.unwrap_or_default()), if delay.is_some() => Wake::Tick,
+                r = station.changed() => if r.is_ok() { Wake::Station } else { Wake::Stop },
                 r = self.plan_rx.changed() => if r.is_ok() { Wake::Plan } else { Wake::Stop },
                 w = subs.wake() => Wake::Sub(w),
                 _ = shutdown.cancelled() => Wake::Stop,
             };
             match wake {
                 Wake::Stop => return,
+                Wake::Station => {
+                    let now = station.borrow_and_update().clone();
+                    if now.outages != outages_seen {
+                        outages_seen = now.outages;
+                        self.outage(&now);
+                    }
+                    if down && !now.is_down() {
+                        // Back: poll at once, then on the interval.
+                        ticks.reset_immediately();
+                        last_end = None;
+                    }
+                    continue;
+                }
                 Wake::Plan => {
                     let (old_period, old_chunks) = (self.period, self.chunks.clone());
                     self.take_plan();
@@ -178,14 +181,13 @@ impl GroupTask {
                 }
                 Wake::Sub(SubWake::Opened(r)) => {
                     if subs.opened(r) {
-                        backoff = None;
                         last_end = None;
                     }
                     continue;
                 }
                 Wake::Sub(SubWake::Event(SubscriptionEvent::Readings(readings))) => {
                     subs.delivered();
-                    self.health.up();
+                    self.link.settle(RequestKind::Subscription, None).await;
                     let now = Instant::now();
                     let changes = subscribe::apply_readings(
                         &mut self.slots,
@@ -202,6 +204,7 @@ impl GroupTask {
                 Wake::Sub(SubWake::Event(SubscriptionEvent::Closed(e))) => {
                     // Poll at once: the station's state is learnt (and an
                     // outage handled) the same way as in poll mode.
+                    self.link.settle(RequestKind::Subscription, Some(&e)).await;
                     subs.closed(&e);
                     ticks.reset();
                 }
@@ -213,25 +216,37 @@ impl GroupTask {
                     }
                     continue;
                 }
+                // While the station is down only the monitor's probe goes out.
+                Wake::Tick if down => continue,
                 Wake::Tick => {}
             }
-            if self.slots.is_empty() {
+            if self.slots.is_empty() || station.borrow().is_down() {
                 continue;
             }
-            let ok = tokio::select! {
-                r = self.cycle() => r,
+            tokio::select! {
+                () = self.cycle() => {}
                 _ = shutdown.cancelled() => return,
-            };
-            last_end = Some(Instant::now());
-            match (ok, backoff.is_some()) {
-                (true, true) => {
-                    backoff = None;
-                    ticks.reset();
-                    last_end = None;
-                }
-                (false, false) => backoff = Some(outage_backoff(self.base_interval)),
-                _ => {}
             }
+            last_end = Some(Instant::now());
+        }
+    }
+
+    /// The station went down: every tag not already bad is published bad
+    /// once, with the reason, keeping its last value and source timestamp.
+    fn outage(&mut self, state: &StationState) {
+        let reason = BadReason::Communication(format!(
+            "station unreachable: {}",
+            state.why.as_deref().unwrap_or("no answer")
+        ));
+        let now = Instant::now();
+        let changes: Vec<TagChange> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.mark_bad(reason.clone(), now))
+            .collect();
+        if !changes.is_empty() {
+            tracing::debug!(group = %self.name, tags = changes.len(), "station down: tags marked bad");
+            self.publish(changes, now);
         }
     }
 
@@ -285,9 +300,9 @@ impl GroupTask {
         })));
     }
 
-    /// One poll of every tag of the group. `true` when at least one batch
-    /// was read (the station answered).
-    async fn cycle(&mut self) -> bool {
+    /// One poll of every tag of the group. Abandoned (the requests still
+    /// queued or in flight dropped) as soon as the station is declared down.
+    async fn cycle(&mut self) {
         let started = Instant::now();
         metrics::counter!("wincc_gateway_polls_total", "group" => self.name.to_string())
             .increment(1);
@@ -316,7 +331,7 @@ impl GroupTask {
         // Answers' changes go out as they arrive, gathered for at most
         // PUBLISH_EVERY, so a change waits for its own response (plus a few
         // ms), not for the whole cycle, without waking the sinks per answer.
-        let (bus, group, health) = (self.bus.clone(), self.name.clone(), self.health.clone());
+        let (bus, group) = (self.bus.clone(), self.name.clone());
         let publish_now = |changes: Vec<TagChange>, received_at: Instant| {
             metrics::counter!("wincc_gateway_changes_total").increment(changes.len() as u64);
             bus.publish(Event::Changes(Arc::new(ChangeBatch {
@@ -331,16 +346,27 @@ impl GroupTask {
         let mut changes = Vec::new();
         let mut first_arrival: Option<Instant> = None;
         let mut failures: Vec<(usize, StationError)> = Vec::new();
-        let mut answered = 0usize;
-        while let Some((i, result, arrived)) = results.next().await {
+        let link = self.link.clone();
+        let went_down = link.wait_down();
+        tokio::pin!(went_down);
+        let mut abandoned = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                n = results.next() => n,
+                () = &mut went_down => {
+                    abandoned = true;
+                    None
+                }
+            };
+            let Some((i, result, arrived)) = next else {
+                break;
+            };
             let start = i * batch;
             let end = (start + batch).min(slots.len());
             let part = &mut slots[start..end];
             match result {
                 Ok(readings) => {
-                    answered += 1;
-                    // The station answered: say so before its values go out.
-                    health.up();
                     first_arrival.get_or_insert(arrived);
                     let now = Instant::now();
                     // The client answers in request order (checked); else by name.
@@ -356,6 +382,13 @@ impl GroupTask {
                         pending_since = None;
                     }
                 }
+                // The station is down: the monitor has it, the group marks
+                // all its tags bad once; the rest of the cycle is abandoned.
+                Err(e) if e.is_outage() => {
+                    failures.push((i, e));
+                    abandoned = true;
+                    break;
+                }
                 Err(e) => failures.push((i, e)),
             }
         }
@@ -364,10 +397,10 @@ impl GroupTask {
             publish_now(pending, pending_since.unwrap_or_else(Instant::now));
         }
         let now = Instant::now();
-        let whole_cycle_failed = answered == 0 && !failures.is_empty();
         for (i, e) in &failures {
-            // A 429 that outlived its retry is a transient refusal: keep the values.
-            if matches!(e, StationError::Busy { status: 429, .. }) {
+            // A 429 that outlived its retry is a transient refusal: keep the
+            // values; an outage is handled station-wide.
+            if e.is_outage() || matches!(e, StationError::Busy { status: 429, .. }) {
                 continue;
             }
             let start = i * batch;
@@ -380,21 +413,22 @@ impl GroupTask {
             }
         }
         if let Some((_, e)) = failures.first() {
-            tracing::warn!(group = %self.name, failed = failures.len(), of = total, error = %e, "poll requests failed");
-        }
-        if whole_cycle_failed {
-            let e = &failures[0].1;
-            if e.is_outage() && !matches!(e, StationError::Busy { status: 429, .. }) {
-                self.health.down(e);
+            if abandoned {
+                tracing::debug!(group = %self.name, error = %e, "poll cycle abandoned: station down");
+            } else {
+                tracing::warn!(group = %self.name, failed = failures.len(), of = total, error = %e, "poll requests failed");
             }
-        } else if answered > 0 {
-            self.health.up();
+        }
+        if !abandoned {
+            let failure = failures
+                .first()
+                .map(|(_, e)| format!("{} of {total} requests failed: {e}", failures.len()));
+            self.link.group_cycle(&self.name, failure);
         }
         if !changes.is_empty() {
             self.publish(changes, first_arrival.unwrap_or(now));
         }
         metrics::histogram!("wincc_gateway_poll_cycle_seconds", "group" => self.name.to_string())
             .record(started.elapsed().as_secs_f64());
-        !whole_cycle_failed
     }
 }

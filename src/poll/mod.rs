@@ -11,20 +11,22 @@
 //! - Groups: see [`group`] (scheduling, batching, outage handling),
 //!   [`diff`] (change detection) and [`subscribe`] (`mode = "subscribe"`:
 //!   station subscriptions, polling while they are down).
-//! - Outage: a group whose whole cycle fails marks its tags bad once
-//!   (last value and source timestamp kept) and the station is reported
-//!   disconnected once; on the first successful read it is reported
-//!   connected again and values flow without a restart.
+//! - Outage: one state for the whole station, kept by [`station`]'s
+//!   monitor: the first outage-class failure of any request marks every
+//!   tag of every group bad once (last value and source timestamp kept);
+//!   while it lasts only the monitor's probe reaches the station; its first
+//!   answer puts every group back on its interval at once.
 //!
 //! [`BadReason::Removed`]: crate::model::BadReason::Removed
 
 pub mod diff;
 mod group;
 pub mod plan;
+pub mod station;
 mod subscribe;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -35,57 +37,14 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, Event};
 use crate::config::Settings;
 use crate::glob::TagPatterns;
-use crate::model::{StationStatus, TagInfo};
+use crate::model::TagInfo;
 use crate::wincc::{Station, StationError};
 use crate::writes::TagMap;
 
 pub use group::GroupPlan;
 use group::GroupTask;
 use plan::GroupSpec;
-
-/// The station's connection state as the poller last published it; each
-/// transition is published once.
-pub(crate) struct Health {
-    bus: Bus,
-    connected: Mutex<Option<bool>>,
-}
-
-impl Health {
-    fn new(bus: Bus) -> Self {
-        Health {
-            bus,
-            connected: Mutex::new(None),
-        }
-    }
-
-    fn set(&self, connected: bool, error: Option<String>) {
-        {
-            let mut c = self.connected.lock().unwrap_or_else(|e| e.into_inner());
-            if *c == Some(connected) {
-                return;
-            }
-            *c = Some(connected);
-        }
-        match &error {
-            Some(e) => tracing::warn!(error = %e, "station disconnected"),
-            None => tracing::info!("station connected"),
-        }
-        metrics::gauge!("wincc_gateway_station_connected").set(if connected { 1.0 } else { 0.0 });
-        self.bus.publish(Event::Station(StationStatus {
-            connected,
-            since: chrono::Utc::now(),
-            error,
-        }));
-    }
-
-    pub(crate) fn up(&self) {
-        self.set(true, None);
-    }
-
-    pub(crate) fn down(&self, e: &StationError) {
-        self.set(false, Some(e.to_string()));
-    }
-}
+pub use station::{StationLink, StationState};
 
 /// The polling engine. Build with [`Poller::new`], run with [`Poller::run`].
 pub struct Poller {
@@ -98,6 +57,9 @@ pub struct Poller {
     rps: f64,
     reserved_rps: f64,
     discovery_interval: Option<Duration>,
+    write_timeout: Duration,
+    /// The monitored station and its link, when the caller runs the monitor.
+    monitored: Option<(Arc<dyn Station>, StationLink)>,
 }
 
 impl Poller {
@@ -127,14 +89,48 @@ impl Poller {
             reserved_rps,
             discovery_interval: (w.discovery_interval_s > 0)
                 .then(|| Duration::from_secs(w.discovery_interval_s)),
+            write_timeout: w.write_timeout(),
+            monitored: None,
         }
+    }
+
+    /// Polls through `station`, the monitored station of a monitor started
+    /// by the caller (shared with the alarm poll and the writes), whose
+    /// state `link` follows. Without it, `run` starts its own monitor.
+    pub fn with_monitor(mut self, station: Arc<dyn Station>, link: StationLink) -> Self {
+        self.monitored = Some((station, link));
+        self
+    }
+
+    /// The shortest configured poll interval: the monitor's first probe pause.
+    pub fn shortest_interval(&self) -> Duration {
+        self.groups
+            .iter()
+            .map(|g| g.interval)
+            .min()
+            .unwrap_or(station::PROBE_MAX)
     }
 
     /// Runs until `shutdown` is cancelled; then every group task has ended
     /// when this returns. Logging out of the station is left to the caller
     /// (the write path and the alarm poll may still use the session).
-    pub async fn run(self, shutdown: CancellationToken) {
-        let health = Arc::new(Health::new(self.bus.clone()));
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut own_monitor = None;
+        let (station, link) = match self.monitored.take() {
+            Some(m) => m,
+            None => {
+                let (station, link, task) = station::start(
+                    self.station.clone(),
+                    self.bus.clone(),
+                    self.shortest_interval(),
+                    self.write_timeout,
+                    shutdown.child_token(),
+                );
+                own_monitor = Some(task);
+                (station, link)
+            }
+        };
+        self.station = station;
         let mut tasks = JoinSet::new();
         let mut plan_txs = Vec::with_capacity(self.groups.len());
         for g in &self.groups {
@@ -144,24 +140,25 @@ impl Poller {
                 g.name.clone(),
                 g.rules,
                 g.mode,
-                g.interval,
                 self.batch,
                 self.concurrency,
                 self.station.clone(),
                 self.bus.clone(),
-                health.clone(),
+                link.clone(),
                 rx,
             );
             tasks.spawn(task.run(shutdown.child_token()));
         }
         let mut d = Discovery {
             poller: &self,
+            link: &link,
             plan_txs,
             warned_unmatched: HashSet::new(),
             slowdown_warned: false,
         };
 
-        // First discovery: until the station answers.
+        // First discovery: until the station answers. While it is down the
+        // monitor probes; a refusal that is no outage backs off here.
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
             .with_max_delay(Duration::from_secs(15))
@@ -171,16 +168,25 @@ impl Poller {
         loop {
             match self.station.list_tags().await {
                 Ok(tags) => {
-                    health.up();
                     d.apply(tags);
                     break;
                 }
                 Err(e) => {
-                    health.down(&e);
                     let wait = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot list the station's tags");
+                    tracing::warn!(error = %e, "cannot list the station's tags");
+                    let pause = async {
+                        if e.is_outage() {
+                            // The monitor declares the outage (a message
+                            // away), then probes: wait for its answer.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), link.wait_down())
+                                .await;
+                            link.wait_up().await;
+                        } else {
+                            tokio::time::sleep(wait).await;
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = pause => {}
                         _ = shutdown.cancelled() => {
                             drop(d);
                             while tasks.join_next().await.is_some() {}
@@ -201,7 +207,11 @@ impl Poller {
                 _ = wait => {}
                 _ = shutdown.cancelled() => break,
             }
-            match self.station.list_tags().await {
+            let listed = tokio::select! {
+                _ = link.wait_up() => self.station.list_tags().await,
+                _ = shutdown.cancelled() => break,
+            };
+            match listed {
                 Ok(tags) => d.apply(tags),
                 Err(e) => {
                     tracing::warn!(error = %e, "re-discovery failed; keeping the current tag list")
@@ -210,11 +220,15 @@ impl Poller {
         }
         drop(d);
         while tasks.join_next().await.is_some() {}
+        if let Some(t) = own_monitor {
+            let _ = t.await;
+        }
     }
 }
 
 struct Discovery<'a> {
     poller: &'a Poller,
+    link: &'a StationLink,
     plan_txs: Vec<watch::Sender<Option<Arc<GroupPlan>>>>,
     warned_unmatched: HashSet<(Arc<str>, String)>,
     slowdown_warned: bool,
@@ -262,6 +276,10 @@ impl Discovery<'_> {
             "tags discovered"
         );
         metrics::gauge!("wincc_gateway_tags").set(polled.len() as f64);
+        // The monitor probes a down station by reading one tag.
+        if let Some(t) = polled.first().or(tags.first()) {
+            self.link.set_probe_tag(Arc::from(t.name.as_str()));
+        }
         // Sinks learn the tags (and build their nodes) before values arrive.
         p.bus.publish(Event::Tags(Arc::new(polled)));
         p.tags_tx.send_replace(Arc::new(map));

@@ -1,6 +1,7 @@
 //! Fault switches of the simulated station (`GET/POST /_sim/faults`):
 //! latency, random 500s, a burst of 429s, expired tokens, malformed or
-//! truncated bodies, a runtime that answers 503, and a full outage.
+//! truncated bodies, a runtime that answers 503, a full outage, and a hung
+//! station (connections accepted, requests never answered).
 
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub struct Faults {
     pub outage_s: f64,
     /// The runtime is stopped: every station request gets 503.
     pub unavailable: bool,
+    /// A hung station (an IIS that stopped answering): connections are
+    /// accepted, every station request is held unanswered (for
+    /// [`HANG`]), so a client only ever sees its own timeout.
+    pub hang: bool,
     /// wincc-v7 quirk: the next N batch reads leave out every second row
     /// (the 2nd, 4th, ... name asked for). `true`: until reset.
     #[serde(deserialize_with = "count_or_bool")]
@@ -53,6 +58,10 @@ pub struct Faults {
     /// See `slow_batch_ms`.
     pub slow_batch_min_names: usize,
 }
+
+/// How long a request is held while `hang` is set (far beyond any client
+/// timeout; the request then fails as it is answered 503).
+pub const HANG: Duration = Duration::from_secs(600);
 
 /// The wincc-v7 quirks that apply to one batch read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -176,6 +185,9 @@ impl FaultState {
 
     /// Decides, for one station request, the latency and whether it is refused.
     pub fn before_request(&mut self) -> (Duration, Option<Refusal>) {
+        if self.faults.hang {
+            return (HANG, Some(Refusal::Unavailable));
+        }
         let latency = Duration::from_millis(self.faults.latency_ms);
         let f = &mut self.faults;
         let refusal = if f.unavailable {
@@ -278,6 +290,18 @@ mod tests {
         assert_eq!(s.get().too_many_requests, None);
         assert_eq!(s.body_fault(), Some(BodyFault::Truncated));
         assert_eq!(s.body_fault(), None);
+    }
+
+    #[test]
+    fn a_hung_station_holds_every_request_far_beyond_any_timeout() {
+        let mut s = FaultState::new(3);
+        let f: Faults = serde_json::from_str(r#"{"hang":true}"#).unwrap();
+        s.set(f).unwrap();
+        let (latency, refusal) = s.before_request();
+        assert!(latency >= Duration::from_secs(600));
+        assert_eq!(refusal, Some(Refusal::Unavailable));
+        s.set(Faults::default()).unwrap();
+        assert_eq!(s.before_request(), (Duration::ZERO, None));
     }
 
     #[test]

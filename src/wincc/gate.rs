@@ -2,6 +2,12 @@
 //! the credentials, calls fail fast (no request reaches the station) for
 //! 5 s, growing to 60 s while refusals go on, so a wrong password cannot
 //! hammer the station or lock the account. An accepted login opens it.
+//!
+//! A station that accepts the login but then rejects the new session on
+//! every request (401) closes the gate the same way
+//! ([`LoginGate::session_rejected`]): at most one new login per pause,
+//! whoever asks. The pause only starts over at 5 s once a request made
+//! with a session succeeded ([`LoginGate::session_works`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,6 +26,8 @@ struct State {
     closed_until: Option<Instant>,
     backoff: ExponentialBackoff,
     last_refusal: String,
+    /// Refusals and rejected sessions since a request last worked.
+    failures: u32,
 }
 
 /// See the module docs. Cheap to check; one per client.
@@ -45,6 +53,7 @@ impl Default for LoginGate {
                 closed_until: None,
                 backoff: backoff(),
                 last_refusal: String::new(),
+                failures: 0,
             }),
             attempt: "login attempt",
         }
@@ -86,6 +95,7 @@ impl LoginGate {
         let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
         g.closed_until = Some(Instant::now() + wait);
         g.last_refusal = why;
+        g.failures += 1;
         tracing::warn!(user = %user, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station refused the {}", self.attempt);
         metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
         StationError::Auth(format!(
@@ -96,12 +106,38 @@ impl LoginGate {
         ))
     }
 
-    /// A login was accepted: open the gate, the pause starts at 5 s again.
+    /// A login was accepted: open the gate. The pause starts at 5 s again
+    /// only once the session works ([`Self::session_works`]).
     pub fn accept(&self) {
         let mut g = self.lock();
-        // Only a refusal closes it (and advances the pause): nothing to do otherwise.
         if g.closed_until.is_some() {
             g.closed_until = None;
+        }
+    }
+
+    /// A freshly opened session was rejected (401 right after the login):
+    /// closes the gate for the next pause, as a refused login does.
+    pub fn session_rejected(&self, user: &str, why: String) -> StationError {
+        let mut g = self.lock();
+        let wait = g.backoff.next().unwrap_or(LOGIN_BACKOFF_MAX);
+        g.closed_until = Some(Instant::now() + wait);
+        g.last_refusal = why;
+        g.failures += 1;
+        tracing::warn!(user = %user, retry_in_s = wait.as_secs(), reason = %g.last_refusal, "station rejected a freshly opened session; no new login before the pause ends");
+        metrics::counter!("wincc_gateway_station_login_refusals_total").increment(1);
+        StationError::Auth(format!(
+            "{}; next login attempt in {} s",
+            g.last_refusal,
+            wait.as_secs()
+        ))
+    }
+
+    /// A request made with a session succeeded: the next refusal pauses
+    /// 5 s again.
+    pub fn session_works(&self) {
+        let mut g = self.lock();
+        if g.failures > 0 {
+            g.failures = 0;
             g.backoff = backoff();
         }
     }
@@ -127,6 +163,13 @@ mod tests {
         assert!(e.to_string().contains("in 60 s"), "capped: {e}");
         g.accept();
         assert!(g.check().is_ok());
+        let e = g.session_rejected("op", "fresh session rejected".into());
+        assert!(
+            e.to_string().contains("in 60 s"),
+            "an accepted login alone does not reset the pause: {e}"
+        );
+        g.accept();
+        g.session_works();
         let e = g.refuse("op", "after an accepted login".into());
         assert!(
             e.to_string().contains("in 5 s"),

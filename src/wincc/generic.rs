@@ -61,6 +61,9 @@ pub struct GenericClient {
     issued: http::Issued,
     /// `wincc.max_tags`: the most tags a browse keeps.
     max_tags: usize,
+    /// The newest session generation a request succeeded with: a 401 on a
+    /// newer (unproven) session means the station rejects its sessions.
+    proven: std::sync::atomic::AtomicU64,
 }
 
 /// A reply that passed the status checks.
@@ -112,6 +115,7 @@ impl GenericClient {
             gate: LoginGate::default(),
             issued: http::Issued::default(),
             max_tags: settings.max_tags,
+            proven: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -210,17 +214,27 @@ impl GenericClient {
                 .send(endpoint, method.clone(), url.clone(), body, Some(&ticket))
                 .await?;
             if status == StatusCode::UNAUTHORIZED {
+                // A session that never worked: the station takes the login
+                // but not the session. One that worked has expired.
+                let unproven =
+                    ticket.generation > self.proven.load(std::sync::atomic::Ordering::Relaxed);
                 match self.auth {
-                    AuthMode::Session | AuthMode::Cookie if !relogged => {
+                    AuthMode::Session | AuthMode::Cookie if !relogged && !unproven => {
                         tracing::info!(endpoint, "station session expired (401); logging in again");
                         relogged = true;
                         ticket = self.ticket(Some(ticket.generation)).await?;
                         continue;
                     }
                     AuthMode::Session | AuthMode::Cookie => {
-                        return Err(StationError::Auth(
-                            "the station rejected a freshly opened session (HTTP 401)".into(),
-                        ))
+                        // The station takes the login but not the session:
+                        // end the session it opened and log in again only
+                        // after the login pause (whoever asks).
+                        let e = self.gate.session_rejected(
+                            &self.username,
+                            format!("the station rejected a freshly opened session on {endpoint} (HTTP 401)"),
+                        );
+                        self.logout().await;
+                        return Err(e);
                     }
                     AuthMode::Basic => {
                         return Err(self.refused(format!(
@@ -248,6 +262,11 @@ impl GenericClient {
                 continue;
             }
             if status.is_success() || (client_errors && status.is_client_error()) {
+                if matches!(self.auth, AuthMode::Session | AuthMode::Cookie) {
+                    self.proven
+                        .fetch_max(ticket.generation, std::sync::atomic::Ordering::Relaxed);
+                    self.gate.session_works();
+                }
                 return Ok(Reply {
                     status,
                     body: bytes,
@@ -320,8 +339,12 @@ impl Station for GenericClient {
                 .await?;
             let page = parse::tag_page(&reply.body).map_err(|e| self.scrub_err(e))?;
             skipped += page.skipped.len();
-            for name in page.skipped.iter().take(5) {
-                tracing::warn!(tag = %self.scrub(name.clone()), "skipping a tag with an unknown type or shape");
+            static WARN: super::RepeatWarn = super::RepeatWarn::new();
+            for name in page.skipped.iter() {
+                let name = self.scrub(name.clone());
+                if let Some(repeats) = WARN.check(&name) {
+                    tracing::warn!(tag = %name, repeats_since_last_logged = repeats, "skipping a tag with an unknown type or shape");
+                }
             }
             offset += page.rows;
             let more = all.page(page.tags)?;
@@ -406,8 +429,12 @@ impl Station for GenericClient {
             )
             .await?;
         let (alarms, bad) = parse::alarms(&reply.body).map_err(|e| self.scrub_err(e))?;
-        if let Some(first) = bad.first() {
-            tracing::warn!(count = bad.len(), first = %self.scrub(first.clone()), "skipping alarms that do not parse");
+        static WARN: super::RepeatWarn = super::RepeatWarn::new();
+        for problem in &bad {
+            let problem = self.scrub(problem.clone());
+            if let Some(repeats) = WARN.check(&problem) {
+                tracing::warn!(count = bad.len(), repeats_since_last_logged = repeats, problem = %problem, "skipping alarms that do not parse (logged again at most every 10 minutes)");
+            }
         }
         Ok(alarms)
     }

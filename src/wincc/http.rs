@@ -261,7 +261,9 @@ pub async fn exchange(
     endpoint: &'static str,
     timeout: Duration,
 ) -> Result<(reqwest::StatusCode, HeaderMap, Vec<u8>), StationError> {
-    let _permit = limiter.acquire().await;
+    // Inside a write: no permit by its deadline refuses it (never sent late).
+    let deadline = super::limiter::WRITE_DEADLINE.try_with(|d| *d).ok();
+    let _permit = limiter.acquire_by(deadline).await?;
     metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => endpoint).increment(1);
     let start = std::time::Instant::now();
     let result = async {

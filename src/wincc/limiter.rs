@@ -10,6 +10,12 @@
 //! exceed the rate. A `Retry-After` from the station pauses every request
 //! until the given instant ([`Limiter::pause_for`]).
 //!
+//! Writes have a deadline (`wincc.write_timeout_ms`, contract §7): while a
+//! write runs, [`WRITE_DEADLINE`] holds the instant by which its requests
+//! must have their permit; [`Limiter::acquire_by`] refuses a request that
+//! cannot get one in time (at once when a `Retry-After` pause outlasts the
+//! deadline), so a write is never sent late.
+//!
 //! Each time a request has to wait, `wincc_gateway_rate_limit_waits_total`
 //! counts it, labelled with what it waited for (`in_flight`, `rate`,
 //! `retry_after`).
@@ -24,6 +30,13 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::RateLimit;
+use crate::wincc::StationError;
+
+tokio::task_local! {
+    /// The instant by which the requests of the write running in this task
+    /// must have their permit (set by the station monitor around writes).
+    pub static WRITE_DEADLINE: Instant;
+}
 
 /// Longest pause a single `Retry-After` may impose (a hostile or broken
 /// header must not silence the gateway for days).
@@ -107,6 +120,34 @@ impl Limiter {
         Permit { _slot: slot }
     }
 
+    /// [`acquire`](Self::acquire), but refused when no permit can be had by
+    /// `deadline` (`None`: waits as long as it takes). The refusal says why.
+    pub async fn acquire_by(&self, deadline: Option<Instant>) -> Result<Permit<'_>, StationError> {
+        let Some(deadline) = deadline else {
+            return Ok(self.acquire().await);
+        };
+        let refused = |why: String| StationError::Refused {
+            code: "write_deadline".into(),
+            message: format!("not sent: {why} (wincc.write_timeout_ms)"),
+        };
+        if let Some(until) = self.paused_until().filter(|u| *u > deadline) {
+            metrics::counter!("wincc_gateway_write_deadline_refusals_total").increment(1);
+            return Err(refused(format!(
+                "the station asked to pause all requests for {:.0} s more (Retry-After), longer than the write may wait",
+                (until - Instant::now()).as_secs_f64().ceil()
+            )));
+        }
+        match tokio::time::timeout_at(deadline, self.acquire()).await {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                metrics::counter!("wincc_gateway_write_deadline_refusals_total").increment(1);
+                Err(refused(
+                    "no rate-limit permit within the write deadline (rate limit, requests in flight or a Retry-After pause)".into(),
+                ))
+            }
+        }
+    }
+
     /// Pauses every request until `now + d` (never shortens a pause already
     /// in force; capped at [`MAX_PAUSE`]).
     pub fn pause_for(&self, d: Duration) {
@@ -188,6 +229,37 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(max.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_get_a_permit_in_time_is_refused_not_sent_late() {
+        let l = limiter(1000, 1000, 1);
+        l.pause_for(Duration::from_secs(600));
+        let start = Instant::now();
+        let e = l
+            .acquire_by(Some(start + Duration::from_millis(200)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("Retry-After"), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "refused at once"
+        );
+        // Without a pause, but with the only slot taken: refused at the deadline.
+        let l = limiter(1000, 1000, 1);
+        let held = l.acquire().await;
+        let e = l
+            .acquire_by(Some(Instant::now() + Duration::from_millis(50)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("within the write deadline"), "{e}");
+        drop(held);
+        assert!(l
+            .acquire_by(Some(Instant::now() + Duration::from_millis(50)))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -227,6 +227,56 @@ pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     }
 }
 
+/// How often a repeating warning is logged again (with its count).
+pub const REPEAT_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A warning that repeats with every poll (a station row that does not
+/// parse): logged the first time each distinct problem is seen, then at
+/// most every [`REPEAT_WARN_EVERY`] with how often it recurred meanwhile.
+/// Usable as a `static`; remembers at most 1000 problems.
+pub struct RepeatWarn {
+    seen: std::sync::Mutex<std::collections::BTreeMap<String, (std::time::Instant, u64)>>,
+}
+
+impl Default for RepeatWarn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RepeatWarn {
+    pub const fn new() -> Self {
+        RepeatWarn {
+            seen: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// `Some(n)` when `problem` is to be logged now: `n` is how often it was
+    /// seen and not logged since it was last logged (0 the first time).
+    pub fn check(&self, problem: &str) -> Option<u64> {
+        self.check_at(problem, std::time::Instant::now())
+    }
+
+    fn check_at(&self, problem: &str, now: std::time::Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((last, n)) = seen.get_mut(problem) {
+            if now.duration_since(*last) < REPEAT_WARN_EVERY {
+                *n += 1;
+                return None;
+            }
+            let repeats = *n;
+            *last = now;
+            *n = 0;
+            return Some(repeats);
+        }
+        if seen.len() >= 1000 {
+            seen.clear();
+        }
+        seen.insert(problem.to_string(), (now, 0));
+        Some(0)
+    }
+}
+
 /// The longest station text (error messages, names in log lines) the
 /// gateway carries on into write results, logs and status messages.
 pub const MAX_STATION_TEXT: usize = 500;
@@ -253,4 +303,27 @@ pub fn cap_text(mut s: String) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod repeat_warn_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn each_problem_once_then_every_ten_minutes_with_a_count() {
+        let w = RepeatWarn::new();
+        let t0 = Instant::now();
+        assert_eq!(w.check_at("a", t0), Some(0));
+        assert_eq!(
+            w.check_at("b", t0),
+            Some(0),
+            "a distinct problem is logged too"
+        );
+        for i in 1..100 {
+            assert_eq!(w.check_at("a", t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(w.check_at("a", t0 + Duration::from_secs(601)), Some(99));
+        assert_eq!(w.check_at("a", t0 + Duration::from_secs(602)), None);
+    }
 }

@@ -302,7 +302,12 @@ pub fn alarms(body: &[u8]) -> Result<(Vec<Alarm>, Vec<String>), StationError> {
     let mut out = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     for row in rows {
-        match serde_json::from_value::<Alarm>(row.clone()) {
+        let mut row = row.clone();
+        // Contract §5: an alarm id may be a JSON number or a string.
+        if let Some(id) = row.get_mut("id").filter(|v| v.is_number()) {
+            *id = Value::String(id.to_string());
+        }
+        match serde_json::from_value::<Alarm>(row) {
             Ok(a) => out.push(a),
             Err(e) => bad.push(e.to_string()),
         }
@@ -353,6 +358,20 @@ pub fn write_result(body: &[u8]) -> Result<(), StationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alarm_ids_may_be_json_numbers_or_strings() {
+        let row = |id: &str| {
+            format!(
+                r#"{{"id":{id},"name":"A","text":"T","class":"Alarm","priority":1,"state":"raised","raisedAt":"2026-01-01T00:00:00.000Z"}}"#
+            )
+        };
+        let body = format!(r#"{{"alarms":[{},{}]}}"#, row("42"), row("\"7\""));
+        let (alarms, bad) = alarms(body.as_bytes()).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        let ids: Vec<&str> = alarms.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["42", "7"]);
+    }
 
     fn names(n: &[&str]) -> Vec<Arc<str>> {
         n.iter().map(|s| Arc::from(*s)).collect()

@@ -20,9 +20,12 @@
 //!
 //! A silent connection (station switched off, cable pulled: no FIN ever
 //! comes) is found with WebSocket-level pings (not the `graphql-transport-ws`
-//! `ping` message, which real stations refuse): one every `timeout_ms`
-//! (1 s..10 s); with no frame at all (pongs included) for that long plus
-//! `timeout_ms`, the subscription ends with a timeout.
+//! `ping` message, which real stations refuse): one every keep-alive
+//! period (`timeout_ms`, 1 s..10 s); a subscription that delivers nothing
+//! and answers no ping (no frame at all, pongs included) for two periods is
+//! declared dead with a timeout, and the group polls instead. Every send
+//! has a timeout (`timeout_ms`) too: a station that stops reading its
+//! socket fills the buffers, and a send must not hang the reader.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +50,16 @@ type Ws =
 
 fn text(v: Value) -> Message {
     Message::Text(v.to_string().into())
+}
+
+/// Sends `m`, failing with a timeout when the station does not take it
+/// within `timeout` (it stopped reading its socket).
+async fn send_within(ws: &mut Ws, m: Message, timeout: Duration) -> Result<(), StationError> {
+    match tokio::time::timeout(timeout, ws.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StationError::Unreachable(format!("subscription: {e}"))),
+        Err(_) => Err(StationError::Timeout(timeout)),
+    }
 }
 
 enum Handshake {
@@ -76,9 +89,7 @@ impl UnifiedClient {
         };
         let sub = json!({"id": "1", "type": "subscribe",
             "payload": {"query": SUBSCRIBE, "variables": {"names": names}}});
-        ws.send(text(sub))
-            .await
-            .map_err(|e| StationError::Unreachable(format!("subscription: {e}")))?;
+        send_within(&mut ws, text(sub), self.timeout).await?;
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
         tokio::spawn(read_loop(*ws, tx, cancel.clone(), self.timeout));
@@ -122,9 +133,12 @@ impl UnifiedClient {
             Some(t) => json!({"Authorization": format!("Bearer {t}")}),
             None => json!({}),
         };
-        ws.send(text(json!({"type": "connection_init", "payload": payload})))
-            .await
-            .map_err(|e| StationError::Unreachable(format!("WebSocket: {e}")))?;
+        send_within(
+            &mut ws,
+            text(json!({"type": "connection_init", "payload": payload})),
+            timeout,
+        )
+        .await?;
         let reply = tokio::time::timeout(timeout, ws.next()).await;
         match reply {
             Err(_) => Err(StationError::Timeout(timeout)),
@@ -236,20 +250,18 @@ async fn read_loop(
     let end = loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = ws.send(text(json!({"id": "1", "type": "complete"}))).await;
+                let _ = send_within(&mut ws, text(json!({"id": "1", "type": "complete"})), timeout).await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return;
             }
             _ = keepalive.tick() => {
                 let silent = heard.elapsed();
-                if silent >= every + timeout {
+                if silent >= 2 * every {
                     break StationError::Timeout(silent);
                 }
                 // A send to a dead peer may block on a full buffer.
-                match tokio::time::timeout(timeout, ws.send(Message::Ping(Vec::new().into()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break StationError::Unreachable(format!("subscription: {e}")),
-                    Err(_) => break StationError::Timeout(timeout),
+                if let Err(e) = send_within(&mut ws, Message::Ping(Vec::new().into()), timeout).await {
+                    break e;
                 }
                 continue;
             }
@@ -283,7 +295,9 @@ async fn read_loop(
                 Err(e) => break e,
             },
             Some("ping") => {
-                let _ = ws.send(text(json!({"type": "pong"}))).await;
+                if let Err(e) = send_within(&mut ws, text(json!({"type": "pong"})), timeout).await {
+                    break e;
+                }
             }
             Some("error") => break subscription_error(&v["payload"]),
             Some("complete") => break StationError::Unreachable("subscription completed".into()),
@@ -341,5 +355,47 @@ mod tests {
             matches!(&e, StationError::Refused { code, .. } if code == "301"),
             "{e:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    /// A station that completes the WebSocket handshake and then stops
+    /// reading its socket (hung process, full buffers): the subscription is
+    /// declared dead after two keep-alive periods, with a timeout, so the
+    /// group polls instead.
+    #[tokio::test]
+    async fn a_station_that_stops_reading_is_declared_dead_after_two_keep_alive_periods() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            // Holds the connection open and never reads it again.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(ws);
+        });
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/graphql"))
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let timeout = Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        tokio::spawn(read_loop(ws, tx, CancellationToken::new(), timeout));
+        let ev = tokio::time::timeout(Duration::from_secs(6), rx.recv())
+            .await
+            .expect("declared dead in time")
+            .expect("an event");
+        let took = started.elapsed();
+        match ev {
+            SubscriptionEvent::Closed(StationError::Timeout(_)) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        // Two keep-alive periods of 1 s, checked on the period's ticks.
+        assert!(took >= Duration::from_millis(1900), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        server.abort();
     }
 }
