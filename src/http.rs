@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_mqtt_buffer_backlog_shows_and_a_failing_buffer_degrades() {
-        let mut src = sources(None, Duration::from_secs(30));
+        let mut src = sources(state(Some(true)));
         let (ok, body) = health(&src);
         assert!(ok && body.get("mqtt_buffer").is_none(), "{body}");
         let mut st = crate::sinks::mqtt::BacklogStatus {
