@@ -18,7 +18,22 @@ use opcua::nodes::AccessLevel;
 use opcua::types::{
     AttributeId, DataTypeId, DataValue, NodeId, NumericRange, StatusCode, Variant, WriteValue,
 };
-use opcua_support::{connect_anonymous, eventually_read, read, start_on, NS};
+use opcua_support::{connect, eventually_read, read, start_on, NS};
+
+const OPERATOR_PW: &str = "operator-Secret-1";
+
+/// A session of the write user (anonymous sessions never write).
+async fn connect_operator(url: &str, client_pki: &std::path::Path) -> opcua_support::Client {
+    connect(
+        url,
+        opcua::crypto::SecurityPolicy::None,
+        opcua::types::MessageSecurityMode::None,
+        opcua::client::IdentityToken::new_user_name("operator", OPERATOR_PW),
+        client_pki,
+    )
+    .await
+    .expect("operator session")
+}
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +85,9 @@ async fn plant(
     let pki = tempfile::tempdir().unwrap();
     let pw = pki.path().join("station-password");
     std::fs::write(&pw, "gateway").unwrap();
+    // Only a user with role "write" may write over OPC UA (contract §8).
+    let op_pw = pki.path().join("operator-password");
+    std::fs::write(&op_pw, OPERATOR_PW).unwrap();
     let (base, auth) = match dialect {
         Dialect::WinccV7 => (
             format!("{}/WinCCRestService", sim.base_url()),
@@ -100,6 +118,7 @@ enabled = false
 endpoint = "opc.tcp://127.0.0.1:0/"
 namespace_uri = "{NS}"
 pki_dir = "{pki}"
+users = [{{ username = "operator", password_file = {op_pw:?}, role = "write" }}]
 write_enabled = true
 writable_tags = ["Small/**"]
 [http]
@@ -142,7 +161,7 @@ async fn eight_bit_tags_are_sbyte_and_byte_variables_over_opcua() {
     for dialect in [Dialect::Generic, Dialect::WinccV7] {
         let (sim, gw, stop, _pki) = plant(dialect).await;
         let client_pki = tempfile::tempdir().unwrap();
-        let c = connect_anonymous(&gw.url, client_pki.path()).await;
+        let c = connect_operator(&gw.url, client_pki.path()).await;
         let ns = c.session.get_namespace_index(NS).await.unwrap();
         let (i8n, u8n) = (NodeId::new(ns, "Small/I8"), NodeId::new(ns, "Small/U8"));
         eventually_read(&c.session, &u8n, |dv| dv.value == Some(Variant::Byte(200))).await;
@@ -186,7 +205,7 @@ async fn eight_bit_tags_are_sbyte_and_byte_variables_over_opcua() {
 async fn a_v7_station_decides_writability_and_current_write_follows_writable_tags() {
     let (sim, gw, stop, _pki) = plant(Dialect::WinccV7).await;
     let client_pki = tempfile::tempdir().unwrap();
-    let c = connect_anonymous(&gw.url, client_pki.path()).await;
+    let c = connect_operator(&gw.url, client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let (set, locked) = (
         NodeId::new(ns, "Small/Setpoint"),

@@ -5,8 +5,8 @@
 //! `cargo test --test it dialect_v7::`.
 
 mod common;
-mod opcua_support;
 mod mqtt_buffer_support;
+mod opcua_support;
 
 mod cli;
 mod demo;

@@ -4,7 +4,6 @@
 //! session on every request (auth loop), both through the station monitor
 //! every part of the gateway uses.
 
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
