@@ -143,19 +143,23 @@ fn rumqttc_v4_late(port: u16, qos: rumqttc::QoS) -> (usize, bool, bool) {
     let (client, mut conn) = rumqttc::Client::new(opts, 100);
     client.subscribe("wincc/demo/#", qos).unwrap();
     let mut topics = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Retained alarms come too: once status, station and the tags could all
+    // be there, collect what is still arriving for a short grace period.
+    let mut deadline = Instant::now() + Duration::from_secs(20);
+    let mut grace = false;
     while Instant::now() < deadline {
-        match conn.recv_timeout(Duration::from_secs(2)) {
+        match conn.recv_timeout(Duration::from_millis(500)) {
             Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) if p.retain => {
                 topics.insert(p.topic);
-                if topics.len() >= TAGS + 2 {
-                    std::thread::sleep(Duration::from_millis(300));
-                    break;
+                if !grace && topics.len() >= TAGS + 2 {
+                    grace = true;
+                    deadline = Instant::now() + Duration::from_millis(500);
                 }
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("rumqttc: {e}"),
-            Err(_) => break,
+            Err(_) if grace => break,
+            Err(_) => {}
         }
     }
     let _ = client.disconnect();
