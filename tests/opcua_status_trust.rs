@@ -66,17 +66,25 @@ async fn server_status_is_live_and_names_this_build() {
     let time_id: NodeId = VariableId::Server_ServerStatus_CurrentTime.into();
 
     let first = status_of(
-        read(&c.session, &[status_id.clone()], AttributeId::Value)
-            .await
-            .remove(0)
-            .value,
+        read(
+            &c.session,
+            std::slice::from_ref(&status_id),
+            AttributeId::Value,
+        )
+        .await
+        .remove(0)
+        .value,
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let second = status_of(
-        read(&c.session, &[status_id.clone()], AttributeId::Value)
-            .await
-            .remove(0)
-            .value,
+        read(
+            &c.session,
+            std::slice::from_ref(&status_id),
+            AttributeId::Value,
+        )
+        .await
+        .remove(0)
+        .value,
     );
     assert!(
         second.current_time.as_chrono() > first.current_time.as_chrono(),
