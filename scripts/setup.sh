@@ -13,6 +13,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The Sparkplug tests decode what the gateway sends with protoc (an
 # independent decoder; the build itself needs no protoc).
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# tests/independent_clients.rs runs mqtt.js and node-opcua (tests/js) against the demo.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
@@ -29,6 +32,12 @@ if [ ${#need[@]} -gt 0 ]; then
   elif command -v service >/dev/null 2>&1; then
     $SUDO service mosquitto stop >/dev/null 2>&1 || true
   fi
+fi
+# The independent clients' npm packages (versions pinned by tests/js/package-lock.json).
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$here/tests/js/node_modules/mqtt" ] || [ ! -d "$here/tests/js/node_modules/node-opcua-client" ]; then
+  echo "setup: installing tests/js (mqtt.js, node-opcua-client)" >&2
+  npm ci --prefix "$here/tests/js" --no-audit --no-fund >&2
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 echo "setup: ok" >&2

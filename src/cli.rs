@@ -32,10 +32,12 @@ pub enum Command {
         #[arg(long = "log-level", value_name = "LEVEL")]
         log_level: Option<String>,
     },
-    /// Validates a configuration file (and its environment overrides); exit 0 or 2.
+    /// Validates configuration files (and their environment overrides); exit 0 or 2.
+    /// With several `-c`, also warns when two of them would clash on one machine or
+    /// broker (same MQTT client id or topic prefix, same listening port).
     CheckConfig {
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: PathBuf,
+        #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
     },
     /// Lists the station's tags: name, type, rw|ro.
     Browse {
@@ -85,6 +87,10 @@ pub struct DemoArgs {
     /// Directory for the OPC UA PKI (created if missing).
     #[arg(long, default_value = "pki-demo")]
     pub pki_dir: PathBuf,
+    /// Trust every OPC UA client certificate (Sign / SignAndEncrypt without
+    /// moving files in the PKI directory). For trials on loopback only.
+    #[arg(long)]
+    pub trust_clients: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,19 +126,117 @@ pub struct SimulateArgs {
 pub const EXIT_CONFIG: u8 = 2;
 
 /// Sets up `tracing` to stderr: human-readable or JSON, filter from
-/// `RUST_LOG` or the given default.
+/// `RUST_LOG` or the given default. Colour only when stderr is a terminal
+/// (never into a file, a pipe or journald) and never in JSON; `NO_COLOR`
+/// turns it off on a terminal too.
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = log_colour(
+        format,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// Whether log lines carry ANSI colour codes.
+pub(crate) fn log_colour(format: LogFormat, terminal: bool, no_color: bool) -> bool {
+    format == LogFormat::Human && terminal && !no_color
+}
+
+/// `check-config -c A [-c B ...]`: every file's verdict, then the clashes
+/// between the valid ones (warnings: exit 0 when every file is valid).
+fn check_configs(paths: &[PathBuf]) -> ExitCode {
+    let mut valid = Vec::new();
+    let mut failed = false;
+    for path in paths {
+        match load(path) {
+            Ok(s) => {
+                for w in s.cleartext_warnings() {
+                    eprintln!("warning: {}: credentials in clear: {w}", path.display());
+                }
+                println!(
+                    "{}: ok ({} poll group{}, dialect {}, mqtt {}, opcua {}, sparkplug {})",
+                    path.display(),
+                    s.poll_groups.len(),
+                    if s.poll_groups.len() == 1 { "" } else { "s" },
+                    s.wincc.dialect.as_str(),
+                    if s.mqtt.enabled { "on" } else { "off" },
+                    if s.opcua.enabled { "on" } else { "off" },
+                    if s.sparkplug.enabled { "on" } else { "off" },
+                );
+                valid.push((path.display().to_string(), s));
+            }
+            Err(_) => failed = true,
+        }
+    }
+    for w in clashes(&valid) {
+        eprintln!("warning: {w}");
+    }
+    if failed {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// What two gateways on one machine and one broker must not share: the
+/// MQTT client id (the broker would disconnect one for the other, in a
+/// loop), the topic prefix (their status and tags would overwrite each
+/// other) and listening ports (OPC UA, HTTP).
+pub(crate) fn clashes(configs: &[(String, Settings)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<(&str, String), &str> =
+        std::collections::HashMap::new();
+    for (name, s) in configs {
+        let mut keys: Vec<(&str, String)> = Vec::new();
+        if s.mqtt.enabled {
+            keys.push(("mqtt.client_id", s.mqtt.client_id.clone()));
+            keys.push(("mqtt.topic_prefix", s.mqtt.topic_prefix.clone()));
+        }
+        if s.opcua.enabled {
+            if let Ok((_, port, _)) = crate::sinks::opcua::server::parse_endpoint(&s.opcua.endpoint)
+            {
+                keys.push(("port", port.to_string()));
+            }
+        }
+        if s.http.enabled {
+            if let Some(port) = s.http.listen.rsplit_once(':').map(|(_, p)| p.to_string()) {
+                keys.push(("port", port));
+            }
+        }
+        let mut own = std::collections::HashSet::new();
+        for (key, value) in keys {
+            if !own.insert((key, value.clone())) {
+                out.push(format!(
+                    "{name}: opcua.endpoint and http.listen both use port {value}"
+                ));
+                continue;
+            }
+            match seen.get(&(key, value.clone())) {
+                Some(other) if key == "port" => out.push(format!(
+                    "{other} and {name} both listen on port {value} (opcua.endpoint or http.listen): give each gateway its own"
+                )),
+                Some(other) => out.push(format!(
+                    "{other} and {name} share {key} = {value:?}: give each gateway its own"
+                )),
+                None => {
+                    seen.insert((key, value), name.as_str());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Loads a configuration or prints its problems (exit 2).
@@ -171,24 +275,7 @@ fn parse_users(users: &[String]) -> Result<Vec<(String, String)>, String> {
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { config } => match load(&config) {
-            Ok(s) => {
-                for w in s.cleartext_warnings() {
-                    eprintln!("warning: credentials in clear: {w}");
-                }
-                println!(
-                    "{}: ok ({} poll group{}, dialect {}, mqtt {}, opcua {})",
-                    config.display(),
-                    s.poll_groups.len(),
-                    if s.poll_groups.len() == 1 { "" } else { "s" },
-                    s.wincc.dialect.as_str(),
-                    if s.mqtt.enabled { "on" } else { "off" },
-                    if s.opcua.enabled { "on" } else { "off" },
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::CheckConfig { config } => check_configs(&config),
         Command::Simulate(args) => {
             init_logging(LogFormat::Human, "info");
             let opts = match sim_options(&args) {
@@ -232,8 +319,7 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime(|| async move { crate::gateway::run(settings, shutdown_signal()).await })
         }
         Command::Demo(args) => {
-            // rumqttd logs every probe and disconnect as an error; RUST_LOG can bring it back.
-            init_logging(LogFormat::Human, "info,rumqttd=off");
+            init_logging(LogFormat::Human, "info");
             runtime(|| async move { crate::demo::run(args, shutdown_signal()).await })
         }
         Command::Service { action, config } => crate::service::main(&action, config),
@@ -320,4 +406,57 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_for_human_logs_on_a_terminal_without_no_color() {
+        assert!(log_colour(LogFormat::Human, true, false));
+        assert!(
+            !log_colour(LogFormat::Human, false, false),
+            "file, pipe, journald"
+        );
+        assert!(!log_colour(LogFormat::Human, true, true), "NO_COLOR");
+        assert!(!log_colour(LogFormat::Json, true, false), "never in JSON");
+    }
+
+    fn settings(client: &str, prefix: &str, opcua: u16, http: u16) -> Settings {
+        let toml = format!(
+            "[wincc]\nbase_url = \"http://127.0.0.1:1\"\nauth = \"none\"\n\
+             [[poll_group]]\nname = \"a\"\ntags = [\"**\"]\n\
+             [mqtt]\nclient_id = \"{client}\"\ntopic_prefix = \"{prefix}\"\n\
+             [opcua]\nendpoint = \"opc.tcp://0.0.0.0:{opcua}/\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n"
+        );
+        Settings::from_toml_with_env(&toml, "t", std::iter::empty()).unwrap()
+    }
+
+    #[test]
+    fn clashes_name_both_files_and_what_they_share() {
+        let a = ("a.toml".to_string(), settings("gw-a", "w/a", 4840, 9100));
+        let b = ("b.toml".to_string(), settings("gw-b", "w/b", 4841, 9101));
+        assert!(clashes(&[a.clone(), b.clone()]).is_empty());
+        let c = ("c.toml".to_string(), settings("gw-a", "w/b", 9101, 9102));
+        let w = clashes(&[a, b, c]);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("a.toml and c.toml share mqtt.client_id")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("b.toml and c.toml share mqtt.topic_prefix")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("b.toml and c.toml both listen on port 9101")),
+            "{w:?}"
+        );
+        let own = ("d.toml".to_string(), settings("gw-d", "w/d", 9200, 9200));
+        assert!(clashes(&[own])[0].contains("both use port 9200"));
+    }
 }

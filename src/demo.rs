@@ -27,6 +27,7 @@ pub fn demo_settings(
     pki_dir: &Path,
     secret_file: &Path,
     opcua_secret_file: &Path,
+    trust_clients: bool,
 ) -> anyhow::Result<Settings> {
     let toml = format!(
         r#"
@@ -76,6 +77,7 @@ security_policies = ["None", "Basic256Sha256"]
 allow_anonymous = true
 users = [{{ username = "{DEMO_OPCUA_WRITER}", password_file = {opcua_secret:?}, role = "write" }}]
 pki_dir = {pki:?}
+trust_client_certs = {trust_clients}
 write_enabled = true
 writable_tags = ["**/*Setpoint*", "**/*Mode*"]
 
@@ -151,8 +153,17 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         &args.pki_dir,
         &secret_file,
         &opcua_secret_file,
+        args.trust_clients,
     )?;
     let prefix = settings.mqtt.topic_prefix.clone();
+    let trust = if args.trust_clients {
+        "every client certificate is trusted (--trust-clients)".to_string()
+    } else {
+        format!(
+            "secure connections: a client's certificate lands in {0}/rejected; the log says which file to move to {0}/trusted (or start with --trust-clients)",
+            args.pki_dir.display()
+        )
+    };
     let running = crate::gateway::start(settings).await?;
     // The contract's command on the default port; the port flag otherwise.
     let port = if args.mqtt_port == 1883 {
@@ -164,12 +175,13 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let colon_port = format!(":{}", args.mqtt_port);
     println!(
         "\nwincc-gateway demo is running ({} simulated tags at {}).\n\
-         \n  MQTT:     mosquitto_sub -h 127.0.0.1{port} -t 'wincc/#' -v\
+         \n  MQTT:     mosquitto_sub -h 127.0.0.1{port} -t 'wincc/#' -v   (MQTT 3.1.1 or 5, no login)\
          \n  write:    mosquitto_pub -h 127.0.0.1{port} -t '{prefix}/write/Line1/Mixer/Speed Setpoint' -m '{{\"value\":42.5,\"id\":\"1\"}}'\
          \n  Sparkplug B: edge node spBv1.0/WinCC/+/demo, device wincc (binary payloads; decode one with the schema in tests/fixtures):\
          \n            mosquitto_sub -h 127.0.0.1{port} -N -C 1 -t 'spBv1.0/WinCC/DDATA/demo/wincc' | protoc --decode=org.eclipse.tahu.protobuf.Payload --proto_path=tests/fixtures sparkplug_b.proto\
          \n            or point an Ignition MQTT Engine / any Sparkplug host at mqtt://127.0.0.1{colon_port}\
          \n  OPC UA:   opc.tcp://127.0.0.1:{}/  (anonymous reads; writes as user {DEMO_OPCUA_WRITER}, password {opcua_password}; security None or Basic256Sha256; tags under Objects/WinCC)\
+         \n            {trust}\
          \n  metrics:  http://127.0.0.1:{}/metrics   health: http://127.0.0.1:{}/healthz\
          \n  station:  {}/_sim/stats  (the simulator's view)\
          \n\nPress Ctrl-C to stop.\n",
@@ -188,17 +200,17 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-#[cfg(feature = "demo-broker")]
+#[cfg(feature = "demo")]
 fn start_broker(addr: SocketAddr) -> anyhow::Result<crate::sinks::broker::EmbeddedBroker> {
     crate::sinks::broker::start_embedded_broker(addr).with_context(|| {
         format!("cannot start the embedded MQTT broker on {addr} (use --mqtt-port)")
     })
 }
 
-#[cfg(not(feature = "demo-broker"))]
+#[cfg(not(feature = "demo"))]
 fn start_broker(addr: SocketAddr) -> anyhow::Result<()> {
     anyhow::bail!(
-        "this build has no embedded MQTT broker (feature demo-broker); start one on {addr} or rebuild with default features"
+        "this build has no embedded MQTT broker (cargo feature `demo`); start one on {addr} or rebuild with default features"
     )
 }
 

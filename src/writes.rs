@@ -5,6 +5,12 @@
 //! sink, the tag is not allow-listed, unknown, or read-only at the station,
 //! or the JSON value does not fit the tag's type (contract §7). Only then is
 //! the value written, and the caller learns whether the station accepted it.
+//!
+//! It is also the one place that keeps the audit trail: every write from any
+//! sink (MQTT, OPC UA, Sparkplug), accepted or refused, wherever it was
+//! refused (here, or earlier by the sink: a malformed MQTT command, an OPC
+//! UA session without write access), is one log line and one count of
+//! `wincc_gateway_writes_total{sink,result,reason}` ([`audit`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +54,13 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// A short label for metrics (`result="type_mismatch"`).
+    /// True when the station was asked and refused or failed; false when the
+    /// gateway refused the write by itself before any station call.
+    pub fn reached_station(&self) -> bool {
+        matches!(self, WriteError::StationRefused(_) | WriteError::Station(_))
+    }
+
+    /// A short label for metrics (`reason="type_mismatch"`).
     pub fn kind(&self) -> &'static str {
         match self {
             WriteError::Disabled(_) => "disabled",
@@ -147,7 +159,7 @@ impl Writer {
                 .map_err(station_error),
             Err(e) => Err(e),
         };
-        record(policy, tag, &result);
+        record(policy, tag, value, &result);
         result
     }
 
@@ -191,13 +203,13 @@ impl Writer {
         results
             .into_iter()
             .zip(writes)
-            .map(|(r, (tag, _))| {
+            .map(|(r, (tag, value))| {
                 let r = r.unwrap_or_else(|| {
                     Err(WriteError::Station(
                         "the station client gave no result for this write".into(),
                     ))
                 });
-                record(policy, tag, &r);
+                record(policy, tag, value, &r);
                 r
             })
             .collect()
@@ -213,18 +225,104 @@ fn station_error(e: StationError) -> WriteError {
     }
 }
 
-/// One log line and one count per write, whatever path it took.
-fn record(policy: &WritePolicy, tag: &str, result: &Result<(), WriteError>) {
-    let label = match result {
-        Ok(()) => "ok",
-        Err(e) => e.kind(),
-    };
-    metrics::counter!("wincc_gateway_writes_total", "sink" => policy.sink, "result" => label)
-        .increment(1);
-    match result {
-        Ok(()) => tracing::info!(sink = policy.sink, tag, "write accepted by the station"),
-        Err(e) => tracing::warn!(sink = policy.sink, tag, error = %e, "write refused"),
+/// How one write ended, for [`audit`].
+#[derive(Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The station accepted it.
+    Accepted,
+    /// The gateway refused it before any station call; `reason` is the
+    /// metric label (`not_allowed`, `malformed`, `access_denied`, ...).
+    Refused {
+        reason: &'static str,
+        why: &'a dyn std::fmt::Display,
+    },
+    /// The station refused it or could not be asked.
+    Failed {
+        reason: &'static str,
+        why: &'a dyn std::fmt::Display,
+    },
+}
+
+impl<'a> From<&'a Result<(), WriteError>> for Outcome<'a> {
+    fn from(r: &'a Result<(), WriteError>) -> Self {
+        match r {
+            Ok(()) => Outcome::Accepted,
+            Err(e) if e.reached_station() => Outcome::Failed {
+                reason: e.kind(),
+                why: e,
+            },
+            Err(e) => Outcome::Refused {
+                reason: e.kind(),
+                why: e,
+            },
+        }
     }
+}
+
+/// The audit trail of writes: one log line and one count of
+/// `wincc_gateway_writes_total{sink, result, reason}` per write, for every
+/// sink and every outcome. `result` is `accepted`, `refused` (by the
+/// gateway, the station was not asked) or `failed` (by the station);
+/// `reason` says why (`none` when accepted). `tag` is what the client
+/// named, `value` what it asked for (absent when unreadable). Tag names and
+/// values are client text: they are logged quoted, never raw.
+pub fn audit(sink: &'static str, tag: &str, value: Option<&Value>, outcome: Outcome<'_>) {
+    let (result, reason) = match outcome {
+        Outcome::Accepted => ("accepted", "none"),
+        Outcome::Refused { reason, .. } => ("refused", reason),
+        Outcome::Failed { reason, .. } => ("failed", reason),
+    };
+    metrics::counter!(
+        "wincc_gateway_writes_total",
+        "sink" => sink,
+        "result" => result,
+        "reason" => reason
+    )
+    .increment(1);
+    let value = value.map(|v| {
+        let mut text = v.to_string();
+        if text.len() > 200 {
+            let mut end = 200;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
+        text
+    });
+    let value = value.as_deref().unwrap_or("-");
+    match outcome {
+        Outcome::Accepted => tracing::info!(
+            sink,
+            tag = ?tag,
+            value = ?value,
+            result,
+            "write accepted by the station"
+        ),
+        Outcome::Refused { why, .. } => tracing::warn!(
+            sink,
+            tag = ?tag,
+            value = ?value,
+            result,
+            reason,
+            error = %why,
+            "write refused by the gateway"
+        ),
+        Outcome::Failed { why, .. } => tracing::warn!(
+            sink,
+            tag = ?tag,
+            value = ?value,
+            result,
+            reason,
+            error = %why,
+            "write failed at the station"
+        ),
+    }
+}
+
+fn record(policy: &WritePolicy, tag: &str, value: &Value, result: &Result<(), WriteError>) {
+    audit(policy.sink, tag, Some(value), result.into());
 }
 
 /// Converts a JSON value to the tag's type, or says why it does not fit

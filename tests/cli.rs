@@ -392,3 +392,200 @@ fn dialects_refuse_auth_modes_they_do_not_speak() {
         assert!(err.contains(&format!("wincc.auth = \"{auth}\"")), "{err}");
     }
 }
+
+#[test]
+fn simulator_config_is_valid_as_shipped_without_any_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/simulator.toml");
+    let mut cmd = bin();
+    cmd.arg("check-config").arg("-c").arg(&path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WINCC_GW__") || k.ends_with("_PASSWORD") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A wrong enum value lists the accepted ones, with no Rust type names or
+/// serde wording, whether it comes from the file or the environment.
+#[test]
+fn wrong_enum_values_list_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#"
+[wincc]
+base_url = "http://127.0.0.1:8080"
+auth = "none"
+[[poll_group]]
+name = "a"
+tags = ["**"]
+"#;
+    for (extra, env, key, valid) in [
+        (
+            "[mqtt]\nprotocol = \"5.0\"\n",
+            None,
+            "mqtt.protocol",
+            "\"3.1.1\", \"5\"",
+        ),
+        (
+            "",
+            Some(("WINCC_GW__LOG__FORMAT", "xml")),
+            "log.format",
+            "\"human\", \"json\"",
+        ),
+        (
+            "",
+            Some(("WINCC_GW__WINCC__DIALECT", "v7")),
+            "wincc.dialect",
+            "\"generic\", \"wincc-v7\", \"unified\"",
+        ),
+    ] {
+        let path = write(dir.path(), "enum.toml", &format!("{base}{extra}"));
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let out = check_config(&path, &env);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{err}");
+        assert!(err.contains(valid), "{err}");
+        for internal in ["variant", "enum ", "MqttProtocol", "LogFormat", "Dialect"] {
+            assert!(!err.contains(internal), "{internal} in: {err}");
+        }
+    }
+}
+
+/// `check-config -c a.toml -c b.toml`: both checked; a shared MQTT client
+/// id, topic prefix or port is a warning, distinct ones are silent.
+#[test]
+fn several_configs_are_checked_together_for_clashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |name: &str, client: &str, prefix: &str, opcua: u16, http: u16| {
+        write(
+            dir.path(),
+            name,
+            &format!(
+                r#"
+[wincc]
+base_url = "http://127.0.0.1:8080"
+auth = "none"
+[[poll_group]]
+name = "a"
+tags = ["**"]
+[mqtt]
+client_id = "{client}"
+topic_prefix = "{prefix}"
+[opcua]
+endpoint = "opc.tcp://0.0.0.0:{opcua}/"
+namespace_uri = "urn:{name}"
+[http]
+listen = "127.0.0.1:{http}"
+"#
+            ),
+        )
+    };
+    let a = cfg("a.toml", "gw-a", "wincc/a", 4840, 9100);
+    let b = cfg("b.toml", "gw-b", "wincc/b", 4841, 9101);
+    let clash = cfg("c.toml", "gw-a", "wincc/c", 4841, 9102);
+    let run = |files: &[&Path]| {
+        let mut cmd = bin();
+        cmd.arg("check-config");
+        for f in files {
+            cmd.arg("-c").arg(f);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[&a, &b]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(": ok").count(), 2, "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+
+    let out = run(&[&a, &b, &clash]);
+    assert!(out.status.success(), "clashes are warnings");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a.toml and") && err.contains("c.toml share mqtt.client_id = \"gw-a\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.toml and") && err.contains("both listen on port 4841"),
+        "{err}"
+    );
+
+    // One invalid file: exit 2, the others still reported.
+    let bad = write(dir.path(), "bad.toml", "[wincc]\n");
+    let out = run(&[&a, &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a.toml: ok"));
+}
+
+/// `simulate` prints its base URL, auth, users (never a password given on
+/// the command line) and a `[wincc]` section; that section, pasted into a
+/// configuration, lets `browse` list the simulator's tags.
+#[test]
+fn simulate_prints_a_wincc_section_that_works() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sim = bin()
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tags",
+            "30",
+        ])
+        .args(["--auth", "session", "--user", "operator:pw-Secret-7"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    while !text.contains("Press Ctrl-C") {
+        let line = lines.next().expect("simulator output").unwrap();
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert!(
+        text.contains(&format!("base URL:  http://127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("auth:      session"), "{text}");
+    assert!(text.contains("users:     operator"), "{text}");
+    assert!(
+        !text.contains("pw-Secret-7"),
+        "a password was printed: {text}"
+    );
+    let snippet = &text[text.find("[wincc]").expect("a [wincc] section")..];
+    let snippet = &snippet[..snippet.find("\n\n").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "from-simulate.toml",
+        &format!(
+            "{snippet}\n[[poll_group]]\nname = \"a\"\ntags = [\"**\"]\n[mqtt]\nenabled = false\n[opcua]\nenabled = false\n[http]\nenabled = false\n"
+        ),
+    );
+    let out = bin()
+        .args(["browse", "-c"])
+        .arg(&cfg)
+        .env("WINCC_PASSWORD", "pw-Secret-7")
+        .output()
+        .unwrap();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(
+        out.status.success(),
+        "{snippet}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 30);
+}

@@ -1,6 +1,6 @@
 //! `wincc-gateway demo` as a user runs it: the built binary with its embedded
 //! broker, simulator and OPC UA server; a separate MQTT client watches.
-#![cfg(feature = "demo-broker")]
+#![cfg(feature = "demo")]
 
 use std::collections::HashMap;
 use std::io::Read;

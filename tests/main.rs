@@ -3,6 +3,11 @@
 //! `common` and `opcua_support` are the shared rigs (simulator, mosquitto,
 //! gateway pieces, the OPC UA client). Run one area with a filter, e.g.
 //! `cargo test --test it dialect_v7::`.
+//!
+//! Two files run in processes of their own (`tests/audit.rs`,
+//! `tests/trust.rs`): they install a global log subscriber to read the
+//! gateway's log lines and compare global metric counts, which other tests
+//! running beside them in one process would disturb.
 
 mod common;
 mod mqtt_buffer_support;
@@ -15,6 +20,7 @@ mod dialect_unified;
 mod dialect_v7;
 mod eight_bit_types;
 mod gateway_alarms;
+mod independent_clients;
 mod mqtt_buffer;
 mod mqtt_buffer_restart;
 mod mqtt_embedded_broker;

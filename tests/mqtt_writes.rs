@@ -375,7 +375,7 @@ async fn non_canonical_write_topics_are_refused_never_guessed() {
             .filter(|l| {
                 l.starts_with("wincc_gateway_writes_total{")
                     && l.contains("sink=\"mqtt\"")
-                    && l.contains("result=\"non_canonical_topic\"")
+                    && l.contains("reason=\"non_canonical_topic\"")
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()

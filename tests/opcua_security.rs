@@ -215,17 +215,36 @@ async fn rejected_client_cert_is_trusted_by_moving_it_and_server_cert_is_reused(
         refused.is_err(),
         "an unknown client certificate must be refused"
     );
-    let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
-        .expect("rejected/ exists")
-        .map(|e| e.unwrap().path())
-        .collect();
+    // The gateway renames the rejected file to one without spaces (and logs
+    // which file to move where; tests/opcua_status_trust.rs checks the line).
+    let mut rejected = Vec::new();
+    for _ in 0..50 {
+        rejected = std::fs::read_dir(pki.join("rejected"))
+            .expect("rejected/ exists")
+            .map(|e| e.unwrap().path())
+            .collect();
+        if rejected.len() == 1 && !rejected[0].to_string_lossy().contains(' ') {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(!rejected[0].to_string_lossy().contains(' '), "{rejected:?}");
 
-    // Moving it to trusted/ trusts the client, with no restart.
+    // Moving it to trusted/ trusts the client, with no restart (the gateway
+    // gives it the name the OPC UA stack looks up within a second).
     let file = rejected[0].file_name().unwrap().to_owned();
     std::fs::create_dir_all(pki.join("trusted")).unwrap();
     std::fs::rename(&rejected[0], pki.join("trusted").join(&file)).unwrap();
-    let c = secure().await.expect("trusted client connects");
+    let mut attempt = 0;
+    let c = loop {
+        attempt += 1;
+        match secure().await {
+            Ok(c) => break c,
+            Err(e) if attempt >= 10 => panic!("trusted client still refused: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    };
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let dv = eventually_read(&c.session, &NodeId::new(ns, "T/Value"), |dv| {
         dv.status() == StatusCode::Good

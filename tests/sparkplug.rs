@@ -109,17 +109,23 @@ async fn metrics_text(s: &Settings) -> String {
         .unwrap()
 }
 
-fn counted(metrics: &str, result: &str) -> u64 {
+/// Sparkplug writes counted with this `reason` (`"ok"`: accepted ones),
+/// summed over results (`wincc_gateway_writes_total{sink,result,reason}`).
+fn counted(metrics: &str, reason: &str) -> u64 {
+    let label = if reason == "ok" {
+        "result=\"accepted\"".to_string()
+    } else {
+        format!("reason=\"{reason}\"")
+    };
     metrics
         .lines()
-        .find(|l| {
+        .filter(|l| {
             l.starts_with("wincc_gateway_writes_total{")
                 && l.contains("sink=\"sparkplug\"")
-                && l.contains(&format!("result=\"{result}\""))
+                && l.contains(&label)
         })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod enums;
 mod sparkplug;
 mod validate;
 
@@ -640,6 +641,18 @@ fn located_serde_error(source_name: &str, e: config::ConfigError) -> ConfigError
         },
     };
     let key = key.split('`').next().unwrap_or_default().to_string();
+    // An enum value: name the valid values, not the Rust type.
+    if let Some((value, why)) = enums::explain(&why) {
+        let key = if key.is_empty() {
+            "(value)".into()
+        } else {
+            key
+        };
+        return ConfigError {
+            source_name: source_name.into(),
+            problems: vec![Problem { key, value, why }],
+        };
+    }
     let key = if key.is_empty() {
         "(value)".into()
     } else {

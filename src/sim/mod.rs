@@ -475,10 +475,91 @@ pub async fn run(
     opts: SimOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let banner_opts = (
+        opts.tags,
+        opts.change_rate,
+        opts.dialect,
+        opts.auth,
+        opts.users.clone(),
+    );
     let sim = start(listen, opts)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the simulator on {listen}: {e}"))?;
+    let (tags, rate, dialect, auth, users) = banner_opts;
+    print!(
+        "{}",
+        banner(&sim.base_url(), tags, rate, dialect, auth, &users, None)
+    );
     shutdown.await;
     sim.shutdown().await;
     Ok(())
+}
+
+/// What `simulate` prints at start: where it listens, how to log in, and a
+/// `[wincc]` section to paste into a gateway configuration. Passwords given
+/// with `--user` are not echoed (the snippet reads one from
+/// `WINCC_PASSWORD`); only the built-in default user's is shown.
+pub fn banner(
+    base: &str,
+    tags: usize,
+    change_rate: f64,
+    dialect: Dialect,
+    auth: AuthMode,
+    users: &[(String, String)],
+    pinned_cert_sha256: Option<&str>,
+) -> String {
+    let api = match dialect {
+        Dialect::Generic => base.to_string(),
+        Dialect::WinccV7 => format!("{base}/WinCCRestService"),
+        Dialect::Unified => format!("{base}/graphql"),
+    };
+    let auth_name = match auth {
+        AuthMode::None => "none",
+        AuthMode::Session => "session",
+        AuthMode::Cookie => "cookie",
+        AuthMode::Basic => "basic",
+    };
+    let default_users = users.len() == 1 && users[0] == ("gateway".into(), "gateway".into());
+    let mut out = format!(
+        "wincc-gateway simulate: {tags} tags, dialect {}, {:.0}% of them change per second\n\
+         \n  base URL:  {api}\
+         \n  stats:     {base}/_sim/stats\
+         \n  auth:      {auth_name}",
+        dialect.as_str(),
+        change_rate * 100.0,
+    );
+    if auth != AuthMode::None {
+        let names: Vec<&str> = users.iter().map(|(n, _)| n.as_str()).collect();
+        if default_users {
+            out.push_str("\n  users:     gateway (password \"gateway\"; set your own with --user NAME:PASSWORD)");
+        } else {
+            out.push_str(&format!(
+                "\n  users:     {} (passwords as given with --user)",
+                names.join(", ")
+            ));
+        }
+    }
+    out.push_str("\n\nPut this into the gateway's configuration");
+    if auth != AuthMode::None {
+        out.push_str(if default_users {
+            " (and: export WINCC_PASSWORD=gateway)"
+        } else {
+            " (and export WINCC_PASSWORD with that user's password)"
+        });
+    }
+    out.push_str(&format!(
+        ":\n\n[wincc]\nbase_url = \"{api}\"\ndialect = \"{}\"\nauth = \"{auth_name}\"\n",
+        dialect.as_str()
+    ));
+    if auth != AuthMode::None {
+        let user = users.first().map(|(n, _)| n.as_str()).unwrap_or("gateway");
+        out.push_str(&format!(
+            "username = {user:?}\npassword_env = \"WINCC_PASSWORD\"\n"
+        ));
+    }
+    if let Some(fp) = pinned_cert_sha256 {
+        out.push_str(&format!("pinned_cert_sha256 = \"{fp}\"\n"));
+    }
+    out.push_str("\nPress Ctrl-C to stop.\n");
+    out
 }

@@ -138,6 +138,13 @@ pub async fn run_tls(
     opts: SimOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let banner_opts = (
+        opts.tags,
+        opts.change_rate,
+        opts.dialect,
+        opts.auth,
+        opts.users.clone(),
+    );
     let (sim, der) = start_tls(listen, opts)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the HTTPS simulator on {listen}: {e}"))?;
@@ -146,8 +153,19 @@ pub async fn run_tls(
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect();
-    println!("simulator: {}", sim.https_base_url());
-    println!("pinned_cert_sha256 = \"{}\"", fingerprint.join(":"));
+    let (tags, rate, dialect, auth, users) = banner_opts;
+    print!(
+        "{}",
+        super::banner(
+            &sim.https_base_url(),
+            tags,
+            rate,
+            dialect,
+            auth,
+            &users,
+            Some(&fingerprint.join(":")),
+        )
+    );
     shutdown.await;
     sim.shutdown().await;
     Ok(())

@@ -1,7 +1,7 @@
 //! Where the bus's events go: MQTT, the OPC UA server, Sparkplug B, and (behind the
-//! `demo-broker` feature) an embedded MQTT broker for the zero-dependency demo.
+//! `demo` feature) an embedded MQTT broker for the zero-dependency demo.
 
-#[cfg(feature = "demo-broker")]
+#[cfg(feature = "demo")]
 pub mod broker;
 pub mod mqtt;
 pub mod opcua;

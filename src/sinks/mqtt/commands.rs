@@ -240,15 +240,19 @@ impl Commands {
         let p = match parsed {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(topic, error = %e, "MQTT write command refused");
-                let result =
-                    if crate::topic::decode_strict(suffix) == Err(DecodeError::NonCanonical) {
-                        "non_canonical_topic"
-                    } else {
-                        "malformed"
-                    };
-                metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => result)
-                    .increment(1);
+                let reason = if msg.retain {
+                    "retained"
+                } else if crate::topic::decode_strict(suffix) == Err(DecodeError::NonCanonical) {
+                    "non_canonical_topic"
+                } else {
+                    "malformed"
+                };
+                crate::writes::audit(
+                    "mqtt",
+                    suffix,
+                    None,
+                    crate::writes::Outcome::Refused { reason, why: &e },
+                );
                 publish_result(&self.outbox, result_topic(None), reply, &id, Err(e));
                 return;
             }
@@ -268,9 +272,15 @@ impl Commands {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
-            tracing::warn!(tag = %job.tag, "MQTT write command refused: too many writes in progress");
-            metrics::counter!("wincc_gateway_writes_total", "sink" => "mqtt", "result" => "busy")
-                .increment(1);
+            crate::writes::audit(
+                "mqtt",
+                &job.tag,
+                Some(&job.value),
+                crate::writes::Outcome::Refused {
+                    reason: "busy",
+                    why: &"too many writes in progress",
+                },
+            );
             publish_result(
                 &self.outbox,
                 job.topic,

@@ -147,9 +147,13 @@ impl Client {
             Client::V4(c) => c
                 .try_subscribe(filter, qos.into())
                 .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_subscribe(filter, qos.into())
-                .map_err(|e| e.to_string()),
+            // Retain-As-Published: the broker keeps the retain flag of a live
+            // message, so a retained write command is seen as one and refused.
+            Client::V5(c) => {
+                let mut f = v5::mqttbytes::v5::Filter::new(filter, qos.into());
+                f.preserve_retain = true;
+                c.try_subscribe_many([f]).map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -115,7 +115,7 @@ impl AlarmOpcuaEvent {
                 tracing::debug!(
                     alarm = %a.id,
                     event = ev.kind.as_str(),
-                    timestamp = ?stamp,
+                    timestamp = stamp.unwrap_or("none"),
                     "OPC UA: alarm transition without a readable timestamp; using the receive time"
                 );
                 now

@@ -37,6 +37,8 @@ pub mod events;
 pub mod nodes;
 pub mod server;
 pub mod space;
+mod status;
+mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -416,7 +418,10 @@ impl OpcuaSink {
         if s.connected {
             tracing::info!("OPC UA: station connected");
         } else {
-            tracing::warn!(error = ?s.error, "OPC UA: station unreachable; its tags turn Bad_CommunicationError");
+            tracing::warn!(
+                error = s.error.as_deref().unwrap_or("unknown"),
+                "OPC UA: station unreachable; its tags turn Bad_CommunicationError"
+            );
         }
     }
 }

@@ -312,8 +312,23 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
             for (i, write) in nodes_to_write.iter_mut().enumerate() {
                 match self.prepare(context, &space, write.value()) {
                     Ok(p) if self.writes.is_some() => pending.push((i, p)),
-                    Ok(_) => write.set_status(StatusCode::BadUserAccessDenied),
-                    Err(status) => write.set_status(status),
+                    Ok((name, _, json)) => {
+                        let why = crate::writes::WriteError::Disabled("opcua");
+                        crate::writes::audit(
+                            "opcua",
+                            &name,
+                            Some(&json),
+                            crate::writes::Outcome::Refused {
+                                reason: why.kind(),
+                                why: &why,
+                            },
+                        );
+                        write.set_status(StatusCode::BadUserAccessDenied)
+                    }
+                    Err(status) => {
+                        audit_refusal(&space, write.value(), status);
+                        write.set_status(status)
+                    }
                 }
             }
         }
@@ -341,6 +356,50 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         }
         Ok(())
     }
+}
+
+/// The audit line and count of an OPC UA write refused before it reached
+/// the guarded path (writes.rs counts the others).
+fn audit_refusal(space: &AddressSpace, write: &ParsedWriteValue, status: StatusCode) {
+    let node = space.find(&write.node_id);
+    let reason = if status == StatusCode::BadUserAccessDenied {
+        // Nobody may write the variable (not in writable_tags, or read-only
+        // at the station), or only this session's user may not.
+        match node {
+            Some(NodeType::Variable(v))
+                if v.access_level().contains(AccessLevel::CURRENT_WRITE) =>
+            {
+                "access_denied"
+            }
+            _ => "not_allowed",
+        }
+    } else if status == StatusCode::BadNodeIdUnknown {
+        "unknown_tag"
+    } else if status == StatusCode::BadTypeMismatch {
+        "type_mismatch"
+    } else if status == StatusCode::BadOutOfRange {
+        "out_of_range"
+    } else if status == StatusCode::BadWriteNotSupported {
+        "not_supported"
+    } else {
+        "not_writable"
+    };
+    let tag = match &write.node_id.identifier {
+        Identifier::String(s) if write.node_id.namespace != 0 => {
+            s.value().clone().unwrap_or_default()
+        }
+        _ => write.node_id.to_string(),
+    };
+    let why = format!(
+        "OPC UA {status} for {:?} of {}",
+        write.attribute_id, write.node_id
+    );
+    crate::writes::audit(
+        "opcua",
+        &tag,
+        None,
+        crate::writes::Outcome::Refused { reason, why: &why },
+    );
 }
 
 /// Shared handle to the node manager, as the sink keeps it.

@@ -186,7 +186,13 @@ pub fn build(
     let chunk_size = u16::MAX as usize;
     let chunks = (limits.max_message_size / chunk_size + 1).max(5);
     let app_uri = application_uri(&settings.namespace_uri);
+    // The core node manager wrapped for a live ServerStatus (status.rs),
+    // then the stack's diagnostics, then ours.
     let mut builder = ServerBuilder::new()
+        .without_node_managers()
+        .with_node_manager(super::status::LiveStatusCoreBuilder)
+        .with_node_manager(opcua::server::diagnostics::DiagnosticsNodeManagerBuilder)
+        .build_info(super::status::build_info())
         .application_name("WinCC Gateway")
         .application_uri(app_uri.clone())
         .product_uri("urn:wincc-gateway")
@@ -222,6 +228,9 @@ pub fn build(
     // Before any connection copies the loaders into its decoding context.
     install_plaintext_guard(&mut handle.info().type_loaders.write());
     check_own_cert(Path::new(&settings.pki_dir), &app_uri, needs_cert)?;
+    if !settings.trust_client_certs {
+        super::trust::watch(Path::new(&settings.pki_dir), handle.token().clone());
+    }
     Ok(Built {
         server,
         handle,

@@ -6,10 +6,11 @@
 //! A command that cannot even be read (not a Sparkplug payload, an alias
 //! that is not in the current DBIRTH, a metric with no value) is refused
 //! here, logged and counted under the same metric as every other write
-//! (`wincc_gateway_writes_total{sink="sparkplug",result="malformed"}`).
+//! (`wincc_gateway_writes_total{sink="sparkplug",result="refused",reason="malformed"}`,
+//! through [`crate::writes::audit`] like every write).
 //! Writes run in one task, in arrival order, so a slow station never
 //! holds up publishing; at most [`QUEUE`] commands wait, more are refused
-//! (`result="busy"`).
+//! (`reason="busy"`).
 
 use prost::Message;
 use serde_json::Value as Json;
@@ -101,8 +102,11 @@ fn refuse(tag: &str, why: &str) {
     count(tag, "malformed", why);
 }
 
-fn count(tag: &str, result: &'static str, why: &str) {
-    metrics::counter!("wincc_gateway_writes_total", "sink" => "sparkplug", "result" => result)
-        .increment(1);
-    tracing::warn!(sink = "sparkplug", tag, error = why, "write refused");
+fn count(tag: &str, reason: &'static str, why: &str) {
+    crate::writes::audit(
+        "sparkplug",
+        tag,
+        None,
+        crate::writes::Outcome::Refused { reason, why: &why },
+    );
 }
