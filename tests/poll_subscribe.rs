@@ -421,3 +421,34 @@ async fn silent_station_is_an_outage_while_subscribed() {
     wait_for("a new subscription", || requests(&sim, SUBSCRIBES) >= 2).await;
     run.stop().await;
 }
+
+/// With subscriptions the only traffic (no polls, no alarm polls, no
+/// rediscovery), the session is still extended before it expires: no
+/// second login, and the subscription keeps delivering.
+#[tokio::test]
+async fn a_subscription_alone_keeps_its_session_alive() {
+    let sim = start_sim(SimOptions {
+        token_ttl: Duration::from_secs(6),
+        seed: 11,
+        dialect: Dialect::Unified,
+        ..quiet(10, AuthMode::Session, PASSWORD)
+    })
+    .await;
+    let tag = int_tag(&sim);
+    let mut run = start(&sim, Dialect::Unified, 0).await;
+    wait_for("the subscription", || requests(&sim, SUBSCRIBES) >= 1).await;
+    run.collect(Duration::from_millis(600)).await;
+    let polls = requests(&sim, POLLS);
+    // Three session lifetimes with nothing but the subscription.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let v = other_value(&sim, &tag, 1234, 4321);
+    change_and_see(&mut run, &sim, &tag, v).await;
+    let st = sim.stats();
+    assert_eq!(st.logins, 1, "one login, then extensions: {st:?}");
+    assert!(
+        requests(&sim, "POST /graphql extendSession") >= 2,
+        "the session was extended: {st:?}"
+    );
+    assert_eq!(requests(&sim, POLLS), polls, "nothing polled meanwhile");
+    run.stop().await;
+}

@@ -485,6 +485,12 @@ impl Station for Monitored {
         self.gated(RequestKind::Subscription, self.inner.subscribe(names))
             .await
     }
+
+    async fn keep_session(&self) {
+        // Only while a subscription is up (the group asks then), and the
+        // extension itself goes through the client's limiter.
+        self.inner.keep_session().await
+    }
 }
 
 #[cfg(test)]

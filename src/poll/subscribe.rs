@@ -72,7 +72,17 @@ pub(crate) struct Subscriptions {
     failing: bool,
     /// The current subscription has delivered readings (the backoff is reset).
     delivered: bool,
+    /// The station of the open subscription, and when its session is next
+    /// kept alive (`Station::keep_session`): with subscriptions only, no
+    /// other request would extend it before it expires.
+    station: Option<Arc<dyn Station>>,
+    keep_at: Instant,
 }
+
+/// How often a subscribed group asks the station client to keep its
+/// session alive (it extends only when due: a session of 6 s or more is
+/// extended before it expires).
+const KEEP_SESSION_EVERY: Duration = Duration::from_secs(2);
 
 fn retry_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
@@ -98,6 +108,8 @@ impl Subscriptions {
             backoff: retry_backoff(),
             failing: false,
             delivered: false,
+            station: None,
+            keep_at: Instant::now() + KEEP_SESSION_EVERY,
         }
     }
 
@@ -124,6 +136,7 @@ impl Subscriptions {
             self.state = State::Idle { retry_at: None };
             return;
         }
+        self.station = Some(station.clone());
         let (station, chunks) = (station.clone(), chunks.to_vec());
         self.state = State::Opening(Opening(tokio::spawn(async move {
             let mut subs = Vec::with_capacity(chunks.len());
@@ -141,9 +154,24 @@ impl Subscriptions {
     /// there is nothing to wait for. Cancel safe.
     pub async fn wake(&mut self) -> SubWake {
         match &mut self.state {
-            State::Up(events) => SubWake::Event(events.next().await.unwrap_or_else(|| {
-                SubscriptionEvent::Closed(StationError::Unreachable("subscription ended".into()))
-            })),
+            State::Up(events) => loop {
+                tokio::select! {
+                    ev = events.next() => {
+                        break SubWake::Event(ev.unwrap_or_else(|| {
+                            SubscriptionEvent::Closed(StationError::Unreachable(
+                                "subscription ended".into(),
+                            ))
+                        }))
+                    }
+                    _ = tokio::time::sleep_until(self.keep_at) => {
+                        self.keep_at = Instant::now() + KEEP_SESSION_EVERY;
+                        if let Some(station) = &self.station {
+                            let station = Arc::clone(station);
+                            tokio::spawn(async move { station.keep_session().await });
+                        }
+                    }
+                }
+            },
             State::Opening(task) => {
                 let r = (&mut task.0).await.unwrap_or_else(|e| {
                     Err(StationError::Unreachable(format!(

@@ -147,6 +147,13 @@ pub trait Station: Send + Sync + 'static {
         let _ = names;
         Ok(None)
     }
+
+    /// Keeps the station's session alive while subscriptions are the only
+    /// traffic (no polls, no alarm polls): extends it when it is due and
+    /// sends nothing otherwise. Called every few seconds while a group is
+    /// subscribed; the default (dialects without sessions that expire)
+    /// does nothing.
+    async fn keep_session(&self) {}
 }
 
 /// What a tag subscription delivers.

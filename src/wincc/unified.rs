@@ -553,6 +553,15 @@ impl Station for UnifiedClient {
 
     /// A `tagValues` subscription over WebSocket (`wss://` with the same
     /// TLS trust as HTTPS).
+    async fn keep_session(&self) {
+        // `ticket` extends the session once two thirds of its lifetime have
+        // passed and sends nothing before; a failure shows again (and is
+        // handled) at the next real request.
+        if let Err(e) = self.ticket(None).await {
+            tracing::debug!(error = %e, "could not extend the station session");
+        }
+    }
+
     async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
         self.subscribe_tag_values(names).await.map(Some)
     }
