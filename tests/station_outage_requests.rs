@@ -2,7 +2,7 @@
 //! station going away (issue 11, contract §7): a write's deadline during a
 //! long `Retry-After`, and a station that takes the login but rejects the
 //! session on every request (auth loop), both through the station monitor
-//! every part of the gateway uses.
+//! every part of the gateway uses (generic and Unified).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use wincc_gateway::model::{TagInfo, TagType};
 use wincc_gateway::poll::station;
 use wincc_gateway::sim::{self, Faults, SimOptions, TooManyRequests};
 use wincc_gateway::wincc::generic::GenericClient;
+use wincc_gateway::wincc::unified::UnifiedClient;
+use wincc_gateway::wincc::Station;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_cannot_get_a_permit_in_time_is_refused_with_the_reason_never_sent_late() {
@@ -136,22 +138,78 @@ async fn rejecting_station(counts: Arc<Counts>) -> String {
     format!("http://{addr}")
 }
 
+/// The same for WinCC Unified: the `login` mutation answers a token, every
+/// other operation is refused (HTTP 401), `logout` is counted.
+async fn rejecting_unified_station(counts: Arc<Counts>) -> String {
+    let app = Router::new().route(
+        "/graphql",
+        post(move |body: axum::Json<serde_json::Value>| {
+            let counts = counts.clone();
+            async move {
+                match body["operationName"].as_str() {
+                    Some("Login") => {
+                        let n = counts.logins.fetch_add(1, Ordering::SeqCst);
+                        let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+                        let token = format!("t{n}");
+                        let login = json!({"token": token, "expires": expires, "error": null});
+                        (StatusCode::OK, axum::Json(json!({"data": {"login": login}})))
+                    }
+                    Some("Logout") => {
+                        counts.logouts.fetch_add(1, Ordering::SeqCst);
+                        (StatusCode::OK, axum::Json(json!({"data": {"logout": true}})))
+                    }
+                    _ => {
+                        counts.other.fetch_add(1, Ordering::SeqCst);
+                        let e = json!({"errors": [{"message": "Unauthorized", "extensions": {"code": "UNAUTHENTICATED"}}]});
+                        (StatusCode::UNAUTHORIZED, axum::Json(e))
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/graphql")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_station_that_rejects_every_session_costs_one_login_per_login_pause() {
     let counts = Arc::new(Counts::default());
     let base = rejecting_station(counts.clone()).await;
     let dir = tempfile::tempdir().unwrap();
+    let wincc = rejecting_settings(base, &dir);
+    let client = Arc::new(GenericClient::new(&wincc).unwrap());
+    hammer_and_check(client, &wincc, &counts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unified_station_that_rejects_every_session_costs_one_login_per_login_pause() {
+    let counts = Arc::new(Counts::default());
+    let base = rejecting_unified_station(counts.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wincc = rejecting_settings(base, &dir);
+    let client = Arc::new(UnifiedClient::new(&wincc).unwrap());
+    hammer_and_check(client, &wincc, &counts).await;
+}
+
+fn rejecting_settings(base_url: String, dir: &tempfile::TempDir) -> WinccSettings {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "secret-pw").unwrap();
-    let wincc = WinccSettings {
-        base_url: base,
+    WinccSettings {
+        base_url,
         auth: AuthMode::Session,
         username: "gateway".into(),
         password_file: pw.to_string_lossy().into_owned(),
         timeout_ms: 1000,
         ..WinccSettings::default()
-    };
-    let client = Arc::new(GenericClient::new(&wincc).unwrap());
+    }
+}
+
+/// Reads, alarm polls and writes as fast as they like for 12 s through the
+/// station monitor: at most one login per login pause, each rejected
+/// session logged out, the station reported down with the reason.
+async fn hammer_and_check(client: Arc<dyn Station>, wincc: &WinccSettings, counts: &Counts) {
     let stop = CancellationToken::new();
     let (st, link, task) = station::start(
         client,
@@ -192,8 +250,9 @@ async fn a_station_that_rejects_every_session_costs_one_login_per_login_pause() 
     // The station is reported down with the reason, not hammered.
     let s = link.current();
     assert!(s.is_down());
+    let why = s.why.as_deref().unwrap_or_default();
     assert!(
-        s.why.as_deref().unwrap_or_default().contains("401"),
+        why.contains("401") || why.contains("UNAUTHENTICATED"),
         "{s:?}"
     );
     let other = counts.other.load(Ordering::SeqCst);

@@ -76,6 +76,10 @@ pub struct UnifiedClient {
     gate: LoginGate,
     /// Session tokens the station issued (scrubbed like the password).
     issued: http::Issued,
+    /// The newest session generation a request succeeded with: an auth
+    /// failure on a newer (unproven) session means the station takes the
+    /// login but rejects its sessions.
+    proven: std::sync::atomic::AtomicU64,
     /// `wincc.max_tags`: the most tags a browse keeps.
     max_tags: usize,
     /// Closed while the user lacks the Openness runtime right (FORBIDDEN).
@@ -170,6 +174,7 @@ impl UnifiedClient {
             session: Mutex::new(Session::default()),
             gate: LoginGate::default(),
             issued: http::Issued::default(),
+            proven: std::sync::atomic::AtomicU64::new(0),
             max_tags: settings.max_tags,
         })
     }
@@ -387,6 +392,13 @@ impl UnifiedClient {
                 {
                     Outcome::Data(v) => {
                         self.rights.accept();
+                        if self.auth != AuthMode::None {
+                            self.proven.fetch_max(
+                                ticket.generation,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                            self.gate.session_works();
+                        }
                         return Ok(v);
                     }
                     Outcome::Forbidden(why) => return Err(self.lacks_right(&why)),
@@ -395,15 +407,28 @@ impl UnifiedClient {
                             "the station requires a login ({why}); set wincc.auth = \"session\""
                         )))
                     }
-                    Outcome::AuthFailed(why) if !relogged => {
+                    // A session that worked has expired: one new login.
+                    Outcome::AuthFailed(why)
+                        if !relogged
+                            && ticket.generation
+                                <= self.proven.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
                         tracing::info!(endpoint, reason = %why, "station session rejected; logging in again");
                         relogged = true;
                         ticket = self.ticket(Some(ticket.generation)).await?;
                     }
+                    // A session that never worked: the station takes the
+                    // login but not the session. End it, and log in again
+                    // only after the login pause (whoever asks).
                     Outcome::AuthFailed(why) => {
-                        return Err(StationError::Auth(format!(
-                            "the station rejected a freshly opened session: {why}"
-                        )))
+                        let e = self.gate.session_rejected(
+                            &self.username,
+                            self.scrub(format!(
+                                "the station rejected a freshly opened session on {endpoint} ({why})"
+                            )),
+                        );
+                        self.logout().await;
+                        return Err(e);
                     }
                 }
             }
@@ -551,8 +576,6 @@ impl Station for UnifiedClient {
         }
     }
 
-    /// A `tagValues` subscription over WebSocket (`wss://` with the same
-    /// TLS trust as HTTPS).
     async fn keep_session(&self) {
         // `ticket` extends the session once two thirds of its lifetime have
         // passed and sends nothing before; a failure shows again (and is
@@ -562,6 +585,8 @@ impl Station for UnifiedClient {
         }
     }
 
+    /// A `tagValues` subscription over WebSocket (`wss://` with the same
+    /// TLS trust as HTTPS).
     async fn subscribe(&self, names: &[Arc<str>]) -> Result<Option<TagSubscription>, StationError> {
         self.subscribe_tag_values(names).await.map(Some)
     }
