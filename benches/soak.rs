@@ -20,9 +20,6 @@
 #[path = "../tests/common/mosquitto.rs"]
 #[allow(dead_code)]
 mod mosquitto;
-#[path = "../tests/opcua_support/mod.rs"]
-#[allow(dead_code)]
-mod opcua_support;
 #[path = "../tests/common/soak.rs"]
 mod soak;
 

@@ -515,41 +515,115 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The OPC UA client of the rig: anonymous over None, one subscription of
+/// `names` (sampling 0, 100 ms publishing), counting data changes. Self-
+/// contained (the async-opcua client directly), so the bench can use it.
+struct OpcuaClient {
+    session: Arc<opcua::client::Session>,
+    event_loop: tokio::task::JoinHandle<opcua::types::StatusCode>,
+}
+
+impl OpcuaClient {
+    async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.session.disconnect()).await;
+        self.event_loop.abort();
+    }
+}
+
 async fn opcua_client(
     port: u16,
     names: &[String],
     dir: &Path,
     changes: Arc<AtomicU64>,
-) -> crate::opcua_support::Client {
-    use crate::opcua_support::{connect_anonymous, subscribe};
-    use opcua::types::NodeId;
+) -> OpcuaClient {
+    use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken};
+    use opcua::crypto::SecurityPolicy;
+    use opcua::types::{
+        MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters,
+        NodeId, TimestampsToReturn,
+    };
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let client = loop {
-        // The server comes up once the gateway has its tag list.
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break connect_anonymous(&url, &dir.join("client-pki")).await;
-        }
+    // The server comes up once the gateway has its tag list.
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "OPC UA server did not listen");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let ns = client
-        .session
+    }
+    let mut client = ClientBuilder::new()
+        .application_name("wincc-gateway soak client")
+        .application_uri("urn:wincc-gateway:soak-client")
+        .product_uri("urn:wincc-gateway:soak-client")
+        .create_sample_keypair(true)
+        .trust_server_certs(true)
+        .pki_dir(dir.join("client-pki"))
+        .session_retry_limit(0)
+        .max_array_length(200_000)
+        .max_message_size(64 * 1024 * 1024)
+        .max_chunk_count(2048)
+        .request_timeout(Duration::from_secs(20))
+        .client()
+        .expect("OPC UA client config");
+    let (session, event_loop) = client
+        .connect_to_matching_endpoint(
+            (
+                url.as_str(),
+                SecurityPolicy::None.to_str(),
+                MessageSecurityMode::None,
+            ),
+            IdentityToken::Anonymous,
+        )
+        .await
+        .expect("OPC UA session");
+    let event_loop = event_loop.spawn();
+    tokio::time::timeout(Duration::from_secs(20), session.wait_for_connection())
+        .await
+        .expect("OPC UA session within 20 s");
+    let ns = session
         .get_namespace_index("urn:wincc-gateway:soak")
         .await
         .expect("namespace");
-    let nodes: Vec<NodeId> = names.iter().map(|n| NodeId::new(ns, n.clone())).collect();
-    let mut notes = subscribe(&client.session, &nodes, 10).await;
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            changes.fetch_add(notes.drain().len() as u64, Ordering::Relaxed);
-        }
-    });
-    client
+    let sub = session
+        .create_subscription(
+            Duration::from_millis(100),
+            300,
+            20,
+            0,
+            0,
+            true,
+            DataChangeCallback::new(move |_, _| {
+                changes.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .await
+        .expect("create_subscription");
+    let items: Vec<MonitoredItemCreateRequest> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            MonitoredItemCreateRequest::new(
+                NodeId::new(ns, n.clone()).into(),
+                MonitoringMode::Reporting,
+                MonitoringParameters {
+                    client_handle: i as u32 + 1,
+                    sampling_interval: 0.0,
+                    queue_size: 10,
+                    discard_oldest: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    session
+        .create_monitored_items(sub, TimestampsToReturn::Both, items)
+        .await
+        .expect("create_monitored_items");
+    OpcuaClient {
+        session,
+        event_loop,
+    }
 }
 
 fn clock_ticks() -> f64 {
