@@ -134,7 +134,7 @@ async fn sink(names: &[Arc<str>], secs: u64) -> f64 {
 
     let bus = Bus::new();
     let sub = bus.subscribe("sparkplug", 256);
-    let sink = SparkplugSink::new(&settings, None).expect("settings");
+    let sink = SparkplugSink::new(&settings, &Default::default(), None).expect("settings");
     let mut state = sink.state();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sink.run(sub, stop.clone()));

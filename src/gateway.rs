@@ -220,8 +220,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     if settings.sparkplug.enabled {
         // The writer always: with write_enabled = false it refuses (and counts) every DCMD.
-        let sink = SparkplugSink::new(&settings.sparkplug, Some(writer.clone()))
-            .context("cannot set up Sparkplug")?;
+        let sink = SparkplugSink::new(
+            &settings.sparkplug,
+            &settings.mqtt.buffer,
+            Some(writer.clone()),
+        )
+        .context("cannot set up Sparkplug")?;
         let sub = bus.subscribe("sparkplug", SINK_QUEUE);
         let token = sink_stop.clone();
         sinks.push(sup.spawn("sparkplug sink", async move { sink.run(sub, token).await }));

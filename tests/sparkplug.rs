@@ -2,8 +2,9 @@
 //! simulator over real HTTP, and an independent decoder (Debian's `protoc`
 //! with tests/fixtures/sparkplug_b.proto): births, data by alias, seq,
 //! rebirth, STATE, DCMD through the guarded write path, station outage,
-//! rediscovery, and bdSeq across a restart and a `kill -9` of the real
-//! binary.
+//! rediscovery, bdSeq across a restart and a `kill -9` of the real
+//! binary, and the historical replay of what changed while the connection
+//! was down (`[mqtt.buffer]`), within a run and across a restart.
 
 use crate::common;
 
@@ -16,7 +17,7 @@ use wincc_gateway::model::{Quality, TagInfo, TagType};
 use wincc_gateway::sim::{self, Faults, SimHandle, SimOptions};
 
 use common::mosquitto::{free_port, Mosquitto};
-use common::sparkplug::{aliases, Watch};
+use common::sparkplug::{aliases, decode, Cable, Payload, Watch};
 use common::station::{poll_group, settings, wincc_settings};
 
 const GROUP: &str = "Plant";
@@ -424,6 +425,208 @@ async fn births_follow_the_primary_host_state() {
     let births = watch.count("NBIRTH", 2).await;
     assert_eq!(births[1].bdseq(), (first.bdseq() + 1) % 256);
     watch.count("DBIRTH", 2).await;
+    watch.assert_seq_runs();
+    gw.shutdown().await;
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis() as u64
+}
+
+/// (arrival, payload) of every DDATA after the `n`-th DBIRTH (1-based).
+fn after_dbirth(watch: &Watch, n: usize) -> Vec<(Instant, Payload)> {
+    let mut births = 0;
+    let mut out = Vec::new();
+    for m in watch.sub.messages() {
+        let kind = m.topic.split('/').nth(2).unwrap_or_default();
+        match kind {
+            "DBIRTH" => births += 1,
+            "DDATA" if births >= n => out.push((m.at, decode(&m.payload))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The historical values of `alias` (value text, timestamp) in order.
+fn historical(ddata: &[(Instant, Payload)], alias: u64) -> Vec<(String, u64)> {
+    ddata
+        .iter()
+        .flat_map(|(_, p)| &p.metrics)
+        .filter(|m| m.alias == Some(alias) && m.is_historical)
+        .map(|m| (m.value_text().unwrap().to_string(), m.timestamp.unwrap()))
+        .collect()
+}
+
+/// A gauge or counter from `/metrics` (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the Sparkplug buffer is empty; returns the replayed count.
+async fn wait_replayed(s: &Settings) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics_text(s).await;
+        let appended = metric(&m, "wincc_gateway_sparkplug_buffer_appended_total");
+        if metric(&m, "wincc_gateway_sparkplug_buffer_entries") == 0.0 {
+            return metric(&m, "wincc_gateway_sparkplug_buffer_replayed_total").min(appended);
+        }
+        assert!(Instant::now() < deadline, "buffer metrics:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Changes `Line/Double` to `values` one after another while the gateway
+/// polls every 100 ms; returns the wall-clock window of each change.
+async fn change_slowly(sim: &SimHandle, values: &[f64]) -> Vec<(u64, u64)> {
+    let mut windows = Vec::new();
+    for v in values {
+        let before = now_ms();
+        sim.set_value("Line/Double", json!(v));
+        windows.push((before, now_ms()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    windows
+}
+
+/// Checks the replayed values and their source timestamps, oldest first.
+fn assert_replayed(got: &[(String, u64)], values: &[f64], windows: &[(u64, u64)]) {
+    let want: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    let texts: Vec<String> = got.iter().map(|(v, _)| v.clone()).collect();
+    assert_eq!(texts, want, "every change of the outage once, oldest first");
+    for ((_, ts), (before, after)) in got.iter().zip(windows) {
+        // The simulator stamps a change when it is made (ms precision).
+        assert!(
+            *before - 1 <= *ts && *ts <= *after + 1,
+            "source timestamp {ts} outside the change's window {before}..{after}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_while_disconnected_are_replayed_as_historical_after_the_births() {
+    let broker = Mosquitto::start();
+    let cable = Cable::start(broker.port).await;
+    let sim = station().await;
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(broker.port, GROUP, NODE, DEVICE).await;
+    let mut spb = sparkplug(&broker, &dir.path().join("state"), "");
+    spb.url = cable.url();
+    let mut s = gateway_settings(&sim, spb, 100);
+    s.mqtt.buffer.enabled = true;
+    s.mqtt.buffer.dir = dir.path().join("buffer").display().to_string();
+    // Slow, so the pace and the live data in between can be seen.
+    s.mqtt.buffer.replay_per_second = 4;
+    s.mqtt.buffer.sync_interval_ms = 100;
+    let gw = wincc_gateway::gateway::start(s.clone()).await.unwrap();
+    let a = aliases(&watch.wait("DBIRTH", |_| true).await);
+    let (double, int32) = (a["Line/Double"], a["Line/Int32"]);
+    // Readings polled before the first births are replayed too: let them.
+    wait_replayed(&s).await;
+
+    // The connection is cut; the station keeps changing.
+    cable.unplug();
+    watch.count("NDEATH", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let values = [100.5, 101.5, 102.5, 103.5, 104.5, 105.5];
+    let windows = change_slowly(&sim, &values).await;
+    sim.set_value("Line/Int32", json!(-1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cable.plug_in();
+
+    // Fresh births first (the DBIRTH has the newest values), then the
+    // outage's changes as historical DDATA, paced, with live data between.
+    let nbirths = watch.count("NBIRTH", 2).await;
+    assert_eq!(nbirths[1].bdseq(), (nbirths[0].bdseq() + 1) % 256);
+    let dbirth = watch.count("DBIRTH", 2).await.remove(1);
+    assert_eq!(
+        dbirth.metric("Line/Double").unwrap().value_text(),
+        Some("105.5")
+    );
+    sim.set_value("Line/Double", json!(7.25));
+    let deadline = Instant::now() + T;
+    while historical(&after_dbirth(&watch, 2), double).len() < values.len()
+        || historical(&after_dbirth(&watch, 2), int32).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "replay incomplete: {:?}",
+            after_dbirth(&watch, 2)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ddata = after_dbirth(&watch, 2);
+    assert_replayed(&historical(&ddata, double), &values, &windows);
+    let h_int32 = historical(&ddata, int32);
+    assert_eq!(h_int32.len(), 1, "{h_int32:?}");
+    assert_eq!(h_int32[0].0, "4294967295", "Int32 -1 as Sparkplug sends it");
+    for (_, p) in &ddata {
+        for m in p.metrics.iter().filter(|m| m.is_historical) {
+            assert_eq!(m.name, None, "historical DDATA goes by alias");
+            assert_eq!(m.quality, Some(192), "with its quality");
+        }
+    }
+    // Paced at 4 metrics per second: 7 metrics take 1.5 s or more.
+    let replay: Vec<&Instant> = ddata
+        .iter()
+        .filter(|(_, p)| p.metrics.iter().any(|m| m.is_historical))
+        .map(|(t, _)| t)
+        .collect();
+    let span = *replay[replay.len() - 1] - *replay[0];
+    assert!(
+        span >= Duration::from_millis(1200),
+        "replay took only {span:?}"
+    );
+    // The live change went out while the replay was still running.
+    let live = ddata
+        .iter()
+        .position(|(_, p)| {
+            p.by_alias(double)
+                .is_some_and(|m| !m.is_historical && m.value_text() == Some("7.25"))
+        })
+        .expect("the live change in DDATA");
+    let last_historical = ddata
+        .iter()
+        .rposition(|(_, p)| p.metrics.iter().any(|m| m.is_historical))
+        .unwrap();
+    assert!(
+        live < last_historical,
+        "live data waited for the whole replay"
+    );
+    watch.assert_seq_runs();
+    // Acknowledged once written: the buffer empties.
+    let replayed = wait_replayed(&s).await;
+    assert!(replayed >= 7.0, "{replayed} replayed");
+
+    // Across a restart: cut, change, stop the gateway, start it again while
+    // still cut, then connect.
+    cable.unplug();
+    watch.count("NDEATH", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let values = [200.5, 201.5, 202.5];
+    let windows = change_slowly(&sim, &values).await;
+    gw.shutdown().await;
+    let gw = wincc_gateway::gateway::start(s.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cable.plug_in();
+    watch.count("DBIRTH", 3).await;
+    let deadline = Instant::now() + T;
+    while historical(&after_dbirth(&watch, 3), double).len() < values.len() {
+        assert!(
+            Instant::now() < deadline,
+            "replay after restart incomplete: {:?}",
+            after_dbirth(&watch, 3)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new process's own first readings (before its births) come too;
+    // the outage's changes, from the disk, come first and in order.
+    let got = historical(&after_dbirth(&watch, 3), double);
+    assert_replayed(&got[..values.len()], &values, &windows);
     watch.assert_seq_runs();
     gw.shutdown().await;
 }

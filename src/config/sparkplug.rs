@@ -198,6 +198,11 @@ impl SparkplugSettings {
                 );
             }
         }
+        // The JSON sink checks [mqtt.buffer] when it runs; without it the
+        // Sparkplug sink is the one using the buffer.
+        if mqtt.buffer.enabled && !mqtt.enabled {
+            buffer_problems(&mut p, &mqtt.buffer);
+        }
         if let Err(e) = resolve_secret(
             "sparkplug.password",
             &self.password_env,
@@ -214,6 +219,51 @@ impl SparkplugSettings {
             });
         }
         p
+    }
+}
+
+/// `[mqtt.buffer]` as the Sparkplug sink uses it (`{dir}/sparkplug`).
+fn buffer_problems(p: &mut Vec<Problem>, b: &super::MqttBufferSettings) {
+    let mut bad = |key: &str, value: String, why: String| {
+        p.push(Problem {
+            key: format!("mqtt.buffer.{key}"),
+            value,
+            why,
+        })
+    };
+    if b.dir.trim().is_empty() {
+        bad(
+            "dir",
+            q(&b.dir),
+            "must name a directory on local disk".into(),
+        );
+    } else if let Err(why) = crate::buffer::check_writable(Path::new(&b.dir)) {
+        bad(
+            "dir",
+            q(&b.dir),
+            format!("is not writable (the Sparkplug buffer goes in its subdirectory sparkplug): {why}; fix the path or its permissions"),
+        );
+    }
+    if b.max_bytes < super::validate::MIN_BUFFER_BYTES {
+        bad(
+            "max_bytes",
+            b.max_bytes.to_string(),
+            "must be at least 1048576 (1 MiB)".into(),
+        );
+    }
+    if !(1..=1_000_000).contains(&b.replay_per_second) {
+        bad(
+            "replay_per_second",
+            b.replay_per_second.to_string(),
+            "must be between 1 and 1000000".into(),
+        );
+    }
+    if !(1..=60_000).contains(&b.sync_interval_ms) {
+        bad(
+            "sync_interval_ms",
+            b.sync_interval_ms.to_string(),
+            "must be between 1 and 60000 (a power cut loses at most this much)".into(),
+        );
     }
 }
 
@@ -295,6 +345,38 @@ mod tests {
         ] {
             assert!(k.iter().any(|x| x == want), "{want} missing in {k:?}");
         }
+    }
+
+    #[test]
+    fn the_buffer_is_checked_for_sparkplug_when_the_json_sink_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let mut m = MqttSettings {
+            enabled: false,
+            ..MqttSettings::default()
+        };
+        m.buffer = crate::config::MqttBufferSettings {
+            enabled: true,
+            dir: file.join("sub").display().to_string(),
+            max_bytes: 10,
+            replay_per_second: 0,
+            sync_interval_ms: 0,
+        };
+        let k = keys(&enabled(), &m);
+        for want in [
+            "mqtt.buffer.dir",
+            "mqtt.buffer.max_bytes",
+            "mqtt.buffer.replay_per_second",
+            "mqtt.buffer.sync_interval_ms",
+        ] {
+            assert!(k.iter().any(|x| x == want), "{want} missing in {k:?}");
+        }
+        m.buffer.dir = dir.path().join("buffer").display().to_string();
+        m.buffer.max_bytes = 1 << 20;
+        m.buffer.replay_per_second = 10;
+        m.buffer.sync_interval_ms = 100;
+        assert!(keys(&enabled(), &m).is_empty());
     }
 
     #[test]

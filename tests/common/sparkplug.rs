@@ -401,3 +401,63 @@ pub fn aliases(birth: &Payload) -> HashMap<String, u64> {
         .map(|m| (m.name.clone().unwrap(), m.alias.unwrap()))
         .collect()
 }
+
+/// A TCP pass-through on a free loopback port in front of the broker, so a
+/// test can cut the gateway's connection (a network outage) while the
+/// broker and the test's own subscriber stay up and miss nothing.
+pub struct Cable {
+    pub port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cable {
+    /// Forwards `127.0.0.1:{port}` to the broker on `target`.
+    pub async fn start(target: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, _) = tokio::sync::watch::channel(true);
+        let state = open.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = state.subscribe();
+                if !*cut.borrow_and_update() {
+                    // Unplugged: the connection is closed at once.
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|open| !open) => {}
+                    }
+                });
+            }
+        });
+        Cable { port, open, task }
+    }
+
+    /// `mqtt://127.0.0.1:PORT` through the cable.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection through it and refuses new ones.
+    pub fn unplug(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn plug_in(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -9,20 +9,20 @@
 //! alone. The parts: [`node`] (the Sparkplug rules, without I/O),
 //! [`session`] (one MQTT session per CONNECT), [`bdseq`] (the birth/death
 //! sequence on disk), [`convert`] and [`proto`] (metrics and the protobuf
-//! payload, derived with prost), [`commands`] (DCMD writes).
-//!
-//! Store-and-forward: [`node::Node::historical`] turns replayed changes
-//! into a DDATA with `is_historical = true`; the buffer that feeds it after
-//! the births of a session (contract §9) is not wired yet.
+//! payload, derived with prost), [`commands`] (DCMD writes), [`history`]
+//! (store-and-forward: with `[mqtt.buffer]` enabled, changes the host did
+//! not get live are kept on disk and replayed after the fresh births as
+//! DDATA with `is_historical = true`, paced and oldest first).
 
 mod bdseq;
 mod commands;
 mod convert;
+mod history;
 mod node;
 mod proto;
 mod session;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,9 +30,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Event, Subscriber};
-use crate::config::SparkplugSettings;
+use crate::config::{MqttBufferSettings, SparkplugSettings};
 use crate::sinks::mqtt::{MqttError, MqttStatus};
 use crate::writes::{WritePolicy, Writer};
+use history::History;
 use node::{Node, Out, Topics};
 use session::{Control, Session};
 
@@ -80,13 +81,19 @@ pub struct SparkplugSink {
     bdseq: bdseq::BdSeq,
     writes: Option<(Writer, WritePolicy)>,
     state: watch::Sender<MqttStatus>,
+    history: Option<History>,
 }
 
 impl SparkplugSink {
     /// Validates the settings, opens the bdSeq file and prepares the
-    /// client; connects only in [`run`](Self::run). DCMD writes need
-    /// `writer`; without one every DCMD is refused.
-    pub fn new(s: &SparkplugSettings, writer: Option<Writer>) -> Result<Self, SparkplugError> {
+    /// client; connects only in [`run`](Self::run). With `buffer` enabled,
+    /// opens its own log in `{buffer.dir}/sparkplug` for the historical
+    /// replay. DCMD writes need `writer`; without one every DCMD is refused.
+    pub fn new(
+        s: &SparkplugSettings,
+        buffer: &MqttBufferSettings,
+        writer: Option<Writer>,
+    ) -> Result<Self, SparkplugError> {
         let problems = s.problems(&crate::config::MqttSettings {
             enabled: false,
             ..Default::default()
@@ -132,6 +139,14 @@ impl SparkplugSink {
         })?;
         let policy = WritePolicy::new("sparkplug", s.write_enabled, &s.writable_tags)
             .map_err(|e| SparkplugError::config("writable_tags", e.to_string()))?;
+        let history =
+            History::open(buffer, s.max_packet_size).map_err(|why| SparkplugError::Config {
+                key: "mqtt.buffer.dir".into(),
+                why: format!(
+                    "cannot use {} for the Sparkplug buffer: {why}",
+                    history::dir_in(std::path::Path::new(&buffer.dir)).display()
+                ),
+            })?;
         let (state, _) = watch::channel(MqttStatus::Disconnected("not connected yet".into()));
         Ok(SparkplugSink {
             options,
@@ -141,6 +156,7 @@ impl SparkplugSink {
             bdseq,
             writes: writer.map(|w| (w, policy)),
             state,
+            history,
         })
     }
 
@@ -161,6 +177,7 @@ impl SparkplugSink {
             mut bdseq,
             writes,
             state,
+            mut history,
         } = self;
         let mut node = Node::new(topics);
         let mut _guard = None;
@@ -187,6 +204,7 @@ impl SparkplugSink {
                 max_packet_size,
                 connected: false,
                 leaving: AtomicBool::new(false),
+                published: AtomicU64::new(0),
             };
             let ended = link
                 .serve(
@@ -197,9 +215,13 @@ impl SparkplugSink {
                     &state,
                     n,
                     &mut bdseq,
+                    history.as_mut(),
                 )
                 .await;
             node.session_down();
+            if let Some(h) = history.as_mut() {
+                h.session_ended();
+            }
             match ended {
                 Ended::Stop => {
                     link.close(&node).await;
@@ -222,27 +244,45 @@ impl SparkplugSink {
             // Keep the node's picture of the station current while waiting.
             let until = Instant::now() + backoff;
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            loop {
+            let stop = loop {
+                let sync = history.as_ref().and_then(History::sync_deadline);
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(until) => break,
+                    _ = shutdown.cancelled() => break true,
+                    _ = tokio::time::sleep_until(until) => break false,
+                    _ = sleep_until(sync) => {
+                        if let Some(h) = history.as_mut() { h.sync(); }
+                    }
                     ev = events.recv() => match ev {
-                        Some(ev) => { let _ = feed(&mut node, ev); }
-                        None => return,
+                        Some(ev) => { let _ = feed(&mut node, history.as_mut(), ev); }
+                        None => break true,
                     },
                 }
+            };
+            if stop {
+                break;
             }
+        }
+        if let Some(h) = history.as_mut() {
+            h.sync_now();
         }
         tracing::info!("Sparkplug edge node stopped");
     }
 }
 
-/// Hands a bus event to the node.
-fn feed(node: &mut Node, ev: Event) -> Vec<Out> {
+/// Hands a bus event to the node; changes the host cannot get live go to
+/// the store-and-forward buffer.
+fn feed(node: &mut Node, history: Option<&mut History>, ev: Event) -> Vec<Out> {
     let now = std::time::Instant::now();
     match ev {
-        Event::Changes(b) => node.on_changes(&b, now),
+        Event::Changes(b) => {
+            let out = node.on_changes(&b, now);
+            // Born by this very batch: the DBIRTH carries its values.
+            if let Some(h) = history.filter(|_| !node.is_live()) {
+                h.record(&b);
+            }
+            out
+        }
         Event::Station(s) => node.on_station(s.connected, now),
         Event::Tags(t) => node.on_tags(&t, now),
         Event::Alarms(_) => Vec::new(),
@@ -261,6 +301,8 @@ struct Link {
     connected: bool,
     /// The node itself disconnected (its primary host went offline).
     leaving: AtomicBool,
+    /// PUBLISH requests handed to rumqttc in this session.
+    published: AtomicU64,
 }
 
 impl Link {
@@ -275,9 +317,17 @@ impl Link {
         state: &watch::Sender<MqttStatus>,
         bdseq_now: u8,
         bdseq: &mut bdseq::BdSeq,
+        mut history: Option<&mut History>,
     ) -> Ended {
         loop {
             let deadline = node.next_deadline().map(Instant::from_std);
+            let sync = history.as_deref().and_then(History::sync_deadline);
+            let in_flight = history.as_deref().is_some_and(History::in_flight);
+            let replay = match history.as_deref_mut() {
+                Some(h) if node.is_live() && h.pending() => Some(h.replay_deadline(Instant::now())),
+                _ => None,
+            };
+            let mut batch = None;
             let out = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ended::Stop,
@@ -315,11 +365,43 @@ impl Link {
                 },
                 _ = sleep_until(deadline) => node.tick(std::time::Instant::now()),
                 ev = events.recv() => match ev {
-                    Some(ev) => feed(node, ev),
+                    Some(ev) => feed(node, history.as_deref_mut(), ev),
                     None => return Ended::Stop,
                 },
+                r = self.session.written.changed(), if in_flight => {
+                    if r.is_ok() {
+                        let n = *self.session.written.borrow_and_update();
+                        if let Some(h) = history.as_deref_mut() {
+                            h.written(n);
+                        }
+                    }
+                    Vec::new()
+                }
+                _ = sleep_until(sync) => {
+                    if let Some(h) = history.as_deref_mut() {
+                        h.sync();
+                    }
+                    Vec::new()
+                }
+                _ = sleep_until(replay) => match history.as_deref_mut() {
+                    Some(h) => replay_step(node, h, &mut batch),
+                    None => Vec::new(),
+                },
             };
-            self.emit(node, out).await;
+            let before = self.published.load(Ordering::Relaxed);
+            let oversize = self.emit(node, out).await;
+            if let (Some(b), Some(h)) = (batch, history.as_deref_mut()) {
+                let after = self.published.load(Ordering::Relaxed);
+                if after > before {
+                    // The historical DDATA was the only PUBLISH emitted.
+                    h.sent(&b, after);
+                    h.written(*self.session.written.borrow());
+                } else if oversize > 0 {
+                    // Logged and counted as oversize: it cannot ever go.
+                    h.done(&b);
+                }
+                // Else the session is ending: the batch goes next time.
+            }
         }
     }
 
@@ -339,13 +421,16 @@ impl Link {
         }
     }
 
-    /// Publishes what the node produced (QoS 0, not retained).
-    async fn emit(&self, node: &Node, out: Vec<Out>) {
+    /// Publishes what the node produced (QoS 0, not retained); returns how
+    /// many messages were too large to send.
+    async fn emit(&self, node: &Node, out: Vec<Out>) -> usize {
+        let mut oversize = 0;
         for o in out {
             match o {
                 Out::Publish { topic, payload } => {
                     if payload.len() + topic.len() + 16 > self.max_packet_size {
                         metrics::counter!("wincc_gateway_sparkplug_oversize_total").increment(1);
+                        oversize += 1;
                         tracing::error!(
                             %topic,
                             bytes = payload.len(),
@@ -355,28 +440,36 @@ impl Link {
                         continue;
                     }
                     metrics::counter!("wincc_gateway_sparkplug_messages_total").increment(1);
-                    let _ = self
+                    if self
                         .session
                         .client
                         .publish(&*topic, rumqttc::QoS::AtMostOnce, false, payload)
-                        .await;
+                        .await
+                        .is_ok()
+                    {
+                        self.published.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Out::GoOffline { ndeath } => {
                     tracing::info!("primary host offline: NDEATH and disconnect");
                     self.leaving.store(true, Ordering::Relaxed);
                     let c = &self.session.client;
-                    let _ = c
-                        .publish(
-                            &*node.topics().ndeath,
-                            rumqttc::QoS::AtLeastOnce,
-                            false,
-                            ndeath,
-                        )
-                        .await;
+                    if c.publish(
+                        &*node.topics().ndeath,
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        ndeath,
+                    )
+                    .await
+                    .is_ok()
+                    {
+                        self.published.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = c.disconnect().await;
                 }
             }
         }
+        oversize
     }
 
     /// Clean end: NDEATH (the will is dropped on DISCONNECT), DISCONNECT.
@@ -396,6 +489,29 @@ impl Link {
         }
         session.finish(SHUTDOWN_FLUSH).await;
     }
+}
+
+/// One paced replay step: the next batch from the buffer as a historical
+/// DDATA (left in `sent` to be acknowledged once written), or, when none of
+/// its tags is in the DBIRTH any more, acknowledged at once.
+fn replay_step(node: &mut Node, h: &mut History, sent: &mut Option<history::Batch>) -> Vec<Out> {
+    let Some(b) = h.next_batch(Instant::now()) else {
+        return Vec::new();
+    };
+    let (out, skipped) = node.historical(&b.changes);
+    if skipped > 0 {
+        metrics::counter!("wincc_gateway_sparkplug_buffer_skipped_total").increment(skipped as u64);
+        tracing::info!(
+            skipped,
+            "buffered changes of tags no longer in the DBIRTH (or of another type now) were skipped"
+        );
+    }
+    if out.is_empty() {
+        h.done(&b);
+    } else {
+        *sent = Some(b);
+    }
+    out
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -370,22 +370,24 @@ impl Node {
         vec![self.publish(self.topics.ddata.clone(), &p)]
     }
 
-    /// Changes replayed from a store-and-forward buffer, oldest first: one
-    /// DDATA with `is_historical` (hosts store them but keep the live value),
-    /// sent only after the births of the session. The live slots are not
-    /// touched. Tags no longer in the tag set are left out.
-    // The seam for the store-and-forward buffer (contract §9), which is
-    // built separately; only the tests call it until it is wired.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn historical(&mut self, changes: &[TagChange]) -> Vec<Out> {
+    /// Changes replayed from the store-and-forward buffer ([`super::history`]),
+    /// oldest first: one DDATA with `is_historical` (hosts store them but
+    /// keep the live value), sent only while the device is born. The live
+    /// slots are not touched. A change whose tag is no longer in the DBIRTH,
+    /// or has another type there now, is left out; the second value says how
+    /// many were.
+    pub(crate) fn historical(&mut self, changes: &[TagChange]) -> (Vec<Out>, usize) {
         if !self.device_born {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let metrics: Vec<Metric> = changes
             .iter()
             .filter_map(|c| {
                 let i = *self.index.get(&c.name)?;
                 let mut slot = self.slots[i].clone();
+                if slot.ty != c.ty {
+                    return None;
+                }
                 slot.value = None;
                 apply(&mut slot, c);
                 let mut m = data_metric(i, &slot);
@@ -394,8 +396,9 @@ impl Node {
                 Some(m)
             })
             .collect();
+        let skipped = changes.len() - metrics.len();
         if metrics.is_empty() {
-            return Vec::new();
+            return (Vec::new(), skipped);
         }
         let p = Payload {
             timestamp: Some(now_ms()),
@@ -403,7 +406,12 @@ impl Node {
             seq: Some(self.next_seq()),
             ..Payload::default()
         };
-        vec![self.publish(self.topics.ddata.clone(), &p)]
+        (vec![self.publish(self.topics.ddata.clone(), &p)], skipped)
+    }
+
+    /// The session is up and the device born: DDATA reaches the host live.
+    pub(crate) fn is_live(&self) -> bool {
+        self.connected && self.device_born
     }
 
     /// Timed work: a DBIRTH whose settle time passed, a coalesced rebirth.

@@ -315,10 +315,15 @@ fn births_wait_for_the_primary_host_and_its_offline_ends_the_session() {
 #[test]
 fn historical_changes_are_flagged_and_leave_live_values_alone() {
     let (mut n, now) = born();
-    let out = n.historical(&[
+    let mut other_type = change("A", json!(true), Quality::Good);
+    other_type.ty = TagType::Bool;
+    let (out, skipped) = n.historical(&[
         change("A", json!(9.5), Quality::Good),
         change("Gone", json!(1), Quality::Good),
+        other_type,
     ]);
+    assert_eq!(skipped, 2, "an unknown tag and a changed type are left out");
+    assert!(n.is_live());
     let p = &decode(&out)[0].1;
     assert_eq!(p.metrics.len(), 1);
     assert_eq!(p.metrics[0].is_historical, Some(true));
@@ -327,8 +332,10 @@ fn historical_changes_are_flagged_and_leave_live_values_alone() {
     let out = n.on_changes(&batch(vec![change("A", json!(null), Quality::Bad)]), now);
     assert_eq!(decode(&out)[0].1.metrics[0].value, Some(Value::Double(1.5)));
     n.session_down();
+    assert!(!n.is_live());
     assert!(n
         .historical(&[change("A", json!(1), Quality::Good)])
+        .0
         .is_empty());
 }
 

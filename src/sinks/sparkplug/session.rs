@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// rumqttc's request channel: births of many tags are one message each, so
@@ -47,6 +47,10 @@ pub(crate) struct Session {
     pub client: AsyncClient,
     pub control: mpsc::UnboundedReceiver<Control>,
     pub incoming: mpsc::Receiver<Incoming>,
+    /// How many PUBLISH packets the event loop has written to the
+    /// connection so far, in the order they were requested (the replay
+    /// acknowledges its QoS 0 DDATA by this).
+    pub written: watch::Receiver<u64>,
     driver: JoinHandle<()>,
 }
 
@@ -60,11 +64,13 @@ impl Session {
         let (client, eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
         let (control_tx, control) = mpsc::unbounded_channel();
         let (incoming_tx, incoming) = mpsc::channel(INCOMING);
-        let driver = tokio::spawn(drive(eventloop, control_tx, incoming_tx));
+        let (written_tx, written) = watch::channel(0);
+        let driver = tokio::spawn(drive(eventloop, control_tx, incoming_tx, written_tx));
         Session {
             client,
             control,
             incoming,
+            written,
             driver,
         }
     }
@@ -90,6 +96,7 @@ async fn drive(
     mut eventloop: EventLoop,
     control: mpsc::UnboundedSender<Control>,
     incoming: mpsc::Sender<Incoming>,
+    written: watch::Sender<u64>,
 ) {
     loop {
         match eventloop.poll().await {
@@ -108,6 +115,9 @@ async fn drive(
                         "Sparkplug commands arrive faster than they are handled; one dropped"
                     );
                 }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                written.send_modify(|n| *n += 1);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Flushed by the event loop before it reports it.
