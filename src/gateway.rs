@@ -218,7 +218,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         watch::channel(ComponentState::Disabled).1
     };
 
-    if settings.sparkplug.enabled {
+    let sparkplug_state = if settings.sparkplug.enabled {
         // The writer always: with write_enabled = false it refuses (and counts) every DCMD.
         let sink = SparkplugSink::new(
             &settings.sparkplug,
@@ -228,8 +228,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .context("cannot set up Sparkplug")?;
         let sub = bus.subscribe("sparkplug", SINK_QUEUE);
         let token = sink_stop.clone();
+        let state = mqtt_health(sink.state());
         sinks.push(sup.spawn("sparkplug sink", async move { sink.run(sub, token).await }));
-    }
+        state
+    } else {
+        watch::channel(ComponentState::Disabled).1
+    };
 
     let http_addr = if settings.http.enabled {
         let listen: SocketAddr = settings.http.listen.parse().context("http.listen")?;
@@ -237,6 +241,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             station: link.watch(),
             mqtt: mqtt_state,
             opcua: opcua_state,
+            sparkplug: sparkplug_state,
             mqtt_buffer,
             failed: sup.failed.subscribe(),
         };

@@ -84,6 +84,8 @@ pub struct HealthSources {
     pub station: watch::Receiver<StationState>,
     pub mqtt: watch::Receiver<ComponentState>,
     pub opcua: watch::Receiver<ComponentState>,
+    /// The Sparkplug B sink's own MQTT connection (`Disabled` when off).
+    pub sparkplug: watch::Receiver<ComponentState>,
     /// `[mqtt.buffer]`, when enabled: shown as `mqtt_buffer`; a buffer that
     /// cannot be written makes the gateway degraded.
     pub mqtt_buffer: Option<watch::Receiver<crate::sinks::mqtt::BacklogStatus>>,
@@ -126,10 +128,12 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
     let (station_ok, station) = station_json(&src.station.borrow());
     let mqtt = src.mqtt.borrow().clone();
     let opcua = src.opcua.borrow().clone();
+    let sparkplug = src.sparkplug.borrow().clone();
     let buffer = src.mqtt_buffer.as_ref().map(|b| b.borrow().clone());
     let ok = station_ok
         && !matches!(mqtt, ComponentState::Down(_))
         && !matches!(opcua, ComponentState::Down(_))
+        && !matches!(sparkplug, ComponentState::Down(_))
         && buffer.as_ref().is_none_or(|b| b.is_ok());
     let mut body = json!({
         "status": if ok { "ok" } else { "degraded" },
@@ -137,6 +141,9 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
         "mqtt": mqtt.to_json(),
         "opcua": opcua.to_json(),
     });
+    if !matches!(sparkplug, ComponentState::Disabled) {
+        body["sparkplug"] = sparkplug.to_json();
+    }
     if let Some(b) = buffer {
         body["mqtt_buffer"] = b.to_json();
     }
@@ -242,6 +249,7 @@ mod tests {
             station: watch::channel(station).1,
             mqtt: watch::channel(ComponentState::Up).1,
             opcua: watch::channel(ComponentState::Disabled).1,
+            sparkplug: watch::channel(ComponentState::Disabled).1,
             mqtt_buffer: None,
             failed: watch::channel(None).1,
         }
@@ -274,6 +282,25 @@ mod tests {
         let e = body["station"]["error"].as_str().unwrap();
         assert!(e.starts_with("poll group \"fast\""), "{e}");
         assert_eq!(body["station"]["failing_groups"], json!(["fast", "slow"]));
+    }
+
+    #[test]
+    fn a_sparkplug_connection_that_is_down_degrades_with_its_reason() {
+        let mut src = sources(state(Some(true)));
+        let (ok, body) = health(&src);
+        assert!(ok && body.get("sparkplug").is_none(), "{body}");
+        src.sparkplug = watch::channel(ComponentState::Up).1;
+        let (ok, body) = health(&src);
+        assert!(ok, "{body}");
+        assert_eq!(body["sparkplug"], ComponentState::Up.to_json());
+        src.sparkplug = watch::channel(ComponentState::Down("connection refused".into())).1;
+        let (ok, body) = health(&src);
+        assert!(!ok, "{body}");
+        assert_eq!(body["status"], "degraded");
+        assert!(
+            body["sparkplug"].to_string().contains("connection refused"),
+            "{body}"
+        );
     }
 
     #[test]
