@@ -19,6 +19,7 @@ const DEMO_USER: &str = "gateway";
 const DEMO_OPCUA_WRITER: &str = "operator";
 
 /// Builds the demo's settings as a TOML document, validated like any file.
+#[allow(clippy::too_many_arguments)] // the demo's ports, paths and flags, each a CLI flag; callers name them
 pub fn demo_settings(
     sim_url: &str,
     mqtt_port: u16,
