@@ -172,7 +172,15 @@ async fn every_change_of_an_outage_is_replayed_in_order_after_the_newest_values(
         .collect();
     let live = values(&fresh, "sf", "tags");
     assert_eq!(live.len(), 8, "{live:?}");
-    assert!(live.values().all(|v| v == &[53]), "{live:?}");
+    // The persistent broker may deliver the recorder's last pre-outage
+    // message (3) once more after its restart (QoS 1 at least once, its
+    // PUBACK not saved before the stop): allowed, but nothing else, and 53
+    // last.
+    assert!(
+        live.values()
+            .all(|v| v.last() == Some(&53) && v.iter().all(|x| *x == 3 || *x == 53)),
+        "{live:?}"
+    );
     // Backfill: not retained, payload as on tags/ plus "replay":true.
     let lead = "sf/backfill/";
     let sample: Vec<&Msg> = msgs.iter().filter(|m| m.topic.starts_with(lead)).collect();
