@@ -4,10 +4,9 @@
 //! says what to do (a rejected file without spaces, a log line naming it
 //! and where to move it).
 
+use crate::common::log_capture::log;
 use crate::opcua_support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opcua::crypto::SecurityPolicy;
@@ -17,34 +16,6 @@ use opcua::types::{
 };
 use opcua_support::*;
 use wincc_gateway::model::TagType;
-
-fn log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("wincc_gateway=info")
-            .with_writer(move || LogWriter(w.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn status_of(v: Option<Variant>) -> ServerStatusDataType {
     match v {

@@ -9,54 +9,14 @@
 
 use crate::common;
 use crate::opcua_support;
+use common::log_capture::{lines_with, log};
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opcua::types::{AttributeId, DataValue, NodeId, NumericRange, StatusCode, Variant, WriteValue};
 use serde_json::json;
 use wincc_gateway::config::MqttProtocol;
 use wincc_gateway::model::TagType;
-
-/// Every log line of this test binary (a global subscriber writing here).
-fn log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("wincc_gateway=info")
-            .with_writer(move || LogWriter(w.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Log lines that mention `needle`.
-fn lines_with(needle: &str) -> Vec<String> {
-    let buf = log();
-    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
-    text.lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
-        .collect()
-}
 
 fn count(sink: &str, result: &str, reason: &str) -> u64 {
     let text = wincc_gateway::http::metrics_handle().render();
