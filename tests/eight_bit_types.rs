@@ -18,21 +18,13 @@ use opcua::nodes::AccessLevel;
 use opcua::types::{
     AttributeId, DataTypeId, DataValue, NodeId, NumericRange, StatusCode, Variant, WriteValue,
 };
-use opcua_support::{connect, eventually_read, read, start_on, NS};
+use opcua_support::{connect_user, eventually_read, read, start_on, NS};
 
 const OPERATOR_PW: &str = "operator-Secret-1";
 
 /// A session of the write user (anonymous sessions never write).
 async fn connect_operator(url: &str, client_pki: &std::path::Path) -> opcua_support::Client {
-    connect(
-        url,
-        opcua::crypto::SecurityPolicy::None,
-        opcua::types::MessageSecurityMode::None,
-        opcua::client::IdentityToken::new_user_name("operator", OPERATOR_PW),
-        client_pki,
-    )
-    .await
-    .expect("operator session")
+    connect_user(url, "operator", OPERATOR_PW, client_pki).await
 }
 use serde_json::json;
 use tokio::sync::watch;

@@ -41,15 +41,7 @@ const VIEWER_PW: &str = "view-s3cret";
 /// A session of the `write` user over the None endpoint (the password
 /// encrypted with the server certificate).
 async fn connect_operator(url: &str, client_pki: &std::path::Path) -> Client {
-    connect(
-        url,
-        SecurityPolicy::None,
-        MessageSecurityMode::None,
-        IdentityToken::new_user_name("operator", OPERATOR_PW),
-        client_pki,
-    )
-    .await
-    .expect("operator session")
+    connect_user(url, "operator", OPERATOR_PW, client_pki).await
 }
 
 async fn plant() -> Plant {

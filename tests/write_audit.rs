@@ -62,15 +62,7 @@ async fn opcua_writes_accepted_and_refused_are_logged_and_counted() {
     s.writable_tags = vec!["Audit/Setpoint".into(), "Audit/ReadOnly".into()];
     let gw = start(&s, Some(writer)).await;
     gw.tags(TAGS);
-    let c = connect(
-        &gw.url,
-        opcua::crypto::SecurityPolicy::None,
-        opcua::types::MessageSecurityMode::None,
-        opcua::client::IdentityToken::new_user_name("operator", "audit-Secret-1"),
-        client_pki.path(),
-    )
-    .await
-    .expect("operator session");
+    let c = connect_user(&gw.url, "operator", "audit-Secret-1", client_pki.path()).await;
     let ns = c.session.get_namespace_index(NS).await.unwrap();
     let write = |tag: &str, v: Variant| WriteValue {
         node_id: NodeId::new(ns, tag),

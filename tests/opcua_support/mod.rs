@@ -202,6 +202,20 @@ pub async fn endpoints(url: &str, client_pki: &Path) -> Vec<EndpointDescription>
         .expect("GetEndpoints")
 }
 
+/// A session of `user` over the None endpoint (the password encrypted with
+/// the server certificate, as the gateway requires on every endpoint).
+pub async fn connect_user(url: &str, user: &str, password: &str, client_pki: &Path) -> Client {
+    connect(
+        url,
+        SecurityPolicy::None,
+        MessageSecurityMode::None,
+        IdentityToken::new_user_name(user, password),
+        client_pki,
+    )
+    .await
+    .unwrap_or_else(|s| panic!("session of {user}: {s}"))
+}
+
 pub async fn connect_anonymous(url: &str, client_pki: &Path) -> Client {
     connect(
         url,
