@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod change;
 mod frame;
 
 use frame::{frame, parse, read_ack, walk, write_ack, Frame, RECORD_MAGIC};

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::buffer::{Log, Position};
+use crate::buffer::{change, Log, Position};
 use crate::config::MqttBufferSettings;
-use crate::model::{format_ts, Quality, TagChange};
+use crate::model::{format_ts, TagChange};
 
 /// At most this many entries are held in memory for the replay.
 const MAX_LOADED: usize = 8192;
@@ -73,63 +73,27 @@ impl BacklogStatus {
     }
 }
 
-/// Encodes one change as a buffer record.
+/// Encodes one change as a buffer record (`buffer::change`'s fields alone).
 pub(crate) fn encode(c: &TagChange) -> Bytes {
-    let value = serde_json::to_vec(&c.value).unwrap_or_else(|_| b"null".to_vec());
-    let name = c.name.as_bytes();
-    let name_len = name.len().min(u16::MAX as usize);
-    let mut b = Vec::with_capacity(15 + name_len + value.len());
-    let q = match c.quality {
-        Quality::Good => 0u8,
-        Quality::Uncertain => 1,
-        Quality::Bad => 2,
-    };
-    b.push(q | if c.quality_code.is_some() { 4 } else { 0 });
-    b.extend_from_slice(&c.timestamp.timestamp_millis().to_le_bytes());
-    if let Some(code) = c.quality_code {
-        b.extend_from_slice(&code.to_le_bytes());
-    }
-    b.extend_from_slice(&(name_len as u16).to_le_bytes());
-    b.extend_from_slice(&name[..name_len]);
-    b.extend_from_slice(&value);
+    let mut b = vec![change::flags(c)];
+    change::put(&mut b, c);
     Bytes::from(b)
 }
 
 /// A decoded record: tag name and the `backfill/` payload.
 pub(crate) fn decode(r: &[u8]) -> Option<(String, Bytes)> {
-    let flags = *r.first()?;
-    let quality = match flags & 3 {
-        0 => Quality::Good,
-        1 => Quality::Uncertain,
-        2 => Quality::Bad,
-        _ => return None,
-    };
-    let mut at = 1;
-    let ms = i64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?);
-    at += 8;
-    let code = if flags & 4 != 0 {
-        let c = u32::from_le_bytes(r.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        Some(c)
-    } else {
-        None
-    };
-    let len = u16::from_le_bytes(r.get(at..at + 2)?.try_into().ok()?) as usize;
-    at += 2;
-    let name = std::str::from_utf8(r.get(at..at + len)?).ok()?.to_string();
-    at += len;
-    let value: serde_json::Value = serde_json::from_slice(r.get(at..)?).ok()?;
-    let ts = chrono::DateTime::from_timestamp_millis(ms)?;
+    let f = change::read(*r.first()?, &r[1..])?;
+    let ts = chrono::DateTime::from_timestamp_millis(f.ms)?;
     let mut m = serde_json::Map::with_capacity(5);
-    m.insert("value".into(), value);
-    m.insert("quality".into(), quality.as_str().into());
+    m.insert("value".into(), f.value);
+    m.insert("quality".into(), f.quality.as_str().into());
     m.insert("timestamp".into(), format_ts(&ts).into());
-    if let Some(c) = code {
+    if let Some(c) = f.quality_code {
         m.insert("quality_code".into(), c.into());
     }
     m.insert("replay".into(), true.into());
     let payload = serde_json::to_vec(&serde_json::Value::Object(m)).ok()?;
-    Some((name, Bytes::from(payload)))
+    Some((f.name.to_string(), Bytes::from(payload)))
 }
 
 /// One entry loaded for the replay.

@@ -4,7 +4,7 @@
 use super::super::link::{Message, Publisher, Qos};
 use super::super::outbox::Outbox;
 use super::*;
-use crate::model::TagType;
+use crate::model::{Quality, TagType};
 use serde_json::json;
 use std::cell::RefCell;
 use std::rc::Rc;

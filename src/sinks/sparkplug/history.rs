@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::buffer::{Log, Position, MAX_RECORD};
+use crate::buffer::{change, Log, Position, MAX_RECORD};
 use crate::config::MqttBufferSettings;
-use crate::model::{ChangeBatch, Quality, TagChange, TagType};
+use crate::model::{ChangeBatch, TagChange, TagType};
 
 /// At most this many entries are held in memory for the replay.
 const MAX_LOADED: usize = 4096;
@@ -45,28 +45,12 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 const VERSION: u8 = 1;
 
-/// Encodes one change as a record.
+/// Encodes one change as a record: the version, `buffer::change`'s flags,
+/// the tag's type (its index in `TagType::ALL`), then the change's fields.
 pub(crate) fn encode(c: &TagChange) -> Vec<u8> {
-    let value = serde_json::to_vec(&c.value).unwrap_or_else(|_| b"null".to_vec());
-    let name = c.name.as_bytes();
-    let name_len = name.len().min(u16::MAX as usize);
-    let mut b = Vec::with_capacity(17 + name_len + value.len());
-    b.push(VERSION);
-    let q = match c.quality {
-        Quality::Good => 0u8,
-        Quality::Uncertain => 1,
-        Quality::Bad => 2,
-    };
-    b.push(q | if c.quality_code.is_some() { 4 } else { 0 });
     let ty = TagType::ALL.iter().position(|t| *t == c.ty).unwrap_or(0);
-    b.push(ty as u8);
-    b.extend_from_slice(&c.timestamp.timestamp_millis().to_le_bytes());
-    if let Some(code) = c.quality_code {
-        b.extend_from_slice(&code.to_le_bytes());
-    }
-    b.extend_from_slice(&(name_len as u16).to_le_bytes());
-    b.extend_from_slice(&name[..name_len]);
-    b.extend_from_slice(&value);
+    let mut b = vec![VERSION, change::flags(c), ty as u8];
+    change::put(&mut b, c);
     b
 }
 
@@ -75,36 +59,15 @@ pub(crate) fn decode(r: &[u8]) -> Option<TagChange> {
     if *r.first()? != VERSION {
         return None;
     }
-    let flags = *r.get(1)?;
-    let quality = match flags & 3 {
-        0 => Quality::Good,
-        1 => Quality::Uncertain,
-        2 => Quality::Bad,
-        _ => return None,
-    };
     let ty = *TagType::ALL.get(usize::from(*r.get(2)?))?;
-    let mut at = 3;
-    let ms = i64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?);
-    at += 8;
-    let quality_code = if flags & 4 != 0 {
-        let c = u32::from_le_bytes(r.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        Some(c)
-    } else {
-        None
-    };
-    let len = u16::from_le_bytes(r.get(at..at + 2)?.try_into().ok()?) as usize;
-    at += 2;
-    let name = std::str::from_utf8(r.get(at..at + len)?).ok()?;
-    at += len;
-    let value = serde_json::from_slice(r.get(at..)?).ok()?;
+    let f = change::read(*r.get(1)?, &r[3..])?;
     Some(TagChange {
-        name: Arc::from(name),
+        name: Arc::from(f.name),
         ty,
-        value,
-        quality,
-        quality_code,
-        timestamp: chrono::DateTime::from_timestamp_millis(ms)?,
+        value: f.value,
+        quality: f.quality,
+        quality_code: f.quality_code,
+        timestamp: chrono::DateTime::from_timestamp_millis(f.ms)?,
         error: None,
     })
 }

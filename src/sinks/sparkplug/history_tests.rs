@@ -3,6 +3,7 @@
 //! DDATA was written, a lost session replays it again, a restart keeps it.
 
 use super::*;
+use crate::model::Quality;
 use serde_json::json;
 
 fn change(name: &str, value: serde_json::Value, ms: i64) -> TagChange {
