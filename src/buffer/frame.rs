@@ -99,7 +99,7 @@ pub(super) fn read_ack(dir: &Path) -> Position {
         return Position::default();
     };
     if b.len() != 20 || crc32fast::hash(&b[..16]).to_le_bytes() != b[16..20] {
-        tracing::warn!(dir = %dir.display(), "the MQTT buffer's ack file is damaged; replaying from the oldest record");
+        tracing::warn!(dir = %dir.display(), "the buffer's ack file is damaged; replaying from the oldest record");
         return Position::default();
     }
     let n = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());

@@ -5,7 +5,7 @@
 //! sink that must keep what it could not deliver (the MQTT sink's
 //! `[mqtt.buffer]`, and Sparkplug's historical replay) uses the same API:
 //!
-//! - [`Log::open`]`(dir, max_bytes)` creates the directory if missing,
+//! - [`Log::open`]`(sink, dir, max_bytes)` creates the directory if missing,
 //!   scans what is there (torn tails and corrupt records are skipped and
 //!   counted) and starts a fresh segment for new appends;
 //! - [`Log::append_batch`] writes records in order with one `write` call
@@ -112,6 +112,10 @@ struct Segment {
 
 /// The log. See the module documentation.
 pub struct Log {
+    /// Whose log this is (`mqtt`, `sparkplug`): names its metrics
+    /// (`wincc_gateway_{sink}_buffer_dropped_total`, `..._corrupt_total`)
+    /// and its log lines.
+    sink: &'static str,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -136,7 +140,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 impl Log {
     /// Opens (creating `dir` if missing) and scans the log; appends go to a
     /// new segment. `max_bytes` bounds the sum of the segment files.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Log, BufferError> {
+    pub fn open(sink: &'static str, dir: &Path, max_bytes: u64) -> Result<Log, BufferError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let mut ids = Vec::new();
         for e in fs::read_dir(dir).map_err(io(dir))? {
@@ -152,6 +156,7 @@ impl Log {
         ids.sort_unstable();
         let acked = read_ack(dir);
         let mut log = Log {
+            sink,
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes: (max_bytes / 16).clamp(MIN_SEGMENT, MAX_SEGMENT),
@@ -199,12 +204,14 @@ impl Log {
         }
         if log.corrupt > 0 {
             tracing::warn!(
+                sink,
                 dir = %dir.display(),
                 corrupt = log.corrupt,
-                "the MQTT buffer had damaged records or a torn tail (a crash mid-write); they are skipped"
+                "the buffer had damaged records or a torn tail (a crash mid-write); they are skipped"
             );
         }
-        metrics::counter!("wincc_gateway_mqtt_buffer_corrupt_total").increment(log.corrupt);
+        metrics::counter!(format!("wincc_gateway_{sink}_buffer_corrupt_total"))
+            .increment(log.corrupt);
         Ok(log)
     }
 
@@ -326,7 +333,8 @@ impl Log {
         }
         if dropped > 0 {
             self.dropped += dropped;
-            metrics::counter!("wincc_gateway_mqtt_buffer_dropped_total").increment(dropped);
+            metrics::counter!(format!("wincc_gateway_{}_buffer_dropped_total", self.sink))
+                .increment(dropped);
             let now = Instant::now();
             if self
                 .last_drop_log
@@ -334,10 +342,11 @@ impl Log {
             {
                 self.last_drop_log = Some(now);
                 tracing::warn!(
+                    sink = self.sink,
                     dir = %self.dir.display(),
                     max_bytes = self.max_bytes,
                     dropped_total = self.dropped,
-                    "the MQTT buffer is full: the oldest buffered changes were dropped"
+                    "the buffer is full: the oldest buffered changes were dropped"
                 );
             }
         }

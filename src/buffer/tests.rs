@@ -44,7 +44,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn records_come_back_in_order_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 30).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     append(&mut log, &recs(0..10));
     append(&mut log, &recs(10..25));
     let got = read_all(&log, log.acked());
@@ -54,7 +54,7 @@ fn records_come_back_in_order_and_survive_a_reopen() {
     log.ack(got[9].end, 10);
     log.sync().unwrap();
     drop(log);
-    let log = Log::open(dir.path(), 1 << 30).unwrap();
+    let log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     assert_eq!(log.stats().entries, 15);
     assert_eq!(log.stats().corrupt, 0);
     assert_eq!(texts(&read_all(&log, log.acked())), texts_of(10..25));
@@ -70,7 +70,7 @@ fn texts_of(r: std::ops::Range<u32>) -> Vec<String> {
 #[test]
 fn a_fully_acknowledged_log_deletes_its_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 20).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 20).unwrap();
     // 64 KiB segments: ~3000 records of ~30 bytes fill several.
     for i in 0..10 {
         append(&mut log, &recs(i * 1000..(i + 1) * 1000));
@@ -87,14 +87,14 @@ fn a_fully_acknowledged_log_deletes_its_segments() {
     // New appends after that, and a reopen, still work and start clean.
     append(&mut log, &recs(0..3));
     drop(log);
-    let log = Log::open(dir.path(), 1 << 20).unwrap();
+    let log = Log::open("mqtt", dir.path(), 1 << 20).unwrap();
     assert_eq!(texts(&read_all(&log, log.acked())), texts_of(0..3));
 }
 
 #[test]
 fn a_full_log_drops_its_oldest_records_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 20).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 20).unwrap();
     for i in 0..100 {
         append(&mut log, &recs(i * 1000..(i + 1) * 1000));
     }
@@ -112,7 +112,7 @@ fn a_full_log_drops_its_oldest_records_and_counts_them() {
 #[test]
 fn a_torn_tail_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 30).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     append(&mut log, &recs(0..20));
     drop(log);
     let seg = segments(dir.path()).pop().unwrap();
@@ -124,7 +124,7 @@ fn a_torn_tail_is_skipped_and_counted() {
         .unwrap()
         .set_len(len - 5)
         .unwrap();
-    let mut log = Log::open(dir.path(), 1 << 30).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     assert_eq!(log.stats().corrupt, 1);
     assert_eq!(log.stats().entries, 19);
     // Appends after the torn tail come back after the 19 good ones.
@@ -137,7 +137,7 @@ fn a_torn_tail_is_skipped_and_counted() {
 #[test]
 fn a_corrupt_record_is_skipped_and_the_ones_around_it_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 30).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     append(&mut log, &recs(0..30));
     let all = read_all(&log, log.acked());
     drop(log);
@@ -147,7 +147,7 @@ fn a_corrupt_record_is_skipped_and_the_ones_around_it_replay() {
     bytes[all[9].end.offset as usize + FRAME_OVERHEAD + 3] ^= 0xFF;
     bytes[all[19].end.offset as usize + 2] ^= 0x40;
     fs::write(&seg, &bytes).unwrap();
-    let log = Log::open(dir.path(), 1 << 30).unwrap();
+    let log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     assert_eq!(log.stats().corrupt, 2);
     assert_eq!(log.stats().entries, 28);
     let mut want = texts_of(0..10);
@@ -159,7 +159,7 @@ fn a_corrupt_record_is_skipped_and_the_ones_around_it_replay() {
 #[test]
 fn garbage_and_a_damaged_ack_file_lose_nothing_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 30).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     append(&mut log, &recs(0..5));
     let all = read_all(&log, log.acked());
     log.ack(all[2].end, 3);
@@ -173,7 +173,7 @@ fn garbage_and_a_damaged_ack_file_lose_nothing_readable() {
     let mut bytes = fs::read(&seg).unwrap();
     bytes[0] = b'X';
     fs::write(&seg, &bytes).unwrap();
-    let log = Log::open(dir.path(), 1 << 30).unwrap();
+    let log = Log::open("mqtt", dir.path(), 1 << 30).unwrap();
     assert_eq!(texts(&read_all(&log, log.acked())), texts_of(0..5));
     assert!(log.stats().corrupt >= 1);
 }
@@ -181,7 +181,7 @@ fn garbage_and_a_damaged_ack_file_lose_nothing_readable() {
 #[test]
 fn reads_continue_across_segments_and_chunk_boundaries() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), 1 << 20).unwrap();
+    let mut log = Log::open("mqtt", dir.path(), 1 << 20).unwrap();
     let big: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 10_000]).collect();
     for b in &big {
         log.append_batch([b.as_slice()]).unwrap();
@@ -206,14 +206,14 @@ fn writability_is_checked_without_leaving_anything() {
     fs::write(&file, b"x").unwrap();
     let err = check_writable(&file.join("buf")).unwrap_err();
     assert!(err.contains("not a directory"), "{err}");
-    assert!(Log::open(&file.join("buf"), 1 << 20).is_err());
+    assert!(Log::open("mqtt", &file.join("buf"), 1 << 20).is_err());
 }
 
 #[test]
 fn an_unwritable_directory_fails_appends_until_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buf");
-    let mut log = Log::open(&path, 1 << 20).unwrap();
+    let mut log = Log::open("mqtt", &path, 1 << 20).unwrap();
     append(&mut log, &recs(0..10));
     // The directory disappears under the log (a file takes its place):
     // the next segment cannot be created.

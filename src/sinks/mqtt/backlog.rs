@@ -144,7 +144,7 @@ impl Backlog {
         s: &MqttBufferSettings,
         prefix: &str,
     ) -> Result<Self, crate::buffer::BufferError> {
-        let log = Log::open(Path::new(&s.dir), s.max_bytes)?;
+        let log = Log::open("mqtt", Path::new(&s.dir), s.max_bytes)?;
         let st = log.stats();
         if st.entries > 0 {
             tracing::info!(

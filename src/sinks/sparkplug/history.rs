@@ -117,7 +117,6 @@ pub(crate) struct History {
     sync_every: Duration,
     /// Written (or acknowledged) since the last sync.
     dirty_since: Option<Instant>,
-    dropped_seen: u64,
     unbuffered: u64,
     last_error_log: Option<std::time::Instant>,
 }
@@ -133,7 +132,7 @@ impl History {
             return Ok(None);
         }
         let dir = dir_in(Path::new(&s.dir));
-        let log = Log::open(&dir, s.max_bytes).map_err(|e| e.to_string())?;
+        let log = Log::open("sparkplug", &dir, s.max_bytes).map_err(|e| e.to_string())?;
         let st = log.stats();
         if st.entries > 0 {
             tracing::info!(
@@ -145,7 +144,6 @@ impl History {
         let rate = f64::from(s.replay_per_second.max(1));
         let h = History {
             read_pos: log.acked(),
-            dropped_seen: st.dropped,
             log,
             rate,
             burst: (rate / 10.0).clamp(1.0, MAX_BATCH as f64),
@@ -198,12 +196,6 @@ impl History {
                     );
                 }
             }
-        }
-        let dropped = self.log.stats().dropped;
-        if dropped > self.dropped_seen {
-            metrics::counter!("wincc_gateway_sparkplug_buffer_dropped_total")
-                .increment(dropped - self.dropped_seen);
-            self.dropped_seen = dropped;
         }
         self.gauges();
     }
