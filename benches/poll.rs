@@ -228,6 +228,7 @@ fn run_gateway() {
         // Let the first cycle's tail settle, then measure.
         tokio::time::sleep(Duration::from_millis(500)).await;
 
+        wincc_gateway::crypto::install_default();
         let http = reqwest::Client::new();
         let s0 = sim_stats(&http, &base).await;
         let p0 = prom.render();

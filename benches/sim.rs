@@ -107,6 +107,7 @@ fn over_http(tags: usize, clients: usize, seconds: u64) {
         .build()
         .expect("runtime");
     let url = format!("{base}/tags/values");
+    wincc_gateway::crypto::install_default();
     let client = reqwest::Client::new();
     let bodies: Vec<bytes::Bytes> = (0..clients)
         .map(|i| request_body(&names, 10 + i as u64).into())

@@ -274,6 +274,8 @@ fn parse_users(users: &[String]) -> Result<Vec<(String, String)>, String> {
 
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
+    // One TLS crypto backend for the whole process (see crate::crypto).
+    crate::crypto::install_default();
     match cli.command {
         Command::CheckConfig { config } => check_configs(&config),
         Command::Simulate(args) => {

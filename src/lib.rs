@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod gateway;
 pub mod glob;

@@ -312,7 +312,7 @@ async fn active_alarms_are_listed() {
 
 /// Raw GraphQL against the simulator.
 async fn post(sim: &SimHandle, body: Value, token: Option<&str>) -> Value {
-    let mut rb = reqwest::Client::new()
+    let mut rb = common::sim::client()
         .post(format!("{}/graphql", sim.base_url()))
         .header("apollo-require-preflight", "true")
         .json(&body);
@@ -601,7 +601,7 @@ async fn every_request_carries_the_csrf_header_and_the_station_refuses_others() 
     c.read_values(&arcs(&names)).await.unwrap();
     assert_eq!(sim.stats().statuses.get("400"), None, "no request refused");
     // Without the header: 400, in Apollo's words.
-    let r = reqwest::Client::new()
+    let r = common::sim::client()
         .post(format!("{}/graphql", sim.base_url()))
         .json(&json!({"query": "query { browse { name } }"}))
         .send()

@@ -362,7 +362,7 @@ async fn browse_follows_continuation_points_to_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_on_every_request_and_no_login_route() {
     let sim = sim_with(Dialect::WinccV7, 30).await;
-    let http = reqwest::Client::new();
+    let http = common::sim::client();
     let url = format!("{}/winccrestservice/TAGMANAGEMENT/values", sim.base_url());
     let r = http
         .post(&url)
@@ -602,7 +602,7 @@ async fn batch_writes_go_in_one_request_and_match_rows_by_name() {
 async fn browse_rows_without_writability_are_writable_and_the_station_refuses() {
     let sim = sim_with(Dialect::WinccV7, 40).await;
     // The station serves no writability field at all.
-    let raw: Value = reqwest::Client::new()
+    let raw: Value = common::sim::client()
         .get(format!(
             "{}/WinCCRestService/tagManagement/Variables",
             sim.base_url()
@@ -800,7 +800,7 @@ async fn alarms_in_wincc_words_are_mapped_and_none_is_dropped() {
     };
     sim.alarm(act(AlarmAction::Ack, "18")).unwrap();
     // What the station serves: WinCC's words and message numbers.
-    let raw: Value = reqwest::Client::new()
+    let raw: Value = common::sim::client()
         .get(format!(
             "{}/WinCCRestService/alarmLogging/MessageList/F1",
             sim.base_url()

@@ -66,7 +66,11 @@ fn events(sub: &TestSubscriber, prefix: &str) -> Vec<(String, String)> {
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let r = common::sim::client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 

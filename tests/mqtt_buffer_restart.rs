@@ -72,7 +72,9 @@ fn start_gateway(config: &Path) -> Child {
 
 /// `/healthz` as JSON, if it answers.
 async fn healthz(port: u16) -> Option<serde_json::Value> {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+    let r = common::sim::client()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
         .await
         .ok()?;
     r.json().await.ok()

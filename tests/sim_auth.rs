@@ -74,6 +74,7 @@ async fn cookie_auth_uses_the_session_cookie() {
         ..opts()
     })
     .await;
+    wincc_gateway::crypto::install_default();
     let jar = Client::builder().cookie_store(true).build().unwrap();
     let tags = url(&sim, "/tags");
     assert_eq!(status_of(jar.get(&tags)).await, 401);

@@ -102,7 +102,9 @@ fn gateway_settings(sim: &SimHandle, spb: SparkplugSettings, interval_ms: u64) -
 }
 
 async fn metrics_text(s: &Settings) -> String {
-    reqwest::get(format!("http://{}/metrics", s.http.listen))
+    common::sim::client()
+        .get(format!("http://{}/metrics", s.http.listen))
+        .send()
         .await
         .unwrap()
         .text()

@@ -101,7 +101,7 @@ fn count_with(msgs: &[Msg], prefix: &str, q: &str, after: Instant) -> usize {
 }
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::get(url).await.unwrap();
+    let r = common::sim::client().get(url).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (

@@ -53,7 +53,7 @@ pub fn self_signed(names: &[&str]) -> io::Result<SelfSigned> {
 
 /// The acceptor serving `cert` (HTTP/1.1 only, like the simulator).
 pub fn acceptor(cert: &SelfSigned) -> io::Result<TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::crypto::provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?

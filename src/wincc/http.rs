@@ -142,6 +142,8 @@ pub fn build_client_with(
     w: &WinccSettings,
     redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, ConnectError> {
+    // reqwest takes the process default crypto provider (ring).
+    crate::crypto::install_default();
     let timeout = Duration::from_millis(w.timeout_ms.max(1));
     let mut b = reqwest::Client::builder()
         .timeout(timeout)

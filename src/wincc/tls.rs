@@ -151,7 +151,7 @@ pub fn pinned_client_config(pinned: &str) -> Result<rustls::ClientConfig, Connec
             key: "wincc.pinned_cert_sha256",
             why: format!("{pinned:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),
         })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::crypto::provider();
     let verifier = PinnedVerifier {
         pin,
         provider: Arc::clone(&provider),
@@ -315,7 +315,7 @@ pub fn client_config(
     let mut config = if !w.pinned_cert_sha256.trim().is_empty() {
         pinned_client_config(&w.pinned_cert_sha256)?
     } else {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = crate::crypto::provider();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(setup)?;

@@ -28,6 +28,8 @@ pub async fn start(o: SimOptions) -> SimHandle {
 
 /// A plain HTTP client (10 s timeout, no cookie store).
 pub fn client() -> Client {
+    // reqwest uses the process default crypto provider (ring; no other is built).
+    wincc_gateway::crypto::install_default();
     Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

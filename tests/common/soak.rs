@@ -170,6 +170,7 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     let sim_port = free_port();
     let sim_url = format!("http://127.0.0.1:{sim_port}");
     let _sim = start_simulator(&opts, sim_port, dir.path());
+    wincc_gateway::crypto::install_default();
     let http = reqwest::Client::new();
     wait_http(&http, &format!("{sim_url}/_sim/stats")).await;
 

@@ -2,8 +2,6 @@
 //! plus the certificates in `ca_file` (in addition, not instead), and the
 //! optional client certificate. The same for MQTT 3.1.1 and 5.
 
-use std::sync::Arc;
-
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -89,7 +87,7 @@ fn roots_with(
     })
 }
 
-/// The client configuration for `mqtts://` (aws-lc-rs, TLS 1.2 and 1.3).
+/// The client configuration for `mqtts://` (ring, TLS 1.2 and 1.3).
 pub(crate) fn client_config(s: &MqttSettings) -> Result<ClientConfig, MqttError> {
     let client_auth = match (s.client_cert_file.is_empty(), s.client_key_file.is_empty()) {
         (true, true) => None,
@@ -119,7 +117,7 @@ pub(crate) fn client_config(s: &MqttSettings) -> Result<ClientConfig, MqttError>
         ca_file = roots.from_ca_file,
         "MQTT TLS trust anchors loaded"
     );
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::crypto::provider();
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| MqttError::config("url", "", &format!("cannot set up TLS: {e}")))?
