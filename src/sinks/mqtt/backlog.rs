@@ -161,7 +161,11 @@ impl Backlog {
             log,
             prefix: prefix.to_string(),
             rate,
-            burst: (rate / 20.0).max(1.0),
+            // 200 ms of pace: a tick delayed by a busy machine (the replay
+            // is driven by a 10 ms timer) is made up within the second
+            // instead of lost; the outbox still hands over one backfill
+            // publish at a time, only while no live value waits.
+            burst: (rate / 5.0).max(1.0),
             tokens: 0.0,
             refilled: Instant::now(),
             loaded: VecDeque::new(),
