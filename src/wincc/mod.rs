@@ -204,6 +204,7 @@ mod http;
 pub mod limiter;
 mod parse;
 pub mod tls;
+pub(crate) mod transport;
 pub mod unified;
 pub(crate) mod unified_parse;
 pub mod wincc_v7;

@@ -71,14 +71,45 @@ impl fmt::Debug for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-/// Accepts exactly the end-entity certificate with the pinned SHA-256.
+/// Which end-entity certificates a [`SignatureVerifier`] accepts.
 #[derive(Debug)]
-struct PinnedVerifier {
-    pin: [u8; 32],
+enum Accept {
+    /// Exactly the one with this SHA-256 (`pinned_cert_sha256`).
+    Pinned([u8; 32]),
+    /// Any (`accept_invalid_certs`).
+    Any,
+}
+
+impl Accept {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<ServerCertVerified, rustls::Error> {
+        let Accept::Pinned(pin) = self else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &pin[..])) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let mismatch = PinMismatch {
+            expected: fingerprint_of_digest(pin),
+            presented: fingerprint(end_entity.as_ref()),
+        };
+        tracing::warn!(expected = %mismatch.expected, presented = %mismatch.presented, "station certificate does not match the pinned fingerprint");
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(mismatch)),
+        )))
+    }
+}
+
+/// Accepts the end-entity certificates [`Accept`] names, with no chain,
+/// name or date check; the handshake signatures are still verified with
+/// the provider's algorithms.
+#[derive(Debug)]
+struct SignatureVerifier {
+    accept: Accept,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for SignatureVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -87,18 +118,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &self.pin[..])) {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let mismatch = PinMismatch {
-            expected: fingerprint_of_digest(&self.pin),
-            presented: fingerprint(end_entity.as_ref()),
-        };
-        tracing::warn!(expected = %mismatch.expected, presented = %mismatch.presented, "station certificate does not match the pinned fingerprint");
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(mismatch)),
-        )))
+        self.accept.check(end_entity)
     }
 
     fn verify_tls12_signature(
@@ -152,8 +172,8 @@ pub fn pinned_client_config(pinned: &str) -> Result<rustls::ClientConfig, Connec
             why: format!("{pinned:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),
         })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = PinnedVerifier {
-        pin,
+    let verifier = SignatureVerifier {
+        accept: Accept::Pinned(pin),
         provider: Arc::clone(&provider),
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -222,60 +242,6 @@ impl ServerCertVerifier for AnyNameVerifier {
     }
 }
 
-/// Accepts any certificate (`accept_invalid_certs`); handshake signatures
-/// are still checked.
-#[derive(Debug)]
-struct NoVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// The certificates of `wincc.ca_file`.
 fn ca_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
     let bad = |why: String| ConnectError::Setting {
@@ -320,7 +286,10 @@ pub fn client_config(
             .with_safe_default_protocol_versions()
             .map_err(setup)?;
         let verifier: Arc<dyn ServerCertVerifier> = if w.accept_invalid_certs {
-            Arc::new(NoVerifier { provider })
+            Arc::new(SignatureVerifier {
+                accept: Accept::Any,
+                provider,
+            })
         } else {
             let any_name = w.tls_skip_hostname_check && !w.ca_file.is_empty();
             let mut roots = RootCertStore::empty();
