@@ -40,17 +40,17 @@ use chrono::Utc;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use self::reply as up;
 use super::gate::LoginGate;
 use super::parse;
 use super::transport::{
     self, to_body, Attempt, Login, Options, Renewal, Request, Ticket, Transport,
 };
-use super::unified_parse as up;
 use super::{ConnectError, Station, StationError};
 use crate::config::{AuthMode, WinccSettings};
 use crate::model::{Alarm, Reading, TagInfo, TagType};
 
-#[path = "unified_ws.rs"]
+pub(crate) mod reply;
 mod ws;
 /// Re-exported: the dialect-neutral subscription types live in `crate::wincc`.
 pub use super::{SubscriptionEvent, TagSubscription};

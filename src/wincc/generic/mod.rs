@@ -28,6 +28,8 @@ use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 mod auth;
+mod fast;
+mod reply;
 
 use super::transport::{self, to_body, Options, Renewal, Transport};
 use super::{parse, ConnectError, Station, StationError};
@@ -93,7 +95,7 @@ impl Station for GenericClient {
                 .t
                 .rest(self, "list_tags", Method::GET, url, None, false)
                 .await?;
-            let page = parse::tag_page(&reply).map_err(|e| self.t.scrub_err(e))?;
+            let page = reply::tag_page(&reply).map_err(|e| self.t.scrub_err(e))?;
             skipped += page.skipped.len();
             static WARN: super::RepeatWarn = super::RepeatWarn::new();
             for name in page.skipped.iter() {
@@ -134,7 +136,7 @@ impl Station for GenericClient {
             )
             .await?;
         let received = chrono::Utc::now();
-        self.t.readings(parse::values(&reply, names, received))
+        self.t.readings(reply::values(&reply, names, received))
     }
 
     async fn write_value(
@@ -150,7 +152,7 @@ impl Station for GenericClient {
             .rest(self, "write_value", Method::PUT, url, Some(&body), true)
             .await?;
         let result = if status.is_success() {
-            parse::write_result(&reply)
+            reply::write_result(&reply)
         } else {
             let (code, message) = parse::error_body(&reply)
                 .unwrap_or_else(|| (status.as_u16().to_string(), String::new()));
@@ -182,7 +184,7 @@ impl Station for GenericClient {
                 false,
             )
             .await?;
-        let (alarms, bad) = parse::alarms(&reply).map_err(|e| self.t.scrub_err(e))?;
+        let (alarms, bad) = reply::alarms(&reply).map_err(|e| self.t.scrub_err(e))?;
         static WARN: super::RepeatWarn = super::RepeatWarn::new();
         for problem in &bad {
             let problem = self.t.scrub(problem.clone());
