@@ -1,15 +1,15 @@
 //! The station: one client trait ([`Station`]), implemented once per
-//! dialect. Layout: `transport.rs` is the one station transport every
-//! dialect speaks through (HTTP client, base URL, limiter, timeout, secrets
-//! and their scrubbing, session, login gate, busy and 401 policy), over
-//! `http.rs` (client building, bounded bodies, `Retry-After`), `tls.rs`
-//! (the station's TLS trust), `gate.rs` (the login gate), `limiter.rs` and
-//! `browse.rs` (the `max_tags` bound). Each dialect is a directory with its
-//! URLs and bodies in `mod.rs` and its reply parsing in `reply.rs`:
-//! `generic/` (plus `auth.rs`, its login, and `fast.rs`, the fast batch-read
-//! path), `v7/` (plus `alarms.rs`) and `unified/` (plus `ws.rs`, the GraphQL
-//! subscriptions over WebSocket); `parse.rs` holds the lenient reading the
-//! REST dialects share.
+//! dialect. Layout: `transport/` is the one station transport every dialect
+//! speaks through (HTTP client, base URL, limiter, timeout, secrets and
+//! their scrubbing, busy handling; its `session.rs`: the session, the login
+//! gate and the 401 policy), over `http.rs` (client building, bounded
+//! bodies, `Retry-After`), `tls.rs` (the station's TLS trust), `gate.rs`
+//! (the login gate), `limiter.rs` and `browse.rs` (the `max_tags` bound).
+//! Each dialect is a directory with its URLs and bodies in `mod.rs` and its
+//! reply parsing in `reply.rs`: `generic/` (plus `auth.rs`, its login, and
+//! `fast.rs`, the fast batch-read path), `v7/` (plus `alarms.rs`) and
+//! `unified/` (plus `ws.rs`, the GraphQL subscriptions over WebSocket);
+//! `parse.rs` holds the lenient reading the REST dialects share.
 
 use std::time::Duration;
 
