@@ -332,7 +332,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// Where a 301/307/308 answer sends a POST: its `Location`, resolved
 /// against `from`, within the same origin (the Bearer token never goes to
 /// another host or scheme), and only once per request.
-pub fn redirect_target(
+pub(crate) fn redirect_target(
     from: &reqwest::Url,
     headers: &HeaderMap,
     status: reqwest::StatusCode,
