@@ -46,7 +46,7 @@ use super::unified_gql::{self as gql, Kind, Operation};
 use super::{auth, control, SimState};
 use crate::config::AuthMode;
 use crate::model::{format_ts, parse_ts, AlarmState, Quality};
-use crate::wincc::unified_parse::unified_type_name;
+use crate::wincc::unified::reply::unified_type_name;
 
 #[path = "unified_transport.rs"]
 mod transport;

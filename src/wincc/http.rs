@@ -130,14 +130,9 @@ pub fn base_url(raw: &str, what: &str) -> Result<reqwest::Url, ConnectError> {
 
 /// Builds the HTTP client: per-request timeout, cookie store for cookie
 /// auth, system roots plus `ca_file`, and verification off only when
-/// `accept_invalid_certs` says so (with a warning). Redirects are followed
-/// as reqwest does (a 301/302 turns a POST into a GET).
-pub fn build_client(w: &WinccSettings) -> Result<reqwest::Client, ConnectError> {
-    build_client_with(w, reqwest::redirect::Policy::default())
-}
-
-/// [`build_client`] with the given redirect policy (the unified dialect
-/// follows redirects itself, keeping the POST).
+/// `accept_invalid_certs` says so (with a warning), with the given
+/// redirect policy (reqwest's default turns a 301/302 POST into a GET; the
+/// unified dialect follows redirects itself, keeping the POST).
 pub fn build_client_with(
     w: &WinccSettings,
     redirects: reqwest::redirect::Policy,
@@ -334,6 +329,43 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
     Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Where a 301/307/308 answer sends a POST: its `Location`, resolved
+/// against `from`, within the same origin (the Bearer token never goes to
+/// another host or scheme), and only once per request.
+pub(crate) fn redirect_target(
+    from: &reqwest::Url,
+    headers: &HeaderMap,
+    status: reqwest::StatusCode,
+    followed: bool,
+) -> Result<reqwest::Url, StationError> {
+    let fail = |why: String| StationError::Http {
+        status: status.as_u16(),
+        message: why,
+    };
+    if followed {
+        return Err(fail(
+            "the station redirected the GraphQL endpoint twice; set wincc.base_url to the final URL"
+                .into(),
+        ));
+    }
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| fail("a redirect without a Location header".into()))?;
+    let target = from.join(location).map_err(|e| {
+        fail(format!(
+            "a redirect to an unusable Location {location:?}: {e}"
+        ))
+    })?;
+    if target.origin() != from.origin() {
+        return Err(fail(format!(
+            "the station redirects to another origin ({}); not followed with the session token, set wincc.base_url to it if it is right",
+            target.origin().ascii_serialization()
+        )));
+    }
+    Ok(target)
 }
 
 /// An error and its sources, joined with ": ".

@@ -1,5 +1,15 @@
-//! The station: one client trait, implemented once per dialect, with the
-//! session/auth handling and the rate limiter shared by all of them.
+//! The station: one client trait ([`Station`]), implemented once per
+//! dialect. Layout: `transport/` is the one station transport every dialect
+//! speaks through (HTTP client, base URL, limiter, timeout, secrets and
+//! their scrubbing, busy handling; its `session.rs`: the session, the login
+//! gate and the 401 policy), over `http.rs` (client building, bounded
+//! bodies, `Retry-After`), `tls.rs` (the station's TLS trust), `gate.rs`
+//! (the login gate), `limiter.rs` and `browse.rs` (the `max_tags` bound).
+//! Each dialect is a directory with its URLs and bodies in `mod.rs` and its
+//! reply parsing in `reply.rs`: `generic/` (plus `auth.rs`, its login, and
+//! `fast.rs`, the fast batch-read path), `v7/` (plus `alarms.rs`) and
+//! `unified/` (plus `ws.rs`, the GraphQL subscriptions over WebSocket);
+//! `parse.rs` holds the lenient reading the REST dialects share.
 
 use std::time::Duration;
 
@@ -197,16 +207,15 @@ impl Drop for TagSubscription {
 }
 
 mod browse;
-mod fast;
 pub mod gate;
 pub mod generic;
 mod http;
 pub mod limiter;
 mod parse;
 pub mod tls;
+pub(crate) mod transport;
 pub mod unified;
-pub(crate) mod unified_parse;
-pub mod wincc_v7;
+pub mod v7;
 
 use std::sync::Arc;
 
@@ -229,7 +238,7 @@ pub enum ConnectError {
 pub fn connect(settings: &Settings) -> Result<Arc<dyn Station>, ConnectError> {
     match settings.wincc.dialect {
         Dialect::Generic => Ok(Arc::new(generic::GenericClient::new(&settings.wincc)?)),
-        Dialect::WinccV7 => Ok(Arc::new(wincc_v7::WinccV7Client::new(settings)?)),
+        Dialect::WinccV7 => Ok(Arc::new(v7::WinccV7Client::new(settings)?)),
         Dialect::Unified => Ok(Arc::new(unified::UnifiedClient::new(&settings.wincc)?)),
     }
 }

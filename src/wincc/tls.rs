@@ -71,28 +71,61 @@ impl fmt::Debug for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-/// Accepts exactly the end-entity certificate with the pinned SHA-256.
+/// Which end-entity certificates a [`StationVerifier`] accepts.
 #[derive(Debug)]
-struct PinnedVerifier {
-    pin: [u8; 32],
+enum Accept {
+    /// Exactly the one with this SHA-256 (`pinned_cert_sha256`), whatever
+    /// its issuer, names or dates.
+    Pinned([u8; 32]),
+    /// Any (`accept_invalid_certs`).
+    Any,
+    /// One that chains to these roots, whatever its host name (see the
+    /// module docs: only ever built over `ca_file` alone).
+    AnyName(Arc<WebPkiServerVerifier>),
+}
+
+/// Accepts the end-entity certificates [`Accept`] names; the handshake
+/// signatures are always verified with the provider's algorithms.
+#[derive(Debug)]
+struct StationVerifier {
+    accept: Accept,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for StationVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let pin = match &self.accept {
+            Accept::Any => return Ok(ServerCertVerified::assertion()),
+            Accept::AnyName(chain) => {
+                return match chain.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )) => Ok(ServerCertVerified::assertion()),
+                    other => other,
+                }
+            }
+            Accept::Pinned(pin) => pin,
+        };
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &self.pin[..])) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &pin[..])) {
             return Ok(ServerCertVerified::assertion());
         }
         let mismatch = PinMismatch {
-            expected: fingerprint_of_digest(&self.pin),
+            expected: fingerprint_of_digest(pin),
             presented: fingerprint(end_entity.as_ref()),
         };
         tracing::warn!(expected = %mismatch.expected, presented = %mismatch.presented, "station certificate does not match the pinned fingerprint");
@@ -152,8 +185,8 @@ pub fn pinned_client_config(pinned: &str) -> Result<rustls::ClientConfig, Connec
             why: format!("{pinned:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"),
         })?;
     let provider = crate::crypto::provider();
-    let verifier = PinnedVerifier {
-        pin,
+    let verifier = StationVerifier {
+        accept: Accept::Pinned(pin),
         provider: Arc::clone(&provider),
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -167,113 +200,6 @@ pub fn pinned_client_config(pinned: &str) -> Result<rustls::ClientConfig, Connec
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Verifies the chain against the roots, but not the host name (see the
-/// module docs: only ever built over `ca_file` alone).
-#[derive(Debug)]
-struct AnyNameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for AnyNameVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate (`accept_invalid_certs`); handshake signatures
-/// are still checked.
-#[derive(Debug)]
-struct NoVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// The certificates of `wincc.ca_file`.
@@ -320,7 +246,10 @@ pub fn client_config(
             .with_safe_default_protocol_versions()
             .map_err(setup)?;
         let verifier: Arc<dyn ServerCertVerifier> = if w.accept_invalid_certs {
-            Arc::new(NoVerifier { provider })
+            Arc::new(StationVerifier {
+                accept: Accept::Any,
+                provider,
+            })
         } else {
             let any_name = w.tls_skip_hostname_check && !w.ca_file.is_empty();
             let mut roots = RootCertStore::empty();
@@ -336,14 +265,18 @@ pub fn client_config(
             if !any_name {
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             }
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| ConnectError::Setting {
-                    key: "wincc.ca_file",
-                    why: format!("no usable trust anchor: {e}"),
-                })?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| ConnectError::Setting {
+                        key: "wincc.ca_file",
+                        why: format!("no usable trust anchor: {e}"),
+                    })?;
             if any_name {
-                Arc::new(AnyNameVerifier { inner })
+                Arc::new(StationVerifier {
+                    accept: Accept::AnyName(inner),
+                    provider,
+                })
             } else {
                 inner
             }

@@ -1,8 +1,10 @@
 //! The `wincc-v7` dialect: the WinCC V7.5 SP2 / V8.x REST service under
 //! `https://host:34568/WinCCRestService` (WINCC-DIALECTS.md §1).
 //!
-//! HTTP Basic on every request (there is no login); a 401 closes the gate
-//! for 5 s growing to 60 s, like a refused login of the generic dialect.
+//! This module holds the dialect's URLs, bodies and reply handling; the
+//! station transport (`wincc::transport`) sends, paces and scrubs. HTTP
+//! Basic on every request (there is no login); a 401 closes the gate for
+//! 5 s growing to 60 s, like a refused login of the generic dialect.
 //! Batch read `POST tagManagement/Values` `{"variableNames":[..]}` answered
 //! by a bare array of rows matched to tags by NAME; rows left out, or an
 //! empty 200 body, make those tags bad for the cycle and count
@@ -25,20 +27,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use reqwest::{Method, StatusCode, Url};
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::browse::TagCollector;
-use super::gate::LoginGate;
-use super::http;
-use super::limiter::Limiter;
 use super::parse;
+use super::transport::{self, to_body, NoLogin, Options, Renewal, Transport};
 use super::{ConnectError, Station, StationError};
-use crate::config::{resolve_secret, AuthMode, Secret, Settings};
+use crate::config::{AuthMode, Settings};
 use crate::model::{Alarm, Quality, Reading, TagInfo, TagType};
 
 /// `itemLimit` of one browse page.
@@ -56,14 +53,7 @@ pub use reply::{
 
 /// A client for the `wincc-v7` dialect. Cheap to share (`Arc`).
 pub struct WinccV7Client {
-    http: reqwest::Client,
-    base: Url,
-    username: String,
-    password: Option<Secret>,
-    basic: Option<Secret>,
-    timeout: Duration,
-    limiter: Arc<Limiter>,
-    gate: LoginGate,
+    t: Transport,
     alarm_filter: String,
     warned_no_filter: AtomicBool,
     /// The station answered the batch write with 404/405 (it has no
@@ -79,165 +69,57 @@ pub struct WinccV7Client {
     warned_states: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Tags of an unsupported type already warned about (once each).
     warned_unsupported: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// `wincc.max_tags`: the most tags a browse keeps.
-    max_tags: usize,
+}
+
+/// The REST service has no login: `basic` or `none` only.
+fn auth_check(auth: AuthMode) -> Result<(), ConnectError> {
+    match auth {
+        AuthMode::None | AuthMode::Basic => Ok(()),
+        other => Err(ConnectError::Setting {
+            key: "wincc.auth",
+            why: format!(
+                "the wincc-v7 REST service has no login; use \"basic\" instead of {:?}",
+                other.as_str()
+            ),
+        }),
+    }
 }
 
 impl WinccV7Client {
     /// Builds the client with its own limiter from `wincc.rate_limit`.
     pub fn new(settings: &Settings) -> Result<Self, ConnectError> {
         let w = &settings.wincc;
-        let mut base = http::base_url(&w.base_url, "")?;
-        base.set_query(None);
-        let password = match w.auth {
-            AuthMode::None => None,
-            AuthMode::Basic => resolve_secret("wincc.password", &w.password_env, &w.password_file)
-                .map_err(ConnectError::Secret)?,
-            other => {
-                return Err(ConnectError::Setting {
-                    key: "wincc.auth",
-                    why: format!(
-                        "the wincc-v7 REST service has no login; use \"basic\" instead of {:?}",
-                        other.as_str()
-                    ),
-                })
-            }
+        let options = Options {
+            what: "",
+            keep_query: false,
+            own_redirects: false,
+            header: None,
+            auth_check,
+            renewal: Renewal::Relogin,
+            auth_hint: "set wincc.auth = \"basic\"",
         };
-        let basic = (w.auth == AuthMode::Basic).then(|| {
-            let pw = password.as_ref().map(Secret::expose).unwrap_or_default();
-            let raw = format!("{}:{}", w.username, pw);
-            Secret::new(base64::engine::general_purpose::STANDARD.encode(raw))
-        });
         Ok(WinccV7Client {
-            http: http::build_client(w)?,
-            base,
-            username: w.username.clone(),
-            password,
-            basic,
-            timeout: Duration::from_millis(w.timeout_ms.max(1)),
-            limiter: Arc::new(Limiter::new(&w.rate_limit)),
-            gate: LoginGate::default(),
+            t: Transport::new(w, options)?,
             alarm_filter: settings.alarms.filter.trim().to_string(),
             warned_no_filter: AtomicBool::new(false),
             no_batch_write: AtomicBool::new(false),
             types: RwLock::new(HashMap::new()),
-            max_tags: w.max_tags,
             warned_unsupported: Default::default(),
             first_seen: Default::default(),
             warned_states: Default::default(),
         })
     }
 
-    /// The limiter every request of this client goes through.
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
-    }
-
-    /// `base_url` + path segments, each percent-encoded (`.`, `::`, `/`,
-    /// `%`, `#` in a tag name stay inside its segment).
-    fn url(&self, segments: &[&str]) -> Url {
-        http::with_segments(&self.base, segments)
-    }
-
-    fn scrub(&self, s: String) -> String {
-        super::scrub_text(s, &[self.password.as_ref(), self.basic.as_ref()])
-    }
-
-    fn scrub_err(&self, e: StationError) -> StationError {
-        e.scrubbed(&[self.password.as_ref(), self.basic.as_ref()])
-    }
-
-    /// A 401: the credentials were refused and the gate closes (see `wincc::gate`).
-    fn refused(&self) -> StationError {
-        let why = if self.basic.is_some() {
-            format!("basic auth as {:?} refused (HTTP 401)", self.username)
-        } else {
-            "the station requires authentication (HTTP 401); set wincc.auth = \"basic\"".into()
-        };
-        self.gate.refuse(&self.username, why)
-    }
-
-    /// One HTTP exchange under a limiter permit.
-    async fn send(
-        &self,
-        endpoint: &'static str,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), StationError> {
-        let mut rb = self.http.request(method, url);
-        if let Some(b) = &self.basic {
-            rb = rb.header(reqwest::header::AUTHORIZATION, http::basic_header(b));
-        }
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        http::exchange(&self.limiter, rb, endpoint, self.timeout)
-            .await
-            .map_err(|e| self.scrub_err(e))
-    }
-
-    /// A request: 401 closes the gate; a short `Retry-After` is waited out
-    /// once (pausing every request); `client_errors` hands 4xx replies
-    /// (other than 401/429) to the caller.
-    async fn call(
-        &self,
-        endpoint: &'static str,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-        client_errors: bool,
-    ) -> Result<(StatusCode, Vec<u8>), StationError> {
-        let result = async {
-            self.gate.check()?;
-            let mut waited = false;
-            loop {
-                let (status, headers, bytes) = self
-                    .send(endpoint, method.clone(), url.clone(), body)
-                    .await?;
-                if status == StatusCode::UNAUTHORIZED {
-                    return Err(self.refused());
-                }
-                self.gate.accept();
-                if http::is_busy(status) {
-                    // Waits out a short Retry-After once, else fails as Busy.
-                    http::busy(
-                        &self.limiter,
-                        endpoint,
-                        status,
-                        &headers,
-                        self.timeout,
-                        &mut waited,
-                    )?;
-                    continue;
-                }
-                if status.is_success() || (client_errors && status.is_client_error()) {
-                    return Ok((status, bytes));
-                }
-                let message = match parse::error_body(&bytes) {
-                    Some((c, m)) if !c.is_empty() => format!("{c}: {m}"),
-                    Some((_, m)) => m,
-                    None => status.canonical_reason().unwrap_or("error").to_string(),
-                };
-                return Err(self.scrub_err(StationError::Http {
-                    status: status.as_u16(),
-                    message: message.chars().take(500).collect(),
-                }));
-            }
-        }
-        .await;
-        result.map_err(StationError::counted)
-    }
     /// Every page of `GET tagManagement/Variables`: the typed tags and
     /// the named rows without a type. Bounded like every dialect's browse
     /// (`wincc/browse.rs`): at most `max_tags` rows, typed or not, and a
     /// station that never stops paging is malformed.
     async fn browse_pages(&self) -> Result<Browsed, StationError> {
-        let mut collector = TagCollector::<BrowseRow>::new(self.max_tags);
+        let mut collector = self.t.collector::<BrowseRow>();
         let mut skipped = 0usize;
         let mut continuation: Option<String> = None;
         loop {
-            let mut url = self.url(&["tagManagement", "Variables"]);
+            let mut url = self.t.url(&["tagManagement", "Variables"]);
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("itemLimit", &BROWSE_PAGE.to_string());
@@ -246,15 +128,16 @@ impl WinccV7Client {
                 }
             }
             let (_, body) = self
-                .call("list_tags", Method::GET, url, None, false)
+                .t
+                .rest(&NoLogin, "list_tags", Method::GET, url, None, false)
                 .await?;
             let page = variable_page(&body).map_err(|e| {
-                self.debug_reply("list_tags", &body);
-                self.scrub_err(e)
+                self.t.debug_reply("list_tags", &body);
+                self.t.scrub_err(e)
             })?;
             skipped += page.skipped.len();
             for row in page.skipped.iter().take(5) {
-                tracing::warn!(row = %self.scrub(row.clone()), "skipping a variable row that is not a named variable");
+                tracing::warn!(row = %self.t.scrub(row.clone()), "skipping a variable row that is not a named variable");
             }
             let rows = page.tags.into_iter().map(BrowseRow::Typed);
             let rows = rows.chain(page.untyped.into_iter().map(BrowseRow::Untyped));
@@ -296,12 +179,13 @@ impl WinccV7Client {
         let mut unknown = Vec::new();
         for chunk in untyped.chunks(BROWSE_PAGE) {
             let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
-            let body = json!({ "variableNames": names });
-            let url = self.url(&["tagManagement", "Values"]);
+            let body = to_body(&json!({ "variableNames": names }));
+            let url = self.t.url(&["tagManagement", "Values"]);
             let (_, reply) = self
-                .call("list_tags", Method::POST, url, Some(&body), false)
+                .t
+                .rest(&NoLogin, "list_tags", Method::POST, url, Some(&body), false)
                 .await?;
-            let types = value_types(&reply).map_err(|e| self.scrub_err(e))?;
+            let types = value_types(&reply).map_err(|e| self.t.scrub_err(e))?;
             for (name, writable) in chunk {
                 match types.get(name) {
                     Some(vt) => out.push((
@@ -319,7 +203,7 @@ impl WinccV7Client {
         if let Some(first) = unknown.first() {
             tracing::warn!(
                 count = unknown.len(),
-                first = %self.scrub(first.clone()),
+                first = %self.t.scrub(first.clone()),
                 "variables left out: neither the variable list nor a read gives their dataType"
             );
         }
@@ -336,18 +220,9 @@ impl WinccV7Client {
         for (t, vt) in all {
             if let VarType::Unsupported(code) = vt {
                 if warned.insert(t.name.clone()) {
-                    tracing::warn!(tag = %self.scrub(t.name.clone()), code, "unsupported WinCC data type {code}: the tag is reported bad and never written");
+                    tracing::warn!(tag = %self.t.scrub(t.name.clone()), code, "unsupported WinCC data type {code}: the tag is reported bad and never written");
                 }
             }
-        }
-    }
-
-    /// Logs (debug) a reply that did not parse, for a capture to send in:
-    /// the first 4 KiB, secrets scrubbed.
-    fn debug_reply(&self, endpoint: &str, body: &[u8]) {
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let text: String = String::from_utf8_lossy(body).chars().take(4096).collect();
-            tracing::debug!(endpoint, bytes = body.len(), reply = %self.scrub(text), "station reply that did not parse");
         }
     }
 
@@ -375,7 +250,7 @@ impl WinccV7Client {
             let mut warned = self.warned_states.lock().unwrap_or_else(|e| e.into_inner());
             for w in rows.unknown_states {
                 if warned.len() < 1000 && warned.insert(w.clone()) {
-                    tracing::warn!(state = %self.scrub(w), "unknown WinCC alarm state word; the alarm counts as raised");
+                    tracing::warn!(state = %self.t.scrub(w), "unknown WinCC alarm state word; the alarm counts as raised");
                 }
             }
         }
@@ -427,10 +302,18 @@ impl Station for WinccV7Client {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let body = json!({ "variableNames": names });
-        let url = self.url(&["tagManagement", "Values"]);
+        let body = to_body(&json!({ "variableNames": names }));
+        let url = self.t.url(&["tagManagement", "Values"]);
         let (_, reply) = self
-            .call("read_values", Method::POST, url, Some(&body), false)
+            .t
+            .rest(
+                &NoLogin,
+                "read_values",
+                Method::POST,
+                url,
+                Some(&body),
+                false,
+            )
             .await?;
         let received = chrono::Utc::now();
         let parsed = {
@@ -438,8 +321,8 @@ impl Station for WinccV7Client {
             values(&reply, names, &types, received)
         };
         let (mut readings, missing) = parsed.map_err(|e| {
-            self.debug_reply("read_values", &reply);
-            self.scrub_err(e.counted())
+            self.t.debug_reply("read_values", &reply);
+            self.t.scrub_err(e.counted())
         })?;
         if missing > 0 {
             metrics::counter!("wincc_gateway_station_rows_missing_total").increment(missing as u64);
@@ -450,7 +333,7 @@ impl Station for WinccV7Client {
                 "the station's reply left rows out; those tags are bad for this cycle"
             );
         }
-        parse::scrub_tag_errors(&mut readings, |m| self.scrub(m));
+        parse::scrub_tag_errors(&mut readings, |m| self.t.scrub(m));
         for r in &mut readings {
             if r.error.is_some() {
                 r.quality = Quality::Bad;
@@ -468,19 +351,16 @@ impl Station for WinccV7Client {
         if let Some(e) = self.unsupported_write(name) {
             return Err(e);
         }
-        if name.is_empty() || name == "." || name == ".." {
-            return Err(StationError::Refused {
-                code: "name".into(),
-                message: format!("the tag name {name:?} cannot be addressed in a URL"),
-            });
-        }
-        let url = self.url(&["tagManagement", "Value", name]);
-        let body = json!({ "value": value });
+        let url = self
+            .t
+            .url(&["tagManagement", "Value", transport::addressable(name)?]);
+        let body = to_body(&json!({ "value": value }));
         let (status, reply) = self
-            .call("write_value", Method::PUT, url, Some(&body), true)
+            .t
+            .rest(&NoLogin, "write_value", Method::PUT, url, Some(&body), true)
             .await?;
         let result = write_result(status, &reply);
-        result.map_err(|e| self.scrub_err(e))
+        result.map_err(|e| self.t.scrub_err(e))
     }
 
     /// `PUT tagManagement/Values` with `[{"variableName":N,"value":V}]`; the
@@ -500,15 +380,23 @@ impl Station for WinccV7Client {
         if writes.len() == 1 || unsupported || self.no_batch_write.load(Ordering::Relaxed) {
             return super::write_each(self, writes).await;
         }
-        let body = Value::Array(
+        let body = to_body(&Value::Array(
             writes
                 .iter()
                 .map(|(name, _, value)| json!({ "variableName": name, "value": value }))
                 .collect(),
-        );
-        let url = self.url(&["tagManagement", "Values"]);
+        ));
+        let url = self.t.url(&["tagManagement", "Values"]);
         let reply = match self
-            .call("write_values", Method::PUT, url, Some(&body), true)
+            .t
+            .rest(
+                &NoLogin,
+                "write_values",
+                Method::PUT,
+                url,
+                Some(&body),
+                true,
+            )
             .await
         {
             Ok((status, _)) if status.as_u16() == 404 || status.as_u16() == 405 => {
@@ -521,22 +409,13 @@ impl Station for WinccV7Client {
             }
             other => other.and_then(|(status, bytes)| reply::batch_write_results(status, &bytes)),
         };
-        match reply {
-            Ok(rows) => writes
-                .iter()
-                .map(|(name, _, _)| match rows.get(name.as_str()) {
-                    Some(r) => r.clone().map_err(|e| self.scrub_err(e)),
-                    None => Err(StationError::Refused {
-                        code: "missing".into(),
-                        message: format!("the station's reply has no row for {name:?}"),
-                    }),
-                })
-                .collect(),
-            Err(e) => {
-                let e = self.scrub_err(e);
-                writes.iter().map(|_| Err(e.clone())).collect()
-            }
-        }
+        transport::each_write(&self.t, writes, reply, |rows, name| match rows.get(name) {
+            Some(r) => r.clone(),
+            None => Err(StationError::Refused {
+                code: "missing".into(),
+                message: format!("the station's reply has no row for {name:?}"),
+            }),
+        })
     }
 
     async fn active_alarms(&self) -> Result<Vec<Alarm>, StationError> {
@@ -546,17 +425,22 @@ impl Station for WinccV7Client {
             }
             return Ok(Vec::new());
         }
-        let url = self.url(&["alarmLogging", "MessageList", &self.alarm_filter]);
-        let (_, body) = self.call("alarms", Method::GET, url, None, false).await?;
+        let url = self
+            .t
+            .url(&["alarmLogging", "MessageList", &self.alarm_filter]);
+        let (_, body) = self
+            .t
+            .rest(&NoLogin, "alarms", Method::GET, url, None, false)
+            .await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Vec::new());
         }
         let rows = alarm_rows(&body).map_err(|e| {
-            self.debug_reply("alarms", &body);
-            self.scrub_err(e)
+            self.t.debug_reply("alarms", &body);
+            self.t.scrub_err(e)
         })?;
         if let Some(first) = rows.bad.first() {
-            tracing::warn!(count = rows.bad.len(), first = %self.scrub(first.clone()), "skipping messages with no number, id or name");
+            tracing::warn!(count = rows.bad.len(), first = %self.t.scrub(first.clone()), "skipping messages with no number, id or name");
         }
         Ok(self.settle_alarms(rows))
     }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::parse::{get_ci, quality_from_code};
-use super::StationError;
 use crate::model::TagType;
 use crate::model::{format_ts, parse_ts, Alarm, AlarmState, BadReason, Quality, Reading, TagInfo};
+use crate::wincc::parse::{get_ci, object_rows, quality_from_code, text};
+use crate::wincc::StationError;
 
 /// What a GraphQL error means to the client, from its `extensions.code`
 /// alone (never from the words of its message, which vary by version and
@@ -108,15 +108,6 @@ pub fn data_root(v: Value, root: &str) -> Result<Value, StationError> {
         _ => Err(StationError::Malformed(
             "GraphQL reply has neither data nor errors".into(),
         )),
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 
@@ -236,7 +227,7 @@ pub fn tag_values(
     received: DateTime<Utc>,
 ) -> Result<Vec<Reading>, StationError> {
     let rows = rows(v, "tagValues")?;
-    let by_name = super::parse::rows_by_name(rows, "tagValues", |o| {
+    let by_name = crate::wincc::parse::rows_by_name(rows, "tagValues", |o| {
         get_ci(o, "name").and_then(Value::as_str)
     })?;
     Ok(names
@@ -328,11 +319,7 @@ pub fn browse(v: &Value) -> Result<(Vec<TagInfo>, Vec<String>), StationError> {
     let rows = rows(v, "browse")?;
     let mut tags = Vec::with_capacity(rows.len());
     let mut skipped = Vec::new();
-    for row in rows {
-        let Value::Object(o) = row else {
-            skipped.push(row.to_string().chars().take(80).collect());
-            continue;
-        };
+    for o in object_rows(rows, &mut skipped) {
         let Some(name) = get_ci(o, "name").and_then(Value::as_str) else {
             skipped.push("(a row without a name)".into());
             continue;

@@ -4,7 +4,7 @@
 //! Typed, borrowing deserialisation avoids building a `serde_json::Value`
 //! tree per row. Nothing lenient is lost: any other key (another case, a
 //! dialect's spelling, an extra field) makes the typed parse fail and the
-//! caller falls back to the lenient parser in [`super::parse`], which reads
+//! caller falls back to the lenient parser in [`super::reply`], which reads
 //! the same body again. Rows are still matched by name: positionally only
 //! when every row's name equals the requested name at that position,
 //! through a map otherwise.
@@ -18,8 +18,8 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::parse::{error_value, quality_from_code, quality_word};
 use crate::model::{align_readings, parse_ts, Quality, Reading};
+use crate::wincc::parse::{error_value, quality_from_code, quality_word};
 
 /// A string borrowed from the body when it has no escapes. (serde borrows
 /// a `Cow<str>` field marked `borrow`, but not one inside an `Option`:
@@ -178,7 +178,7 @@ mod tests {
         for order in [names(&["A", "Bü", "C"]), names(&["C", "D", "A", "Bü"])] {
             let fast = values(body, &order, now).expect("fast path");
             // The lenient parser, fed a body the fast path refuses, must agree.
-            let lenient = super::super::parse::values(
+            let lenient = super::super::reply::values(
                 &String::from_utf8_lossy(body)
                     .replace("\"values\"", "\"VALUES\"")
                     .into_bytes(),

@@ -208,11 +208,7 @@ pub fn variable_page(body: &[u8]) -> Result<VariablePage, StationError> {
     let mut tags = Vec::with_capacity(rows.len());
     let mut untyped = Vec::new();
     let mut skipped = Vec::new();
-    for row in rows {
-        let Value::Object(o) = row else {
-            skipped.push(row.to_string().chars().take(80).collect());
-            continue;
-        };
+    for o in parse::object_rows(rows, &mut skipped) {
         let Some(name) = parse::get_any_str(o, &["variableName", "name"]) else {
             skipped.push("(a row without a name)".into());
             continue;

@@ -74,12 +74,12 @@ impl UnifiedClient {
         names: &[Arc<str>],
     ) -> Result<TagSubscription, StationError> {
         self.rights.check()?;
-        let mut ticket = self.ticket(None).await?;
+        let mut ticket = self.t.ticket(self, None).await?;
         let mut ws = match self.handshake(ticket.bearer.as_deref()).await? {
             Handshake::Ok(ws) => ws,
-            Handshake::Rejected(why) if self.auth != crate::config::AuthMode::None => {
+            Handshake::Rejected(why) if self.t.auth() != crate::config::AuthMode::None => {
                 tracing::info!(reason = %why, "subscription refused the session; logging in again");
-                ticket = self.ticket(Some(ticket.generation)).await?;
+                ticket = self.t.ticket(self, Some(ticket.generation)).await?;
                 match self.handshake(ticket.bearer.as_deref()).await? {
                     Handshake::Ok(ws) => ws,
                     Handshake::Rejected(why) => return Err(StationError::Auth(why)),
@@ -89,16 +89,16 @@ impl UnifiedClient {
         };
         let sub = json!({"id": "1", "type": "subscribe",
             "payload": {"query": SUBSCRIBE, "variables": {"names": names}}});
-        send_within(&mut ws, text(sub), self.timeout).await?;
+        send_within(&mut ws, text(sub), self.t.timeout()).await?;
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
-        tokio::spawn(read_loop(*ws, tx, cancel.clone(), self.timeout));
+        tokio::spawn(read_loop(*ws, tx, cancel.clone(), self.t.timeout()));
         Ok(TagSubscription::new(rx, cancel))
     }
 
     /// Connects and sends `connection_init`; waits for `connection_ack`.
     async fn handshake(&self, bearer: Option<&str>) -> Result<Handshake, StationError> {
-        let mut url = self.endpoint();
+        let mut url = self.t.endpoint();
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         url.set_scheme(scheme)
             .map_err(|_| StationError::Malformed("cannot build the WebSocket URL".into()))?;
@@ -116,9 +116,9 @@ impl UnifiedClient {
             .ws_tls
             .as_ref()
             .map(|c| tokio_tungstenite::Connector::Rustls(Arc::clone(c)));
-        let timeout = self.timeout;
+        let timeout = self.t.timeout();
         let mut ws = {
-            let _permit = self.limiter.acquire().await;
+            let _permit = self.t.limiter().acquire().await;
             metrics::counter!("wincc_gateway_station_requests_total", "endpoint" => "subscribe")
                 .increment(1);
             let connect =
