@@ -285,11 +285,12 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
                 let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
                 let load: Vec<&str> = load.split_whitespace().take(3).collect();
                 println!(
-                    "soak: t={:>5}s rss={:>7.1} MiB cpu={:>8.2} s messages={} load {}",
+                    "soak: t={:>5}s rss={:>7.1} MiB cpu={:>8.2} s messages={} opcua={} load {}",
                     s.at_s,
                     s.rss_kib as f64 / 1024.0,
                     s.cpu_s,
                     s.messages,
+                    opcua_changes.load(Ordering::Relaxed),
                     load.join(" ")
                 );
             }
