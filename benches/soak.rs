@@ -113,13 +113,9 @@ fn main() {
         secs(r.exit_after)
     );
     if opts_latency {
-        let ms = |d: Option<Duration>| {
-            d.map_or("n/a".into(), |d| {
-                format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-            })
-        };
+        let ms = |d: Option<f64>| d.map_or("n/a".into(), |d| format!("{d:.1} ms"));
         println!(
-            "soak: OPC UA after MQTT, {} changes matched: p50 {}, p99 {}, max {}; {} seen by OPC UA first",
+            "soak: OPC UA arrival minus MQTT arrival, {} changes matched: p50 {}, p99 {}, max {}; {} seen by OPC UA first",
             r.opcua_minus_mqtt.len(),
             ms(r.latency_quantile(0.5)),
             ms(r.latency_quantile(0.99)),

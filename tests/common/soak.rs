@@ -129,9 +129,10 @@ pub struct SoakReport {
     pub all_tags: Option<Duration>,
     /// From SIGTERM to the process's exit.
     pub exit_after: Option<Duration>,
-    /// Per change seen on both sides: OPC UA arrival minus MQTT arrival.
-    pub opcua_minus_mqtt: Vec<Duration>,
-    /// Changes seen by OPC UA before MQTT (counted, not in the above).
+    /// Per change seen on both sides: OPC UA arrival minus MQTT arrival,
+    /// in ms (negative: OPC UA was first).
+    pub opcua_minus_mqtt: Vec<f64>,
+    /// How many of them OPC UA saw first.
     pub opcua_first: usize,
 }
 
@@ -157,13 +158,13 @@ impl SoakReport {
         self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0
     }
 
-    /// The `q` quantile (0..=1) of `opcua_minus_mqtt`.
-    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+    /// The `q` quantile (0..=1) of `opcua_minus_mqtt`, in ms.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         let mut v = self.opcua_minus_mqtt.clone();
         if v.is_empty() {
             return None;
         }
-        v.sort();
+        v.sort_by(f64::total_cmp);
         let i = ((v.len() - 1) as f64 * q).round() as usize;
         Some(v[i])
     }
@@ -314,12 +315,14 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
         report.first_message = r.first_message.map(|t| t - started);
         report.all_tags = r.all_tags.map(|t| t - started);
         for (key, opcua_at) in &r.opcua_at {
-            match r.mqtt_at.get(key) {
-                Some(mqtt_at) if opcua_at >= mqtt_at => {
-                    report.opcua_minus_mqtt.push(*opcua_at - *mqtt_at)
-                }
-                Some(_) => report.opcua_first += 1,
-                None => {}
+            if let Some(mqtt_at) = r.mqtt_at.get(key) {
+                let ms = if opcua_at >= mqtt_at {
+                    (*opcua_at - *mqtt_at).as_secs_f64() * 1000.0
+                } else {
+                    report.opcua_first += 1;
+                    -((*mqtt_at - *opcua_at).as_secs_f64() * 1000.0)
+                };
+                report.opcua_minus_mqtt.push(ms);
             }
         }
     }
