@@ -345,6 +345,10 @@ pub struct OpcuaSettings {
     pub trust_client_certs: bool,
     pub write_enabled: bool,
     pub writable_tags: Vec<String>,
+    /// The shortest publishing interval a subscription is granted (ms);
+    /// values are pushed into subscriptions as they arrive, so a change
+    /// waits at most this long (plus a tick of a tenth of it).
+    pub min_publishing_interval_ms: u64,
     pub limits: OpcuaLimits,
 }
 
@@ -361,6 +365,7 @@ impl Default for OpcuaSettings {
             trust_client_certs: false,
             write_enabled: false,
             writable_tags: Vec::new(),
+            min_publishing_interval_ms: 50,
             limits: OpcuaLimits::default(),
         }
     }

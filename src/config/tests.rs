@@ -211,6 +211,26 @@ fn opcua_limits_are_checked() {
 }
 
 #[test]
+fn opcua_min_publishing_interval_is_checked() {
+    assert_eq!(with_opcua("").unwrap().opcua.min_publishing_interval_ms, 50);
+    let s = with_opcua("min_publishing_interval_ms = 250").unwrap();
+    assert_eq!(s.opcua.min_publishing_interval_ms, 250);
+    for bad in ["0", "5", "60001"] {
+        let e = with_opcua(&format!("min_publishing_interval_ms = {bad}")).unwrap_err();
+        let p = e
+            .problems
+            .iter()
+            .find(|p| p.key == "opcua.min_publishing_interval_ms")
+            .unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(p.value, bad);
+        assert!(p.why.contains("between 10 and 60000"), "{}", p.why);
+    }
+    assert_eq!(crate::sinks::opcua::server::subscription_tick_ms(50), 5);
+    assert_eq!(crate::sinks::opcua::server::subscription_tick_ms(10), 1);
+    assert_eq!(crate::sinks::opcua::server::subscription_tick_ms(1000), 10);
+}
+
+#[test]
 fn credentials_in_urls_are_refused_without_echoing_the_password() {
     let e = load(
         &MIN.replace(

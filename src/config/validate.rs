@@ -390,6 +390,13 @@ impl Settings {
                     ));
                 }
             }
+            if !(10..=60_000).contains(&o.min_publishing_interval_ms) {
+                p.push(prob(
+                    "opcua.min_publishing_interval_ms".into(),
+                    o.min_publishing_interval_ms.to_string(),
+                    "must be between 10 and 60000 (ms)",
+                ));
+            }
             let l = &o.limits;
             for (key, v, min) in [
                 ("opcua.limits.max_sessions", l.max_sessions, 1),

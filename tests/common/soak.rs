@@ -11,6 +11,11 @@
 //! older than the one before it), and at the end compares every settled
 //! station value (unchanged for `settle`) with the last one delivered.
 //!
+//! It also times start to first publish (and to every tag's first value),
+//! SIGTERM to exit, and with `latency` when each change of the OPC UA
+//! client's tags reaches the MQTT subscriber and the OPC UA client, matched
+//! by tag and source timestamp.
+//!
 //! Shared by the smoke test in the suite (`soak_smoke`, two minutes, asserts
 //! only loss, order and a clean exit) and `benches/soak.rs` (the hour-long
 //! runs, figures in BENCHMARKS.md): timing and memory are never asserted.
@@ -56,6 +61,14 @@ pub struct SoakOptions {
     pub print: bool,
     /// How often RSS and CPU are sampled.
     pub sample_every: Duration,
+    /// The publishing interval the OPC UA client asks for.
+    pub opcua_publish_ms: u64,
+    /// `opcua.min_publishing_interval_ms` in the gateway's config (`None`:
+    /// the key is left out, so older binaries still start).
+    pub opcua_min_publish_ms: Option<u64>,
+    /// Record when each change of the OPC UA client's tags reaches the MQTT
+    /// subscriber and the OPC UA client (the side-by-side latency).
+    pub latency: bool,
 }
 
 impl SoakOptions {
@@ -75,6 +88,9 @@ impl SoakOptions {
             settle: Duration::from_secs(10),
             print: true,
             sample_every: Duration::from_secs(60),
+            opcua_publish_ms: 100,
+            opcua_min_publish_ms: None,
+            latency: false,
         }
     }
 }
@@ -107,6 +123,17 @@ pub struct SoakReport {
     pub clean_exit: bool,
     pub panicked: bool,
     pub log_tail: String,
+    /// From starting the gateway to the subscriber's first tag message, and
+    /// to the first message of every tag (the first full cycle).
+    pub first_message: Option<Duration>,
+    pub all_tags: Option<Duration>,
+    /// From SIGTERM to the process's exit.
+    pub exit_after: Option<Duration>,
+    /// Per change seen on both sides: OPC UA arrival minus MQTT arrival,
+    /// in ms (negative: OPC UA was first).
+    pub opcua_minus_mqtt: Vec<f64>,
+    /// How many of them OPC UA saw first.
+    pub opcua_first: usize,
 }
 
 impl SoakReport {
@@ -131,6 +158,17 @@ impl SoakReport {
         self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0
     }
 
+    /// The `q` quantile (0..=1) of `opcua_minus_mqtt`, in ms.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        let mut v = self.opcua_minus_mqtt.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        Some(v[i])
+    }
+
     /// CPU milliseconds per delivered tag message.
     pub fn cpu_ms_per_message(&self) -> f64 {
         self.cpu_s * 1000.0 / self.messages.max(1) as f64
@@ -148,6 +186,13 @@ struct Seen {
 struct Record {
     last: HashMap<String, Seen>,
     backwards: Vec<String>,
+    first_message: Option<Instant>,
+    all_tags: Option<Instant>,
+    /// Topic key → index of the OPC UA client's tag (latency runs only).
+    watched: HashMap<String, u32>,
+    /// (tag index, source time in ms) → arrival, per side.
+    mqtt_at: HashMap<(u32, i64), Instant>,
+    opcua_at: HashMap<(u32, i64), Instant>,
 }
 
 /// A child process killed when dropped.
@@ -177,6 +222,7 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     let opcua_port = free_port();
     let cfg = write_config(&opts, dir.path(), &sim_url, broker.port, opcua_port);
     let log_path = dir.path().join("gateway.log");
+    let started = Instant::now();
     let mut gateway = Proc(
         Command::new(&opts.bin)
             .args(["run", "-c"])
@@ -189,13 +235,30 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     );
     let pid = gateway.0.id();
 
-    let record = Arc::new(Mutex::new(Record::default()));
-    let messages = Arc::new(AtomicU64::new(0));
-    let subscriber = subscribe(broker.port, Arc::clone(&record), Arc::clone(&messages));
     let names = station_names(&http, &sim_url, opts.opcua_items.max(1)).await;
+    let mut record = Record::default();
+    if opts.latency {
+        record.watched = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (wincc_gateway::topic::encode(n), i as u32))
+            .collect();
+    }
+    let record = Arc::new(Mutex::new(record));
+    let messages = Arc::new(AtomicU64::new(0));
+    let subscriber = subscribe(
+        broker.port,
+        opts.tags,
+        Arc::clone(&record),
+        Arc::clone(&messages),
+    );
     let opcua_changes = Arc::new(AtomicU64::new(0));
     let opcua = if opts.opcua && opts.opcua_items > 0 {
-        Some(opcua_client(opcua_port, &names, dir.path(), Arc::clone(&opcua_changes)).await)
+        let seen = OpcuaSeen {
+            changes: Arc::clone(&opcua_changes),
+            record: opts.latency.then(|| Arc::clone(&record)),
+        };
+        Some(opcua_client(opcua_port, &names, dir.path(), opts.opcua_publish_ms, seen).await)
     } else {
         None
     };
@@ -221,12 +284,16 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
             next_sample += opts.sample_every;
             let s = sample(pid, ticks, start, &messages);
             if opts.print {
+                let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+                let load: Vec<&str> = load.split_whitespace().take(3).collect();
                 println!(
-                    "soak: t={:>5}s rss={:>7.1} MiB cpu={:>8.2} s messages={}",
+                    "soak: t={:>5}s rss={:>7.1} MiB cpu={:>8.2} s messages={} opcua={} load {}",
                     s.at_s,
                     s.rss_kib as f64 / 1024.0,
                     s.cpu_s,
-                    s.messages
+                    s.messages,
+                    opcua_changes.load(Ordering::Relaxed),
+                    load.join(" ")
                 );
             }
             report.samples.push(s);
@@ -243,13 +310,31 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
 
     report.messages = messages.load(Ordering::Relaxed);
     report.opcua_changes = opcua_changes.load(Ordering::Relaxed);
-    report.backwards = std::mem::take(&mut record.lock().unwrap().backwards);
+    {
+        let mut r = record.lock().unwrap();
+        report.backwards = std::mem::take(&mut r.backwards);
+        report.first_message = r.first_message.map(|t| t - started);
+        report.all_tags = r.all_tags.map(|t| t - started);
+        for (key, opcua_at) in &r.opcua_at {
+            if let Some(mqtt_at) = r.mqtt_at.get(key) {
+                let ms = if opcua_at >= mqtt_at {
+                    (*opcua_at - *mqtt_at).as_secs_f64() * 1000.0
+                } else {
+                    report.opcua_first += 1;
+                    -((*mqtt_at - *opcua_at).as_secs_f64() * 1000.0)
+                };
+                report.opcua_minus_mqtt.push(ms);
+            }
+        }
+    }
     report.cpu_s = cpu_seconds(pid, ticks).unwrap_or(0.0);
     if let Some(opcua) = opcua {
         opcua.close().await;
     }
     subscriber.abort();
-    report.clean_exit = terminate(&mut gateway.0);
+    let (clean, exit_after) = terminate(&mut gateway.0);
+    report.clean_exit = clean;
+    report.exit_after = exit_after;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     report.panicked = log.contains("panicked");
     report.log_tail = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
@@ -279,6 +364,15 @@ fn write_config(
     mqtt_port: u16,
     opcua_port: u16,
 ) -> PathBuf {
+    // Requests one poll cycle needs per second (500 tags each), with room
+    // for alarms and retries: 100/s for the fault runs' 20 000 tags, the
+    // poll bench's 300/s (burst 20, 4 in flight) for 100 000 tags a second.
+    let per_s = opts.tags.div_ceil(500) as u64 * 1000 / opts.interval_ms.max(1);
+    let (rps, burst, in_flight) = if per_s * 3 / 2 <= 100 {
+        (100, 10, 2)
+    } else {
+        (per_s * 3 / 2, 20, 4)
+    };
     let toml = format!(
         r#"
 [wincc]
@@ -290,9 +384,9 @@ password_env = "SOAK_WINCC_PASSWORD"
 timeout_ms = 3000
 max_tags_per_request = 500
 [wincc.rate_limit]
-requests_per_second = 100
-burst = 10
-max_in_flight = 2
+requests_per_second = {rps}
+burst = {burst}
+max_in_flight = {in_flight}
 [[poll_group]]
 name = "all"
 interval_ms = {interval}
@@ -314,10 +408,18 @@ namespace_uri = "urn:wincc-gateway:soak"
 security_policies = ["None"]
 allow_anonymous = true
 pki_dir = {pki:?}
+{min_publish}
 [http]
 enabled = false
 "#,
         interval = opts.interval_ms,
+        rps = rps,
+        burst = burst,
+        in_flight = in_flight,
+        min_publish = opts
+            .opcua_min_publish_ms
+            .map(|ms| format!("min_publishing_interval_ms = {ms}"))
+            .unwrap_or_default(),
         qos = opts.qos,
         retain = opts.retain,
         opcua = opts.opcua,
@@ -366,6 +468,7 @@ async fn wait_http(http: &reqwest::Client, url: &str) {
 
 fn subscribe(
     port: u16,
+    tags: usize,
     record: Arc<Mutex<Record>>,
     messages: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
@@ -390,9 +493,20 @@ fn subscribe(
                     let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
                         continue;
                     };
+                    let now = Instant::now();
                     messages.fetch_add(1, Ordering::Relaxed);
                     let ts = v["timestamp"].as_str().unwrap_or_default().to_string();
                     let mut r = record.lock().unwrap();
+                    r.first_message.get_or_insert(now);
+                    if let Some(&i) = r.watched.get(key) {
+                        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&ts) {
+                            r.mqtt_at.entry((i, t.timestamp_millis())).or_insert(now);
+                        }
+                    }
+                    if r.all_tags.is_none() && !r.last.contains_key(key) && r.last.len() + 1 == tags
+                    {
+                        r.all_tags = Some(now);
+                    }
                     if let Some(prev) = r.last.get(key) {
                         // RFC 3339 UTC with milliseconds: text order is time order.
                         if ts < prev.ts {
@@ -531,11 +645,19 @@ impl OpcuaClient {
     }
 }
 
+/// What the OPC UA client records: a count, and with `record` each
+/// change's arrival (latency runs).
+struct OpcuaSeen {
+    changes: Arc<AtomicU64>,
+    record: Option<Arc<Mutex<Record>>>,
+}
+
 async fn opcua_client(
     port: u16,
     names: &[String],
     dir: &Path,
-    changes: Arc<AtomicU64>,
+    publish_ms: u64,
+    seen: OpcuaSeen,
 ) -> OpcuaClient {
     use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken};
     use opcua::crypto::SecurityPolicy;
@@ -586,16 +708,23 @@ async fn opcua_client(
         .get_namespace_index("urn:wincc-gateway:soak")
         .await
         .expect("namespace");
+    let OpcuaSeen { changes, record } = seen;
     let sub = session
         .create_subscription(
-            Duration::from_millis(100),
+            Duration::from_millis(publish_ms),
             300,
             20,
             0,
             0,
             true,
-            DataChangeCallback::new(move |_, _| {
+            DataChangeCallback::new(move |dv, item| {
+                let now = Instant::now();
                 changes.fetch_add(1, Ordering::Relaxed);
+                let (Some(record), Some(ts)) = (&record, dv.source_timestamp) else {
+                    return;
+                };
+                let key = (item.client_handle() - 1, ts.as_chrono().timestamp_millis());
+                record.lock().unwrap().opcua_at.entry(key).or_insert(now);
             }),
         )
         .await
@@ -665,17 +794,19 @@ fn sample(pid: u32, ticks: f64, start: Instant, messages: &AtomicU64) -> Sample 
     }
 }
 
-/// SIGTERM, then wait up to 10 s: `true` for exit code 0.
-fn terminate(child: &mut Child) -> bool {
+/// SIGTERM, then wait up to 10 s: `true` for exit code 0, and how long
+/// the exit took.
+fn terminate(child: &mut Child) -> (bool, Option<Duration>) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
+            return (status.success(), Some(start.elapsed()));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    false
+    (false, None)
 }

@@ -115,7 +115,7 @@ impl Driver {
                     o.on_outgoing_publish(pkid);
                     o.pump();
                     if pkid == 0 {
-                        metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+                        o.update_pending_gauge();
                     }
                 }
                 Ok(NetEvent::AwaitAck(pkid)) => self.lock().on_await_ack(pkid),
@@ -152,7 +152,7 @@ impl Driver {
                         o.on_disconnected();
                         // Drop rumqttc's own retry queue: the outbox resends.
                         self.eventloop.reset();
-                        metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+                        o.update_pending_gauge();
                     }
                     if connected {
                         connected = false;
@@ -202,6 +202,6 @@ impl Driver {
             Some(reason) => o.on_refused(pkid, reason),
         }
         o.pump();
-        metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+        o.update_pending_gauge();
     }
 }

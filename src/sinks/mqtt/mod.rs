@@ -38,6 +38,7 @@ mod connection;
 mod link;
 pub(crate) mod options;
 mod outbox;
+mod payload;
 mod retained;
 mod tls;
 
@@ -259,6 +260,7 @@ impl MqttSink {
             outbox: outbox.clone(),
             topics: HashMap::new(),
             buffered: backlog.is_some(),
+            buf: Vec::with_capacity(256),
         };
         loop {
             tokio::select! {
@@ -386,6 +388,9 @@ struct Publisher {
     topics: HashMap<Arc<str>, Arc<str>>,
     /// `[mqtt.buffer]` is on: each change also gets its buffer record.
     buffered: bool,
+    /// Reused for every payload ([`payload::encode`]); each message then
+    /// takes one exact-size copy.
+    buf: Vec<u8>,
 }
 
 impl Publisher {
@@ -406,15 +411,14 @@ impl Publisher {
         match ev {
             Event::Changes(batch) => {
                 let buffered = self.buffered;
-                let items: Vec<(Arc<str>, Bytes, Option<Bytes>)> = batch
-                    .changes
-                    .iter()
-                    .map(|c| {
-                        let payload = serde_json::to_vec(&c.to_json()).unwrap_or_default();
-                        let record = buffered.then(|| backlog::encode(c));
-                        (self.tag_topic(&c.name), Bytes::from(payload), record)
-                    })
-                    .collect();
+                let mut items: Vec<(Arc<str>, Bytes, Option<Bytes>)> =
+                    Vec::with_capacity(batch.changes.len());
+                for c in &batch.changes {
+                    payload::encode(c, &mut self.buf);
+                    let record = buffered.then(|| backlog::encode(c));
+                    let topic = self.tag_topic(&c.name);
+                    items.push((topic, Bytes::copy_from_slice(&self.buf), record));
+                }
                 let mut o = lock(&self.outbox);
                 for (topic, payload, record) in items {
                     o.set_change(
@@ -428,7 +432,7 @@ impl Publisher {
                 }
                 o.flush_backlog();
                 o.pump();
-                metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+                o.update_pending_gauge();
             }
             Event::Station(s) => {
                 let payload = Bytes::from(s.to_json().to_string());
@@ -474,7 +478,7 @@ impl Publisher {
                     );
                 }
                 o.pump();
-                metrics::gauge!("wincc_gateway_mqtt_pending").set(o.unconfirmed() as f64);
+                o.update_pending_gauge();
             }
         }
     }

@@ -56,6 +56,16 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Tag,
+        Kind::Status,
+        Kind::Station,
+        Kind::AlarmActive,
+        Kind::AlarmEvent,
+        Kind::WriteResult,
+        Kind::Backfill,
+    ];
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::Tag => "tag",
@@ -117,6 +127,28 @@ struct Sent {
     received_at: Option<Instant>,
 }
 
+/// The per-message metrics, registered once: looking a labelled metric up
+/// in the recorder per published message (building its key, hashing it)
+/// cost more than the message's own bookkeeping.
+struct Meters {
+    /// `wincc_gateway_mqtt_publishes_total{kind}`, in [`Kind::ALL`] order.
+    publishes: [metrics::Counter; 7],
+    latency: metrics::Histogram,
+    pending: metrics::Gauge,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            publishes: Kind::ALL.map(
+                |k| metrics::counter!("wincc_gateway_mqtt_publishes_total", "kind" => k.label()),
+            ),
+            latency: metrics::histogram!("wincc_gateway_publish_latency_seconds", "sink" => "mqtt"),
+            pending: metrics::gauge!("wincc_gateway_mqtt_pending"),
+        }
+    }
+}
+
 /// The outbox; lives behind a mutex shared by the sink and its event loop.
 pub(crate) struct Outbox<P> {
     publisher: P,
@@ -138,6 +170,7 @@ pub(crate) struct Outbox<P> {
     unconfirmed: usize,
     /// `[mqtt.buffer]`, when enabled.
     backlog: Option<Backlog>,
+    meters: Meters,
 }
 
 impl<P: Publisher> Outbox<P> {
@@ -157,7 +190,13 @@ impl<P: Publisher> Outbox<P> {
             collided: None,
             unconfirmed: 0,
             backlog: None,
+            meters: Meters::new(),
         }
+    }
+
+    /// Sets the `wincc_gateway_mqtt_pending` gauge to [`unconfirmed`](Self::unconfirmed).
+    pub(crate) fn update_pending_gauge(&self) {
+        self.meters.pending.set(self.unconfirmed as f64);
     }
 
     /// Messages not yet confirmed by the broker (the `pending` gauge).
@@ -387,11 +426,10 @@ impl<P: Publisher> Outbox<P> {
 
     fn confirm(&mut self, sent: Sent, delivered: bool) {
         if delivered {
-            metrics::counter!("wincc_gateway_mqtt_publishes_total", "kind" => sent.kind.label())
-                .increment(1);
+            // `Kind::ALL` lists the kinds in declaration order.
+            self.meters.publishes[sent.kind as usize].increment(1);
             if let Some(at) = sent.received_at {
-                metrics::histogram!("wincc_gateway_publish_latency_seconds", "sink" => "mqtt")
-                    .record(at.elapsed().as_secs_f64());
+                self.meters.latency.record(at.elapsed().as_secs_f64());
             }
         }
         match &sent.key {
@@ -416,6 +454,14 @@ impl<P: Publisher> Outbox<P> {
                 slot.flying.retain(|(v, _)| *v > sent.version);
                 if slot.confirmed() {
                     self.unconfirmed -= 1;
+                    // Only a retained payload is ever sent again (after a
+                    // reconnect without a session); the buffer record of a
+                    // confirmed value is never needed. 100 000 tags kept
+                    // ~100 bytes each of both for nothing.
+                    slot.record = None;
+                    if !slot.retain && slot.kind == Kind::Tag {
+                        slot.payload = Bytes::new();
+                    }
                     // A cleared alarm's empty retained message, once delivered,
                     // needs no memory: the broker dropped the retained alarm.
                     // A dropped payload (too large, refused) is forgotten too,

@@ -237,7 +237,7 @@ impl OpcuaSink {
                 }
                 event = events.recv() => match event {
                     None => break Ok(()),
-                    Some(Event::Tags(tags)) => self.apply_tags(&subs, &tags),
+                    Some(Event::Tags(tags)) => self.apply_tags(&subs, tags).await,
                     Some(Event::Changes(batch)) => self.apply_changes(&subs, &batch),
                     Some(Event::Station(s)) => self.apply_station(&s),
                     Some(Event::Alarms(alarms)) => self.apply_alarms(&subs, &alarms),
@@ -263,12 +263,32 @@ impl OpcuaSink {
         result
     }
 
-    fn apply_tags(&mut self, subs: &SubscriptionCache, tags: &[TagInfo]) {
-        let report = {
-            let mut space = self.nodes.address_space().write();
-            let policy = self.policy.clone();
+    /// Brings the address space in line with the tag list. Building it for
+    /// 100 000 tags takes seconds of CPU, so it runs on the blocking pool:
+    /// the runtime's workers keep polling and publishing to MQTT meanwhile.
+    async fn apply_tags(&mut self, subs: &SubscriptionCache, tags: Arc<Vec<TagInfo>>) {
+        let nodes = self.nodes.clone();
+        let policy = self.policy.clone();
+        let empty = Space::new(self.space.tag_ns, self.space.folder_ns);
+        let mut mirror = std::mem::replace(&mut self.space, empty);
+        let built = tokio::task::spawn_blocking(move || {
             let may_write = move |tag: &str| policy.as_ref().is_some_and(|p| p.allows(tag));
-            self.space.sync(&mut space, tags, &may_write)
+            let report = {
+                let mut space = nodes.address_space().write();
+                mirror.sync(&mut space, &tags, &may_write)
+            };
+            (mirror, report)
+        })
+        .await;
+        let report = match built {
+            Ok((mirror, report)) => {
+                self.space = mirror;
+                report
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "OPC UA: updating the address space failed");
+                return;
+            }
         };
         // Tell subscribers of vanished tags, whose nodes are gone now.
         let gone = DataValue {

@@ -208,24 +208,28 @@ impl Space {
         for &(a, b) in &ranges[..ranges.len() - 1] {
             let path = &name[..b];
             let id = self.folder_id(path);
-            let count = self.folders.entry(path.to_string()).or_insert(0);
-            if *count == 0 {
-                let level = &name[a..b];
-                space.add_folder(
-                    &id,
-                    QualifiedName::new(self.folder_ns, level),
-                    level,
-                    &parent,
-                );
+            // Most tags share folders: look up before allocating the key.
+            match self.folders.get_mut(path) {
+                Some(count) if *count > 0 => *count += 1,
+                _ => {
+                    let level = &name[a..b];
+                    space.add_folder(
+                        &id,
+                        QualifiedName::new(self.folder_ns, level),
+                        level,
+                        &parent,
+                    );
+                    self.folders.insert(path.to_string(), 1);
+                }
             }
-            *count += 1;
             parent = id;
         }
         let (a, b) = *ranges.last().expect("at least one level");
         let level = &name[a..b];
         let level_access = access_level(entry.writable);
+        let id = self.tag_id(name);
         let inserted = VariableBuilder::new(
-            &self.tag_id(name),
+            &id,
             QualifiedName::new(self.tag_ns, level),
             LocalizedText::new("", level),
         )
@@ -238,7 +242,7 @@ impl Space {
         .organized_by(parent)
         .insert(space);
         if inserted {
-            if let Some(NodeType::Variable(v)) = space.find_mut(&self.tag_id(name)) {
+            if let Some(NodeType::Variable(v)) = space.find_mut(&id) {
                 v.set_data_value(waiting_value());
             }
         }
