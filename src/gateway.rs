@@ -27,6 +27,7 @@ use crate::poll::{station as monitor, Poller};
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::sinks::sparkplug::SparkplugSink;
+use crate::status::{web, ConfigInfo, Hub, StatusSources};
 use crate::wincc::{self, Station};
 use crate::writes::{TagMap, Writer};
 
@@ -235,6 +236,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         watch::channel(ComponentState::Disabled).1
     };
 
+    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx)
+        .with_monitor(station.clone(), link.clone());
+    let config_info = watch::channel(ConfigInfo {
+        version: 1,
+        loaded_at: chrono::Utc::now(),
+        sha256: settings.source_sha256.clone(),
+    })
+    .0;
     let http_addr = if settings.http.enabled {
         let listen: SocketAddr = settings.http.listen.parse().context("http.listen")?;
         let sources = HealthSources {
@@ -244,19 +253,50 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             sparkplug: sparkplug_state,
             mqtt_buffer,
             failed: sup.failed.subscribe(),
+            config: Some(config_info.subscribe()),
         };
-        let addr = http::serve(listen, sources, stop.clone())
+        let page = if settings.http.status_page {
+            let access = web::Access::from_settings(&settings.http)?;
+            let hub = Hub::start(
+                StatusSources {
+                    health: sources.clone(),
+                    activity: link.activity(),
+                    groups: poller.group_stats(),
+                    station_url: settings.wincc.base_url.clone(),
+                    rps_limit: settings.wincc.rate_limit.requests_per_second,
+                    in_flight_limit: settings.wincc.rate_limit.max_in_flight,
+                    mqtt_commands: settings.mqtt.enabled && settings.mqtt.write_enabled,
+                    opcua_endpoint: settings
+                        .opcua
+                        .enabled
+                        .then(|| settings.opcua.endpoint.clone()),
+                    config: config_info.subscribe(),
+                },
+                bus.subscribe("status", SINK_QUEUE),
+                stop.clone(),
+            );
+            Some(web::routes(web::PageState {
+                hub,
+                access,
+                streams: Arc::new(tokio::sync::Semaphore::new(web::MAX_STREAMS)),
+            }))
+        } else {
+            None
+        };
+        let addr = http::serve(listen, sources, page, stop.clone())
             .await
             .with_context(|| format!("cannot listen on http.listen = {listen}"))?;
-        tracing::info!(%addr, "serving /healthz and /metrics");
+        if settings.http.status_page {
+            tracing::info!(%addr, "serving the status page at http://{addr}/, /healthz and /metrics");
+        } else {
+            tracing::info!(%addr, "serving /healthz and /metrics");
+        }
         Some(addr)
     } else {
         None
     };
 
     let mut producers = Vec::new();
-    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx)
-        .with_monitor(station.clone(), link.clone());
     let token = poll_stop.clone();
     producers.push(sup.spawn("poller", async move { poller.run(token).await }));
     if settings.alarms.enabled {

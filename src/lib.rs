@@ -19,6 +19,7 @@ pub mod poll;
 pub mod service;
 pub mod sim;
 pub mod sinks;
+pub mod status;
 pub mod topic;
 pub mod wincc;
 pub mod writes;

@@ -10,10 +10,12 @@
 //! sink (MQTT, OPC UA, Sparkplug), accepted or refused, wherever it was
 //! refused (here, or earlier by the sink: a malformed MQTT command, an OPC
 //! UA session without write access), is one log line and one count of
-//! `wincc_gateway_writes_total{sink,result,reason}` ([`audit`]).
+//! `wincc_gateway_writes_total{sink,result,reason}` ([`audit`]), and one
+//! entry in the bounded list of recent writes the status page shows
+//! ([`recent_writes`]: the last [`RECENT_WRITES`], newest last).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -259,6 +261,81 @@ impl<'a> From<&'a Result<(), WriteError>> for Outcome<'a> {
     }
 }
 
+/// How many writes [`recent_writes`] keeps.
+pub const RECENT_WRITES: usize = 50;
+
+/// One audited write, as the status page lists it (client text truncated
+/// to 200 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub sink: &'static str,
+    /// Who asked, where the sink knows (an OPC UA session's user name).
+    pub user: Option<String>,
+    pub tag: String,
+    /// The value asked for, as JSON text; `-` when unreadable.
+    pub value: String,
+    /// `accepted`, `refused` or `failed`.
+    pub result: &'static str,
+    /// Why, when not accepted.
+    pub error: Option<String>,
+}
+
+tokio::task_local! {
+    /// The user a sink's write is made for, where it knows one (set around
+    /// its call of the write path; read by [`audit`]).
+    pub static WRITE_USER: Arc<str>;
+}
+
+/// The last writes of this process, oldest first (bounded: the status
+/// page's "last 50 writes"; the log keeps them all).
+static RECENT: Mutex<VecDeque<WriteRecord>> = Mutex::new(VecDeque::new());
+
+/// The last [`RECENT_WRITES`] writes audited in this process, oldest first.
+pub fn recent_writes() -> Vec<WriteRecord> {
+    RECENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn truncated(mut text: String) -> String {
+    if text.len() > 200 {
+        let mut end = 200;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+fn remember(
+    sink: &'static str,
+    tag: &str,
+    value: &str,
+    result: &'static str,
+    error: Option<String>,
+) {
+    let record = WriteRecord {
+        at: chrono::Utc::now(),
+        sink,
+        user: WRITE_USER.try_with(|u| u.to_string()).ok(),
+        tag: truncated(tag.to_string()),
+        value: value.to_string(),
+        result,
+        error: error.map(truncated),
+    };
+    let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    if recent.len() >= RECENT_WRITES {
+        recent.pop_front();
+    }
+    recent.push_back(record);
+}
+
 /// The audit trail of writes: one log line and one count of
 /// `wincc_gateway_writes_total{sink, result, reason}` per write, for every
 /// sink and every outcome. `result` is `accepted`, `refused` (by the
@@ -279,19 +356,13 @@ pub fn audit(sink: &'static str, tag: &str, value: Option<&Value>, outcome: Outc
         "reason" => reason
     )
     .increment(1);
-    let value = value.map(|v| {
-        let mut text = v.to_string();
-        if text.len() > 200 {
-            let mut end = 200;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push_str("...");
-        }
-        text
-    });
+    let value = value.map(|v| truncated(v.to_string()));
     let value = value.as_deref().unwrap_or("-");
+    let error = match outcome {
+        Outcome::Accepted => None,
+        Outcome::Refused { why, .. } | Outcome::Failed { why, .. } => Some(why.to_string()),
+    };
+    remember(sink, tag, value, result, error);
     match outcome {
         Outcome::Accepted => tracing::info!(
             sink,
