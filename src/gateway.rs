@@ -241,7 +241,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let config_info = watch::channel(ConfigInfo {
         version: 1,
         loaded_at: chrono::Utc::now(),
-        sha256: settings.source_sha256.clone(),
+        sha256: String::new(),
     })
     .0;
     let http_addr = if settings.http.enabled {

@@ -46,4 +46,5 @@ mod station_generic;
 mod station_hostile;
 mod station_outage;
 mod station_outage_requests;
+mod status_page;
 mod tls_pinning;

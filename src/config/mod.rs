@@ -35,10 +35,6 @@ pub struct Settings {
     pub http: HttpSettings,
     #[serde(default)]
     pub log: LogSettings,
-    /// SHA-256 (first 12 hex digits) of the file the settings were loaded
-    /// from; empty when they were not loaded from a file.
-    #[serde(skip)]
-    pub source_sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -592,9 +588,7 @@ impl Settings {
                 format!("cannot read: {e}"),
             )
         })?;
-        let mut settings = Self::from_toml_with_env(&text, &source_name, std::env::vars())?;
-        settings.source_sha256 = sha256_prefix(&text);
-        Ok(settings)
+        Self::from_toml_with_env(&text, &source_name, std::env::vars())
     }
 
     /// Parses TOML text with the given environment (for tests), then validates.

@@ -55,7 +55,7 @@ pub(crate) fn render_page(s: &Snapshot, filter: &str) -> String {
 <section id="tag-browser">
 <h2>Tags</h2>
 <form id="tag-filter" method="get" action="/">
-<label>Filter (glob) <input id="filter" name="filter" value="{filter}" placeholder="e.g. Line1.* or *Temp*" maxlength="200" autocomplete="off"></label>
+<label>Filter (glob) <input id="filter" name="filter" value="{filter}" placeholder="all tags; e.g. Line1/** or **/*Temp*" maxlength="200" autocomplete="off"></label>
 <button type="submit">Apply</button>
 </form>
 <p id="tag-note" class="note"></p>

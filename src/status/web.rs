@@ -228,13 +228,15 @@ struct FilterQuery {
     filter: String,
 }
 
-/// The glob of the tag browser (`*` when empty), or why it is refused.
+/// The glob of the tag browser (`**`, every tag, when empty), or why it
+/// is refused. Globs as in the configuration: `*` stays within one `/`
+/// level, `**` spans levels.
 fn tag_filter(f: &str) -> Result<Arc<TagPatterns>, String> {
     let f = f.trim();
     if f.len() > 200 {
         return Err("the filter is longer than 200 characters".into());
     }
-    let f = if f.is_empty() { "*" } else { f };
+    let f = if f.is_empty() { "**" } else { f };
     TagPatterns::new(&[f])
         .map(Arc::new)
         .map_err(|e| format!("filter {f:?}: {e}"))
@@ -406,8 +408,8 @@ mod tests {
 
     #[test]
     fn a_bad_or_huge_filter_is_refused_with_why() {
-        assert!(tag_filter("").unwrap().is_match("anything"));
-        assert!(tag_filter("Line1.*").unwrap().is_match("Line1.Temp"));
+        assert!(tag_filter("").unwrap().is_match("Line1/Mixer/Speed"));
+        assert!(tag_filter("Line1/*").unwrap().is_match("Line1/Temp"));
         assert!(tag_filter("[").unwrap_err().contains("filter"));
         assert!(tag_filter(&"a".repeat(201)).unwrap_err().contains("200"));
     }
