@@ -22,14 +22,16 @@ use tokio_util::sync::CancellationToken;
 use crate::alarms::AlarmPoller;
 use crate::bus::Bus;
 use crate::config::Settings;
+use crate::glob::TagPatterns;
 use crate::http::{self, ComponentState, HealthSources};
+use crate::poll::diff::ChangeRules;
 use crate::poll::{station as monitor, Poller};
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::sinks::sparkplug::SparkplugSink;
 use crate::status::{web, ConfigInfo, Hub, StatusSources};
 use crate::wincc::{self, Station};
-use crate::writes::{TagMap, Writer};
+use crate::writes::{AllowLists, TagMap, Writer};
 
 /// How long shutdown may take before the gateway gives up waiting for sinks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -44,6 +46,16 @@ pub struct Running {
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
     failed: watch::Receiver<Option<String>>,
+    live: Live,
+}
+
+/// What a reload can change in a running gateway (see [`crate::reload`]).
+struct Live {
+    /// The settings in force.
+    settings: Settings,
+    rules: Vec<(Arc<str>, watch::Sender<ChangeRules>)>,
+    allow: watch::Sender<AllowLists>,
+    config: watch::Sender<ConfigInfo>,
 }
 
 impl Running {
@@ -55,7 +67,127 @@ impl Running {
 
     /// Resolves with why once a task of the gateway ended unexpectedly.
     pub async fn failed(&self) -> String {
-        let mut rx = self.failed.clone();
+        wait_failed(self.failed.clone()).await
+    }
+
+    /// The configuration in force: version (1 at start, +1 per reload
+    /// that applied something), when it was loaded, its file's hash.
+    pub fn config(&self) -> ConfigInfo {
+        self.live.config.borrow().clone()
+    }
+
+    /// Applies what it can of `new` (validated settings) without a
+    /// reconnect, logs each key that needs a restart, and returns the plan.
+    /// `sha256`: the new file's short hash (empty when not from a file).
+    pub fn reload(&mut self, new: Settings, sha256: &str) -> crate::reload::Plan {
+        let live = &mut self.live;
+        let plan = crate::reload::plan(&live.settings, &new);
+        for (group, rules) in &plan.rules {
+            if let Some((_, tx)) = live.rules.iter().find(|(g, _)| &**g == group.as_str()) {
+                tx.send_replace(*rules);
+            }
+        }
+        let mut allow_err = None;
+        live.allow.send_modify(|a| {
+            for (sink, list) in [
+                ("mqtt", &plan.mqtt_writable),
+                ("opcua", &plan.opcua_writable),
+            ] {
+                if let Some(list) = list {
+                    match TagPatterns::new(list) {
+                        Ok(p) => {
+                            a.insert(sink, p);
+                        }
+                        Err(e) => allow_err = Some(format!("{sink}.writable_tags: {e}")),
+                    }
+                }
+            }
+        });
+        if let Some(e) = allow_err {
+            tracing::error!(error = %e, "allow-list not reloaded");
+        }
+        if plan.opcua_added {
+            tracing::warn!("opcua.writable_tags gained tags: OPC UA clients can write them only after a restart (their nodes' access level is set at start); tags taken off the list are refused already");
+        }
+        if let Some(level) = &plan.log_level {
+            match crate::cli::reload_log_level(level) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(level = %level, "log.level not applied: RUST_LOG sets the log filter")
+                }
+                Err(e) => tracing::error!(error = %e, "log.level not applied"),
+            }
+        }
+        if !plan.restart.is_empty() {
+            tracing::warn!(
+                keys = %plan.restart.join("; "),
+                "configuration reload: these changes need a restart and are NOT applied; the gateway runs on with their old values"
+            );
+        }
+        let applied = plan.applied();
+        if applied.is_empty() && plan.restart.is_empty() {
+            tracing::info!("configuration reload: nothing changed");
+        } else if !applied.is_empty() {
+            live.config.send_modify(|c| {
+                c.version += 1;
+                c.loaded_at = chrono::Utc::now();
+                c.sha256 = sha256.to_string();
+            });
+            tracing::info!(
+                applied = %applied.join("; "),
+                version = live.config.borrow().version,
+                "configuration reloaded without a reconnect"
+            );
+        }
+        // What is in force now: the new settings where applied, the old
+        // ones where a restart is needed (so the next reload still sees
+        // those differences).
+        for (o, n) in live.settings.poll_groups.iter_mut().zip(&new.poll_groups) {
+            if plan.rules.iter().any(|(g, _)| *g == n.name) {
+                o.deadband_abs = n.deadband_abs;
+                o.deadband_pct = n.deadband_pct;
+                o.heartbeat_s = n.heartbeat_s;
+            }
+        }
+        if plan.mqtt_writable.is_some() {
+            live.settings.mqtt.writable_tags = new.mqtt.writable_tags.clone();
+        }
+        if plan.opcua_writable.is_some() {
+            live.settings.opcua.writable_tags = new.opcua.writable_tags.clone();
+        }
+        if plan.log_level.is_some() {
+            live.settings.log.level = new.log.level.clone();
+        }
+        plan
+    }
+
+    /// Re-reads `path` and the environment, validates like `check-config`
+    /// and applies what it can ([`reload`](Self::reload)); a file with
+    /// problems changes nothing and its problems are logged.
+    pub fn reload_from(&mut self, path: &std::path::Path) -> Option<crate::reload::Plan> {
+        let source = path.display().to_string();
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| format!("{source}: cannot read: {e}"))
+            .and_then(|text| {
+                Settings::from_toml_with_env(&text, &source, std::env::vars())
+                    .map(|s| (s, crate::config::sha256_prefix(&text)))
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok((settings, sha)) => Some(self.reload(settings, &sha)),
+            Err(e) => {
+                tracing::error!(
+                    "configuration reload refused, nothing changed: {}",
+                    e.trim_end().replace('\n', "; ")
+                );
+                None
+            }
+        }
+    }
+}
+
+async fn wait_failed(mut rx: watch::Receiver<Option<String>>) -> String {
+    {
         let why = rx
             .wait_for(Option::is_some)
             .await
@@ -65,6 +197,67 @@ impl Running {
             Err(_) => std::future::pending().await,
         }
     }
+}
+
+/// [`run`] for `wincc-gateway run -c PATH`: also reloads `path` on SIGHUP
+/// (unix; `systemctl reload`), see [`Running::reload_from`].
+pub async fn run_with_reload(
+    path: &std::path::Path,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut running = start(settings).await?;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        running
+            .live
+            .config
+            .send_modify(|c| c.sha256 = crate::config::sha256_prefix(&text));
+    }
+    let mut hup = reload_signals();
+    tokio::pin!(shutdown);
+    let failure = loop {
+        let failed = wait_failed(running.failed.clone());
+        tokio::select! {
+            () = &mut shutdown => break None,
+            why = failed => break Some(why),
+            Some(()) = hup.recv() => {
+                tracing::info!(path = %path.display(), "reloading the configuration (SIGHUP)");
+                running.reload_from(path);
+            }
+        }
+    };
+    running.shutdown().await;
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(
+            "{why}; stopped so that the service manager restarts the gateway"
+        )),
+    }
+}
+
+/// One message per SIGHUP (none on other systems).
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already pending covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Runs the gateway until `shutdown` resolves, then shuts down cleanly.
@@ -141,6 +334,7 @@ impl Supervisor {
 /// Starts every part and returns once they are running.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     http::metrics_handle();
+    let live_settings = settings.clone();
     let station: Arc<dyn Station> =
         wincc::connect(&settings).context("cannot set up the station client")?;
     tracing::info!(
@@ -180,7 +374,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let _ = monitor_task.await;
     });
     let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
-    let writer = Writer::new(station.clone(), tags_rx);
+    let allow = watch::channel(AllowLists::new()).0;
+    let writer = Writer::new(station.clone(), tags_rx).with_allow_lists(allow.subscribe());
 
     let mut mqtt_buffer = None;
     let mqtt_state = if settings.mqtt.enabled {
@@ -297,6 +492,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
 
     let mut producers = Vec::new();
+    let rules = poller.rules();
     let token = poll_stop.clone();
     producers.push(sup.spawn("poller", async move { poller.run(token).await }));
     if settings.alarms.enabled {
@@ -372,6 +568,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         done,
         failed: sup.failed.subscribe(),
+        live: Live {
+            settings: live_settings,
+            rules,
+            allow,
+            config: config_info,
+        },
     })
 }
 

@@ -16,6 +16,7 @@ pub mod glob;
 pub mod http;
 pub mod model;
 pub mod poll;
+pub mod reload;
 pub mod service;
 pub mod sim;
 pub mod sinks;

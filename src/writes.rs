@@ -105,16 +105,32 @@ impl WritePolicy {
     }
 }
 
+/// Allow-lists by sink name that replace the sinks' own (`writable_tags`
+/// changed by a configuration reload).
+pub type AllowLists = HashMap<&'static str, TagPatterns>;
+
 /// The guarded write path. Cheap to clone; one per sink is fine.
 #[derive(Clone)]
 pub struct Writer {
     station: Arc<dyn Station>,
     tags: TagDirectory,
+    allow: Option<watch::Receiver<AllowLists>>,
 }
 
 impl Writer {
     pub fn new(station: Arc<dyn Station>, tags: TagDirectory) -> Self {
-        Writer { station, tags }
+        Writer {
+            station,
+            tags,
+            allow: None,
+        }
+    }
+
+    /// Checks writes against the newest allow-list of `allow` for their
+    /// sink where it has one (a reload), else against the sink's policy.
+    pub fn with_allow_lists(mut self, allow: watch::Receiver<AllowLists>) -> Self {
+        self.allow = Some(allow);
+        self
     }
 
     /// The tag's metadata if the station has it.
@@ -133,7 +149,14 @@ impl Writer {
         if !policy.enabled {
             return Err(WriteError::Disabled(policy.sink));
         }
-        if !policy.allowed.is_match(tag) {
+        let allowed = match &self.allow {
+            Some(rx) => match rx.borrow().get(policy.sink) {
+                Some(live) => live.is_match(tag),
+                None => policy.allowed.is_match(tag),
+            },
+            None => policy.allowed.is_match(tag),
+        };
+        if !allowed {
             return Err(WriteError::NotAllowed(tag.to_string()));
         }
         let info = self

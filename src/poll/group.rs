@@ -84,6 +84,8 @@ pub(crate) struct GroupTask {
     chunks: Vec<Arc<Vec<Arc<str>>>>,
     period: Duration,
     stats: watch::Sender<GroupStats>,
+    /// New change rules from a configuration reload (taken at the next wake).
+    rules_rx: Option<watch::Receiver<ChangeRules>>,
 }
 
 /// How long a poll cycle gathers answers' changes before it publishes them.
@@ -133,7 +135,15 @@ impl GroupTask {
             chunks: Vec::new(),
             period: Duration::ZERO,
             stats: watch::channel(GroupStats::default()).0,
+            rules_rx: None,
         }
+    }
+
+    /// Takes new change rules (deadbands, heartbeat) from `rules` while it
+    /// runs: a configuration reload, without a reconnect or a republish.
+    pub fn with_rules(mut self, rules: watch::Receiver<ChangeRules>) -> Self {
+        self.rules_rx = Some(rules);
+        self
     }
 
     /// Reports this group's figures on `stats` (see [`GroupStats`]).
@@ -162,6 +172,12 @@ impl GroupTask {
         let mut outages_seen = station.borrow_and_update().outages;
         let group = self.name.to_string();
         loop {
+            if let Some(rx) = &mut self.rules_rx {
+                if rx.has_changed().unwrap_or(false) {
+                    self.rules = *rx.borrow_and_update();
+                    tracing::info!(group = %self.name, rules = ?self.rules, "poll group takes its new change rules");
+                }
+            }
             let down = station.borrow().is_down();
             let wake = tokio::select! {
                 t = ticks.tick() => {

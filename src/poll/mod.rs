@@ -62,6 +62,8 @@ pub struct Poller {
     monitored: Option<(Arc<dyn Station>, StationLink)>,
     /// Each group's figures (same order as `groups`), for the status page.
     stats: Vec<watch::Sender<GroupStats>>,
+    /// Each group's change rules (same order), changed by a reload.
+    rules: Vec<watch::Sender<diff::ChangeRules>>,
 }
 
 impl Poller {
@@ -97,12 +99,14 @@ impl Poller {
                 .0
             })
             .collect();
+        let rules = groups.iter().map(|g| watch::channel(g.rules).0).collect();
         Poller {
             station,
             bus,
             tags_tx,
             groups,
             stats,
+            rules,
             batch: w.max_tags_per_request.max(1),
             concurrency: w.rate_limit.max_in_flight.max(1) as usize,
             rps: w.rate_limit.requests_per_second.max(1) as f64,
@@ -126,6 +130,16 @@ impl Poller {
     /// [`run`](Self::run) runs).
     pub fn group_stats(&self) -> Vec<watch::Receiver<GroupStats>> {
         self.stats.iter().map(watch::Sender::subscribe).collect()
+    }
+
+    /// Each poll group's name and the sender of its change rules: sending
+    /// new rules applies them from the group's next cycle (a reload).
+    pub fn rules(&self) -> Vec<(Arc<str>, watch::Sender<diff::ChangeRules>)> {
+        self.groups
+            .iter()
+            .zip(&self.rules)
+            .map(|(g, tx)| (g.name.clone(), tx.clone()))
+            .collect()
     }
 
     /// The shortest configured poll interval: the monitor's first probe pause.
@@ -159,7 +173,7 @@ impl Poller {
         self.station = station;
         let mut tasks = JoinSet::new();
         let mut plan_txs = Vec::with_capacity(self.groups.len());
-        for (g, stats) in self.groups.iter().zip(&self.stats) {
+        for ((g, stats), rules) in self.groups.iter().zip(&self.stats).zip(&self.rules) {
             let (tx, rx) = watch::channel(None);
             plan_txs.push(tx);
             let task = GroupTask::new(
@@ -173,7 +187,8 @@ impl Poller {
                 link.clone(),
                 rx,
             )
-            .with_stats(stats.clone());
+            .with_stats(stats.clone())
+            .with_rules(rules.subscribe());
             tasks.spawn(task.run(shutdown.child_token()));
         }
         let mut d = Discovery {
