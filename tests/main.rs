@@ -14,6 +14,7 @@ mod mqtt_buffer_support;
 mod opcua_support;
 
 mod cli;
+mod config_reload;
 mod demo;
 mod dialect_e2e;
 mod dialect_unified;

@@ -172,12 +172,6 @@ impl GroupTask {
         let mut outages_seen = station.borrow_and_update().outages;
         let group = self.name.to_string();
         loop {
-            if let Some(rx) = &mut self.rules_rx {
-                if rx.has_changed().unwrap_or(false) {
-                    self.rules = *rx.borrow_and_update();
-                    tracing::info!(group = %self.name, rules = ?self.rules, "poll group takes its new change rules");
-                }
-            }
             let down = station.borrow().is_down();
             let wake = tokio::select! {
                 t = ticks.tick() => {
@@ -199,6 +193,13 @@ impl GroupTask {
                 w = subs.wake() => Wake::Sub(w),
                 _ = shutdown.cancelled() => Wake::Stop,
             };
+            // New change rules (a reload) apply from this wake on.
+            if let Some(rx) = &mut self.rules_rx {
+                if rx.has_changed().unwrap_or(false) {
+                    self.rules = *rx.borrow_and_update();
+                    tracing::info!(group = %self.name, rules = ?self.rules, "poll group takes its new change rules");
+                }
+            }
             match wake {
                 Wake::Stop => return,
                 Wake::Station => {
