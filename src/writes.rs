@@ -600,4 +600,47 @@ mod tests {
             Err(WriteError::TypeMismatch(_))
         ));
     }
+
+    #[tokio::test]
+    async fn recent_writes_keep_the_last_fifty_with_the_user_where_known() {
+        let why = "not in writable_tags";
+        WRITE_USER
+            .scope(Arc::from("operator"), async {
+                audit(
+                    "opcua",
+                    "RecentTest/A",
+                    Some(&serde_json::json!(1)),
+                    Outcome::Refused {
+                        reason: "not_allowed",
+                        why: &why,
+                    },
+                );
+            })
+            .await;
+        let recent = recent_writes();
+        let a = recent
+            .iter()
+            .rev()
+            .find(|w| w.tag == "RecentTest/A")
+            .expect("recorded");
+        assert_eq!(a.user.as_deref(), Some("operator"));
+        assert_eq!(
+            (a.sink, a.result, a.value.as_str()),
+            ("opcua", "refused", "1")
+        );
+        assert_eq!(a.error.as_deref(), Some(why));
+        for i in 0..(RECENT_WRITES + 10) {
+            audit("mqtt", &format!("RecentTest/{i}"), None, Outcome::Accepted);
+        }
+        let recent = recent_writes();
+        assert_eq!(recent.len(), RECENT_WRITES);
+        // (Other tests may audit meanwhile: look the newest of ours up.)
+        let newest = format!("RecentTest/{}", RECENT_WRITES + 9);
+        let last = recent.iter().find(|w| w.tag == newest).expect("kept");
+        assert!(
+            !recent.iter().any(|w| w.tag == "RecentTest/0"),
+            "the oldest went"
+        );
+        assert_eq!((last.user.as_deref(), last.value.as_str()), (None, "-"));
+    }
 }
