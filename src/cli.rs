@@ -354,7 +354,7 @@ pub fn main(cli: Cli) -> ExitCode {
             let level = log_level.unwrap_or_else(|| settings.log.level.clone());
             init_logging(settings.log.format, &level);
             runtime(|| async move {
-                crate::gateway::run_with_reload(&config, settings, shutdown_signal()).await
+                crate::reload::run_with_reload(&config, settings, shutdown_signal()).await
             })
         }
         Command::Demo(args) => {

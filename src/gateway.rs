@@ -22,9 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alarms::AlarmPoller;
 use crate::bus::Bus;
 use crate::config::Settings;
-use crate::glob::TagPatterns;
 use crate::http::{self, ComponentState, HealthSources};
-use crate::poll::diff::ChangeRules;
 use crate::poll::{station as monitor, Poller};
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
@@ -45,17 +43,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
-    failed: watch::Receiver<Option<String>>,
-    live: Live,
-}
-
-/// What a reload can change in a running gateway (see [`crate::reload`]).
-struct Live {
-    /// The settings in force.
-    settings: Settings,
-    rules: Vec<(Arc<str>, watch::Sender<ChangeRules>)>,
-    allow: watch::Sender<AllowLists>,
-    config: watch::Sender<ConfigInfo>,
+    pub(crate) failed: watch::Receiver<Option<String>>,
+    pub(crate) live: crate::reload::Live,
 }
 
 impl Running {
@@ -77,88 +66,10 @@ impl Running {
     }
 
     /// Applies what it can of `new` (validated settings) without a
-    /// reconnect, logs each key that needs a restart, and returns the plan.
-    /// `sha256`: the new file's short hash (empty when not from a file).
+    /// reconnect, logs each key that needs a restart, and returns the plan
+    /// (see [`crate::reload`]). `sha256`: the new file's short hash.
     pub fn reload(&mut self, new: Settings, sha256: &str) -> crate::reload::Plan {
-        let live = &mut self.live;
-        let plan = crate::reload::plan(&live.settings, &new);
-        for (group, rules) in &plan.rules {
-            if let Some((_, tx)) = live.rules.iter().find(|(g, _)| &**g == group.as_str()) {
-                tx.send_replace(*rules);
-            }
-        }
-        let mut allow_err = None;
-        live.allow.send_modify(|a| {
-            for (sink, list) in [
-                ("mqtt", &plan.mqtt_writable),
-                ("opcua", &plan.opcua_writable),
-            ] {
-                if let Some(list) = list {
-                    match TagPatterns::new(list) {
-                        Ok(p) => {
-                            a.insert(sink, p);
-                        }
-                        Err(e) => allow_err = Some(format!("{sink}.writable_tags: {e}")),
-                    }
-                }
-            }
-        });
-        if let Some(e) = allow_err {
-            tracing::error!(error = %e, "allow-list not reloaded");
-        }
-        if plan.opcua_added {
-            tracing::warn!("opcua.writable_tags gained tags: OPC UA clients can write them only after a restart (their nodes' access level is set at start); tags taken off the list are refused already");
-        }
-        if let Some(level) = &plan.log_level {
-            match crate::cli::reload_log_level(level) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(level = %level, "log.level not applied: RUST_LOG sets the log filter")
-                }
-                Err(e) => tracing::error!(error = %e, "log.level not applied"),
-            }
-        }
-        if !plan.restart.is_empty() {
-            tracing::warn!(
-                keys = %plan.restart.join("; "),
-                "configuration reload: these changes need a restart and are NOT applied; the gateway runs on with their old values"
-            );
-        }
-        let applied = plan.applied();
-        if applied.is_empty() && plan.restart.is_empty() {
-            tracing::info!("configuration reload: nothing changed");
-        } else if !applied.is_empty() {
-            live.config.send_modify(|c| {
-                c.version += 1;
-                c.loaded_at = chrono::Utc::now();
-                c.sha256 = sha256.to_string();
-            });
-            tracing::info!(
-                applied = %applied.join("; "),
-                version = live.config.borrow().version,
-                "configuration reloaded without a reconnect"
-            );
-        }
-        // What is in force now: the new settings where applied, the old
-        // ones where a restart is needed (so the next reload still sees
-        // those differences).
-        for (o, n) in live.settings.poll_groups.iter_mut().zip(&new.poll_groups) {
-            if plan.rules.iter().any(|(g, _)| *g == n.name) {
-                o.deadband_abs = n.deadband_abs;
-                o.deadband_pct = n.deadband_pct;
-                o.heartbeat_s = n.heartbeat_s;
-            }
-        }
-        if plan.mqtt_writable.is_some() {
-            live.settings.mqtt.writable_tags = new.mqtt.writable_tags.clone();
-        }
-        if plan.opcua_writable.is_some() {
-            live.settings.opcua.writable_tags = new.opcua.writable_tags.clone();
-        }
-        if plan.log_level.is_some() {
-            live.settings.log.level = new.log.level.clone();
-        }
-        plan
+        self.live.apply(new, sha256)
     }
 
     /// Re-reads `path` and the environment, validates like `check-config`
@@ -186,7 +97,7 @@ impl Running {
     }
 }
 
-async fn wait_failed(mut rx: watch::Receiver<Option<String>>) -> String {
+pub(crate) async fn wait_failed(mut rx: watch::Receiver<Option<String>>) -> String {
     {
         let why = rx
             .wait_for(Option::is_some)
@@ -197,67 +108,6 @@ async fn wait_failed(mut rx: watch::Receiver<Option<String>>) -> String {
             Err(_) => std::future::pending().await,
         }
     }
-}
-
-/// [`run`] for `wincc-gateway run -c PATH`: also reloads `path` on SIGHUP
-/// (unix; `systemctl reload`), see [`Running::reload_from`].
-pub async fn run_with_reload(
-    path: &std::path::Path,
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let mut running = start(settings).await?;
-    if let Ok(text) = std::fs::read_to_string(path) {
-        running
-            .live
-            .config
-            .send_modify(|c| c.sha256 = crate::config::sha256_prefix(&text));
-    }
-    let mut hup = reload_signals();
-    tokio::pin!(shutdown);
-    let failure = loop {
-        let failed = wait_failed(running.failed.clone());
-        tokio::select! {
-            () = &mut shutdown => break None,
-            why = failed => break Some(why),
-            Some(()) = hup.recv() => {
-                tracing::info!(path = %path.display(), "reloading the configuration (SIGHUP)");
-                running.reload_from(path);
-            }
-        }
-    };
-    running.shutdown().await;
-    match failure {
-        None => Ok(()),
-        Some(why) => Err(anyhow::anyhow!(
-            "{why}; stopped so that the service manager restarts the gateway"
-        )),
-    }
-}
-
-/// One message per SIGHUP (none on other systems).
-fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        // A reload already pending covers this one too.
-                        let _ = tx.try_send(());
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart")
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    drop(tx);
-    rx
 }
 
 /// Runs the gateway until `shutdown` resolves, then shuts down cleanly.
@@ -568,7 +418,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         done,
         failed: sup.failed.subscribe(),
-        live: Live {
+        live: crate::reload::Live {
             settings: live_settings,
             rules,
             allow,

@@ -371,3 +371,121 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Bus;
+    use crate::model::{ChangeBatch, TagInfo, TagType};
+
+    fn change(name: &str, v: i64) -> TagChange {
+        TagChange {
+            name: name.into(),
+            ty: TagType::Int32,
+            value: serde_json::json!(v),
+            quality: crate::model::Quality::Good,
+            quality_code: None,
+            timestamp: Utc::now(),
+            error: None,
+        }
+    }
+
+    fn hub(bus: &Bus) -> (HubHandle, CancellationToken) {
+        let station = watch::channel(StationState {
+            connected: Some(true),
+            since: Utc::now(),
+            why: None,
+            failing_groups: Default::default(),
+            outages: 0,
+        });
+        let up = || watch::channel(crate::http::ComponentState::Disabled).1;
+        let src = StatusSources {
+            health: HealthSources {
+                station: station.1,
+                mqtt: up(),
+                opcua: up(),
+                sparkplug: up(),
+                mqtt_buffer: None,
+                failed: watch::channel(None).1,
+                config: None,
+            },
+            activity: Arc::default(),
+            groups: Vec::new(),
+            station_url: "http://station".into(),
+            rps_limit: 20,
+            in_flight_limit: 2,
+            mqtt_commands: false,
+            opcua_endpoint: None,
+            config: watch::channel(ConfigInfo {
+                version: 1,
+                loaded_at: Utc::now(),
+                sha256: String::new(),
+            })
+            .1,
+        };
+        let stop = CancellationToken::new();
+        (
+            Hub::start(src, bus.subscribe("status", 16), stop.clone()),
+            stop,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_browser_gets_each_tag_once_then_only_what_changed_and_removals() {
+        let bus = Bus::new();
+        let (h, stop) = hub(&bus);
+        let all = Arc::new(TagPatterns::new(&["**"]).unwrap());
+        let tags = |names: &[&str]| {
+            Event::Tags(Arc::new(
+                names
+                    .iter()
+                    .map(|n| TagInfo {
+                        name: n.to_string(),
+                        ty: TagType::Int32,
+                        writable: false,
+                    })
+                    .collect(),
+            ))
+        };
+        bus.publish(tags(&["A/x", "A/y", "B"]));
+        bus.publish(Event::Changes(Arc::new(ChangeBatch {
+            group: "g".into(),
+            changes: vec![change("A/x", 1), change("A/y", 2), change("A/x", 3)],
+            received_at: std::time::Instant::now(),
+        })));
+        let mut first = h.tags(all.clone(), 0).await.unwrap();
+        for _ in 0..50 {
+            if first.tags.iter().filter(|t| t.change.is_some()).count() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            first = h.tags(all.clone(), 0).await.unwrap();
+        }
+        let names: Vec<&str> = first.tags.iter().map(|t| &*t.name).collect();
+        assert_eq!(names, ["A/x", "A/y", "B"], "each tag once, by name");
+        assert_eq!(
+            first.tags[0].change.as_ref().unwrap().value,
+            3,
+            "newest value only"
+        );
+        let again = h.tags(all.clone(), first.seq).await.unwrap();
+        assert!(again.tags.is_empty());
+
+        let only_a = Arc::new(TagPatterns::new(&["A/*"]).unwrap());
+        bus.publish(tags(&["A/x", "B"]));
+        let mut next = h.tags(only_a.clone(), first.seq).await.unwrap();
+        for _ in 0..50 {
+            if !next.tags.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            next = h.tags(only_a.clone(), first.seq).await.unwrap();
+        }
+        assert_eq!(next.tags.len(), 1, "the filter holds");
+        assert!(next.tags[0].removed && &*next.tags[0].name == "A/y");
+        let s = h.snapshot().await.unwrap();
+        assert_eq!(s.tags, 2);
+        assert_eq!(s.station.connected, Some(true));
+        stop.cancel();
+    }
+}
