@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh Debian machine: the Rust
 # toolchain must already be there; this adds the `mosquitto` broker (the tests
 # start their own instances on free loopback ports) and its command-line
-# clients, and protoc for the Sparkplug tests. Idempotent: does nothing when everything is present.
+# clients, protoc for the Sparkplug tests and chromium for the status-page test. Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -13,6 +13,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The Sparkplug tests decode what the gateway sends with protoc (an
 # independent decoder; the build itself needs no protoc).
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# tests/status_page.rs drives the status page in a real headless browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # tests/independent_clients.rs runs mqtt.js and node-opcua (tests/js) against the demo.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

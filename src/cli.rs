@@ -143,10 +143,47 @@ pub fn init_logging(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // `RUST_LOG` wins over `log.level`, at start and at a reload.
+    let fixed = std::env::var_os("RUST_LOG").is_some();
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => {
+            let b = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = b.reload_handle();
+            set_log_reloader(fixed, move |f| handle.reload(f).map_err(|e| e.to_string()));
+            b.try_init()
+        }
+        LogFormat::Human => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            set_log_reloader(fixed, move |f| handle.reload(f).map_err(|e| e.to_string()));
+            b.try_init()
+        }
     };
+}
+
+type LogReloader = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// How a reload changes the log filter (set once, by [`init_logging`]);
+/// `None` inside when `RUST_LOG` fixes the filter.
+static LOG_RELOAD: std::sync::OnceLock<Option<LogReloader>> = std::sync::OnceLock::new();
+
+fn set_log_reloader(
+    fixed: bool,
+    f: impl Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+) {
+    let _ = LOG_RELOAD.set((!fixed).then(|| Box::new(f) as LogReloader));
+}
+
+/// Applies `level` (a `log.level` filter) to the running log: `Ok(false)`
+/// when `RUST_LOG` or no reloadable logger fixes the filter.
+pub fn reload_log_level(level: &str) -> Result<bool, String> {
+    match LOG_RELOAD.get() {
+        Some(Some(reload)) => {
+            let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            reload(f).map(|()| true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Whether log lines carry ANSI colour codes.
@@ -318,7 +355,9 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             let level = log_level.unwrap_or_else(|| settings.log.level.clone());
             init_logging(settings.log.format, &level);
-            runtime(|| async move { crate::gateway::run(settings, shutdown_signal()).await })
+            runtime(|| async move {
+                crate::reload::run_with_reload(&config, settings, shutdown_signal()).await
+            })
         }
         Command::Demo(args) => {
             init_logging(LogFormat::Human, "info");

@@ -27,8 +27,9 @@ use crate::poll::{station as monitor, Poller};
 use crate::sinks::mqtt::{MqttSink, MqttStatus};
 use crate::sinks::opcua::OpcuaSink;
 use crate::sinks::sparkplug::SparkplugSink;
+use crate::status::{web, ConfigInfo, Hub, StatusSources};
 use crate::wincc::{self, Station};
-use crate::writes::{TagMap, Writer};
+use crate::writes::{AllowLists, TagMap, Writer};
 
 /// How long shutdown may take before the gateway gives up waiting for sinks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -42,7 +43,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
-    failed: watch::Receiver<Option<String>>,
+    pub(crate) failed: watch::Receiver<Option<String>>,
+    pub(crate) live: crate::reload::Live,
 }
 
 impl Running {
@@ -54,7 +56,49 @@ impl Running {
 
     /// Resolves with why once a task of the gateway ended unexpectedly.
     pub async fn failed(&self) -> String {
-        let mut rx = self.failed.clone();
+        wait_failed(self.failed.clone()).await
+    }
+
+    /// The configuration in force: version (1 at start, +1 per reload
+    /// that applied something), when it was loaded, its file's hash.
+    pub fn config(&self) -> ConfigInfo {
+        self.live.config.borrow().clone()
+    }
+
+    /// Applies what it can of `new` (validated settings) without a
+    /// reconnect, logs each key that needs a restart, and returns the plan
+    /// (see [`crate::reload`]). `sha256`: the new file's short hash.
+    pub fn reload(&mut self, new: Settings, sha256: &str) -> crate::reload::Plan {
+        self.live.apply(new, sha256)
+    }
+
+    /// Re-reads `path` and the environment, validates like `check-config`
+    /// and applies what it can ([`reload`](Self::reload)); a file with
+    /// problems changes nothing and its problems are logged.
+    pub fn reload_from(&mut self, path: &std::path::Path) -> Option<crate::reload::Plan> {
+        let source = path.display().to_string();
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| format!("{source}: cannot read: {e}"))
+            .and_then(|text| {
+                Settings::from_toml_with_env(&text, &source, std::env::vars())
+                    .map(|s| (s, crate::config::sha256_prefix(&text)))
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok((settings, sha)) => Some(self.reload(settings, &sha)),
+            Err(e) => {
+                tracing::error!(
+                    "configuration reload refused, nothing changed: {}",
+                    e.trim_end().replace('\n', "; ")
+                );
+                None
+            }
+        }
+    }
+}
+
+pub(crate) async fn wait_failed(mut rx: watch::Receiver<Option<String>>) -> String {
+    {
         let why = rx
             .wait_for(Option::is_some)
             .await
@@ -140,6 +184,7 @@ impl Supervisor {
 /// Starts every part and returns once they are running.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     http::metrics_handle();
+    let live_settings = settings.clone();
     let station: Arc<dyn Station> =
         wincc::connect(&settings).context("cannot set up the station client")?;
     tracing::info!(
@@ -179,7 +224,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let _ = monitor_task.await;
     });
     let (tags_tx, tags_rx) = watch::channel(Arc::new(TagMap::new()));
-    let writer = Writer::new(station.clone(), tags_rx);
+    let allow = watch::channel(AllowLists::new()).0;
+    let writer = Writer::new(station.clone(), tags_rx).with_allow_lists(allow.subscribe());
 
     let mut mqtt_buffer = None;
     let mqtt_state = if settings.mqtt.enabled {
@@ -235,6 +281,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         watch::channel(ComponentState::Disabled).1
     };
 
+    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx)
+        .with_monitor(station.clone(), link.clone());
+    let config_info = watch::channel(ConfigInfo {
+        version: 1,
+        loaded_at: chrono::Utc::now(),
+        sha256: String::new(),
+    })
+    .0;
     let http_addr = if settings.http.enabled {
         let listen: SocketAddr = settings.http.listen.parse().context("http.listen")?;
         let sources = HealthSources {
@@ -244,19 +298,51 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             sparkplug: sparkplug_state,
             mqtt_buffer,
             failed: sup.failed.subscribe(),
+            config: Some(config_info.subscribe()),
         };
-        let addr = http::serve(listen, sources, stop.clone())
+        let page = if settings.http.status_page {
+            let access = web::Access::from_settings(&settings.http)?;
+            let hub = Hub::start(
+                StatusSources {
+                    health: sources.clone(),
+                    activity: link.activity(),
+                    groups: poller.group_stats(),
+                    station_url: settings.wincc.base_url.clone(),
+                    rps_limit: settings.wincc.rate_limit.requests_per_second,
+                    in_flight_limit: settings.wincc.rate_limit.max_in_flight,
+                    mqtt_commands: settings.mqtt.enabled && settings.mqtt.write_enabled,
+                    opcua_endpoint: settings
+                        .opcua
+                        .enabled
+                        .then(|| settings.opcua.endpoint.clone()),
+                    config: config_info.subscribe(),
+                },
+                bus.subscribe("status", SINK_QUEUE),
+                stop.clone(),
+            );
+            Some(web::routes(web::PageState {
+                hub,
+                access,
+                streams: Arc::new(tokio::sync::Semaphore::new(web::MAX_STREAMS)),
+            }))
+        } else {
+            None
+        };
+        let addr = http::serve(listen, sources, page, stop.clone())
             .await
             .with_context(|| format!("cannot listen on http.listen = {listen}"))?;
-        tracing::info!(%addr, "serving /healthz and /metrics");
+        if settings.http.status_page {
+            tracing::info!(%addr, "serving the status page at http://{addr}/, /healthz and /metrics");
+        } else {
+            tracing::info!(%addr, "serving /healthz and /metrics");
+        }
         Some(addr)
     } else {
         None
     };
 
     let mut producers = Vec::new();
-    let poller = Poller::new(&settings, station.clone(), bus.clone(), tags_tx)
-        .with_monitor(station.clone(), link.clone());
+    let rules = poller.rules();
     let token = poll_stop.clone();
     producers.push(sup.spawn("poller", async move { poller.run(token).await }));
     if settings.alarms.enabled {
@@ -332,6 +418,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         done,
         failed: sup.failed.subscribe(),
+        live: crate::reload::Live {
+            settings: live_settings,
+            rules,
+            allow,
+            config: config_info,
+        },
     })
 }
 

@@ -13,7 +13,11 @@
 //! module installs the Prometheus recorder once per process and serves what
 //! it renders. Health is assembled from `watch` channels owned by the parts
 //! that know: the station state (tracked from the bus), the MQTT connection
-//! and the OPC UA server, plus the MQTT store-and-forward buffer's backlog.
+//! and the OPC UA server, plus the MQTT store-and-forward buffer's backlog,
+//! and the configuration's version and load time (`config`). The status
+//! page at `/` is [`crate::status`]; these four endpoints answer without a
+//! login wherever the server is bound (probes and Prometheus scrapers
+//! carry none).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -113,6 +117,8 @@ pub struct HealthSources {
     pub mqtt_buffer: Option<watch::Receiver<crate::sinks::mqtt::BacklogStatus>>,
     /// The first task that ended unexpectedly, with why (for `/livez`).
     pub failed: watch::Receiver<Option<String>>,
+    /// The configuration in force (version, when loaded), shown as `config`.
+    pub config: Option<watch::Receiver<crate::status::ConfigInfo>>,
 }
 
 fn station_json(s: &StationState) -> (bool, serde_json::Value) {
@@ -169,6 +175,9 @@ pub fn health(src: &HealthSources) -> (bool, serde_json::Value) {
     if let Some(b) = buffer {
         body["mqtt_buffer"] = b.to_json();
     }
+    if let Some(c) = &src.config {
+        body["config"] = c.borrow().to_json();
+    }
     (ok, body)
 }
 
@@ -220,10 +229,13 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Binds `listen` and serves until `shutdown`. Returns the bound address.
+/// Binds `listen` and serves until `shutdown`, with `page` (the status
+/// page's routes, see [`crate::status::web`]) merged in when given.
+/// Returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     health: HealthSources,
+    page: Option<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -238,6 +250,10 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(state);
+    let app = match page {
+        Some(page) => app.merge(page),
+        None => app,
+    };
     tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -274,6 +290,7 @@ mod tests {
             sparkplug: watch::channel(ComponentState::Disabled).1,
             mqtt_buffer: None,
             failed: watch::channel(None).1,
+            config: None,
         }
     }
 

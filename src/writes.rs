@@ -10,10 +10,12 @@
 //! sink (MQTT, OPC UA, Sparkplug), accepted or refused, wherever it was
 //! refused (here, or earlier by the sink: a malformed MQTT command, an OPC
 //! UA session without write access), is one log line and one count of
-//! `wincc_gateway_writes_total{sink,result,reason}` ([`audit`]).
+//! `wincc_gateway_writes_total{sink,result,reason}` ([`audit`]), and one
+//! entry in the bounded list of recent writes the status page shows
+//! ([`recent_writes`]: the last [`RECENT_WRITES`], newest last).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -103,16 +105,32 @@ impl WritePolicy {
     }
 }
 
+/// Allow-lists by sink name that replace the sinks' own (`writable_tags`
+/// changed by a configuration reload).
+pub type AllowLists = HashMap<&'static str, TagPatterns>;
+
 /// The guarded write path. Cheap to clone; one per sink is fine.
 #[derive(Clone)]
 pub struct Writer {
     station: Arc<dyn Station>,
     tags: TagDirectory,
+    allow: Option<watch::Receiver<AllowLists>>,
 }
 
 impl Writer {
     pub fn new(station: Arc<dyn Station>, tags: TagDirectory) -> Self {
-        Writer { station, tags }
+        Writer {
+            station,
+            tags,
+            allow: None,
+        }
+    }
+
+    /// Checks writes against the newest allow-list of `allow` for their
+    /// sink where it has one (a reload), else against the sink's policy.
+    pub fn with_allow_lists(mut self, allow: watch::Receiver<AllowLists>) -> Self {
+        self.allow = Some(allow);
+        self
     }
 
     /// The tag's metadata if the station has it.
@@ -131,7 +149,14 @@ impl Writer {
         if !policy.enabled {
             return Err(WriteError::Disabled(policy.sink));
         }
-        if !policy.allowed.is_match(tag) {
+        let allowed = match &self.allow {
+            Some(rx) => match rx.borrow().get(policy.sink) {
+                Some(live) => live.is_match(tag),
+                None => policy.allowed.is_match(tag),
+            },
+            None => policy.allowed.is_match(tag),
+        };
+        if !allowed {
             return Err(WriteError::NotAllowed(tag.to_string()));
         }
         let info = self
@@ -259,6 +284,81 @@ impl<'a> From<&'a Result<(), WriteError>> for Outcome<'a> {
     }
 }
 
+/// How many writes [`recent_writes`] keeps.
+pub const RECENT_WRITES: usize = 50;
+
+/// One audited write, as the status page lists it (client text truncated
+/// to 200 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub sink: &'static str,
+    /// Who asked, where the sink knows (an OPC UA session's user name).
+    pub user: Option<String>,
+    pub tag: String,
+    /// The value asked for, as JSON text; `-` when unreadable.
+    pub value: String,
+    /// `accepted`, `refused` or `failed`.
+    pub result: &'static str,
+    /// Why, when not accepted.
+    pub error: Option<String>,
+}
+
+tokio::task_local! {
+    /// The user a sink's write is made for, where it knows one (set around
+    /// its call of the write path; read by [`audit`]).
+    pub static WRITE_USER: Arc<str>;
+}
+
+/// The last writes of this process, oldest first (bounded: the status
+/// page's "last 50 writes"; the log keeps them all).
+static RECENT: Mutex<VecDeque<WriteRecord>> = Mutex::new(VecDeque::new());
+
+/// The last [`RECENT_WRITES`] writes audited in this process, oldest first.
+pub fn recent_writes() -> Vec<WriteRecord> {
+    RECENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn truncated(mut text: String) -> String {
+    if text.len() > 200 {
+        let mut end = 200;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+fn remember(
+    sink: &'static str,
+    tag: &str,
+    value: &str,
+    result: &'static str,
+    error: Option<String>,
+) {
+    let record = WriteRecord {
+        at: chrono::Utc::now(),
+        sink,
+        user: WRITE_USER.try_with(|u| u.to_string()).ok(),
+        tag: truncated(tag.to_string()),
+        value: value.to_string(),
+        result,
+        error: error.map(truncated),
+    };
+    let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    if recent.len() >= RECENT_WRITES {
+        recent.pop_front();
+    }
+    recent.push_back(record);
+}
+
 /// The audit trail of writes: one log line and one count of
 /// `wincc_gateway_writes_total{sink, result, reason}` per write, for every
 /// sink and every outcome. `result` is `accepted`, `refused` (by the
@@ -279,19 +379,13 @@ pub fn audit(sink: &'static str, tag: &str, value: Option<&Value>, outcome: Outc
         "reason" => reason
     )
     .increment(1);
-    let value = value.map(|v| {
-        let mut text = v.to_string();
-        if text.len() > 200 {
-            let mut end = 200;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push_str("...");
-        }
-        text
-    });
+    let value = value.map(|v| truncated(v.to_string()));
     let value = value.as_deref().unwrap_or("-");
+    let error = match outcome {
+        Outcome::Accepted => None,
+        Outcome::Refused { why, .. } | Outcome::Failed { why, .. } => Some(why.to_string()),
+    };
+    remember(sink, tag, value, result, error);
     match outcome {
         Outcome::Accepted => tracing::info!(
             sink,
@@ -505,5 +599,48 @@ mod tests {
             convert(TagType::DateTime, &json!("yesterday")),
             Err(WriteError::TypeMismatch(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn recent_writes_keep_the_last_fifty_with_the_user_where_known() {
+        let why = "not in writable_tags";
+        WRITE_USER
+            .scope(Arc::from("operator"), async {
+                audit(
+                    "opcua",
+                    "RecentTest/A",
+                    Some(&serde_json::json!(1)),
+                    Outcome::Refused {
+                        reason: "not_allowed",
+                        why: &why,
+                    },
+                );
+            })
+            .await;
+        let recent = recent_writes();
+        let a = recent
+            .iter()
+            .rev()
+            .find(|w| w.tag == "RecentTest/A")
+            .expect("recorded");
+        assert_eq!(a.user.as_deref(), Some("operator"));
+        assert_eq!(
+            (a.sink, a.result, a.value.as_str()),
+            ("opcua", "refused", "1")
+        );
+        assert_eq!(a.error.as_deref(), Some(why));
+        for i in 0..(RECENT_WRITES + 10) {
+            audit("mqtt", &format!("RecentTest/{i}"), None, Outcome::Accepted);
+        }
+        let recent = recent_writes();
+        assert_eq!(recent.len(), RECENT_WRITES);
+        // (Other tests may audit meanwhile: look the newest of ours up.)
+        let newest = format!("RecentTest/{}", RECENT_WRITES + 9);
+        let last = recent.iter().find(|w| w.tag == newest).expect("kept");
+        assert!(
+            !recent.iter().any(|w| w.tag == "RecentTest/0"),
+            "the oldest went"
+        );
+        assert_eq!((last.user.as_deref(), last.value.as_str()), (None, "-"));
     }
 }

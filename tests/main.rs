@@ -14,6 +14,7 @@ mod mqtt_buffer_support;
 mod opcua_support;
 
 mod cli;
+mod config_reload;
 mod demo;
 mod dialect_e2e;
 mod dialect_unified;
@@ -46,4 +47,5 @@ mod station_generic;
 mod station_hostile;
 mod station_outage;
 mod station_outage_requests;
+mod status_page;
 mod tls_pinning;

@@ -418,6 +418,31 @@ pub struct HttpSettings {
     pub listen: String,
     /// `/healthz` answers 503 once the station has been unreachable this long.
     pub unhealthy_after_s: u64,
+    /// The live status page at `/` (read-only).
+    pub status_page: bool,
+    /// Who may open the status page when `listen` is not a loopback
+    /// address (HTTP Basic); on loopback the page needs no login.
+    pub users: Vec<HttpUser>,
+}
+
+/// One user of the status page: a name and a password from the
+/// environment or a file (never the config file itself).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpUser {
+    pub username: String,
+    #[serde(default)]
+    pub password_env: String,
+    #[serde(default)]
+    pub password_file: String,
+}
+
+impl HttpSettings {
+    /// True when `listen` is a loopback address (the page needs no login).
+    pub fn is_loopback(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
 }
 
 impl Default for HttpSettings {
@@ -426,6 +451,8 @@ impl Default for HttpSettings {
             enabled: true,
             listen: "127.0.0.1:9100".into(),
             unhealthy_after_s: 30,
+            status_page: true,
+            users: Vec::new(),
         }
     }
 }
@@ -629,6 +656,17 @@ impl Settings {
     pub fn pki_dir(&self) -> PathBuf {
         PathBuf::from(&self.opcua.pki_dir)
     }
+}
+
+/// The first 12 hex digits of the SHA-256 of `text` (a configuration's
+/// short identity on the status page and `/healthz`).
+pub fn sha256_prefix(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Turns a `config` deserialization error into a located problem.

@@ -293,3 +293,25 @@ fn max_tags_defaults_to_200000_and_must_be_positive() {
     .unwrap_err();
     assert_eq!(e.problems[0].key, "wincc.max_tags", "{e}");
 }
+
+#[test]
+fn http_users_are_checked_with_located_problems() {
+    let text = format!(
+        "{MIN}\n[http]\nlisten = \"0.0.0.0:9100\"\nusers = [\n  {{ username = \"op\", password_env = \"WINCC_TEST_HTTP_PW_UNSET_1\" }},\n  {{ username = \"a:b\", password_file = \"/nonexistent/pw\" }},\n  {{ username = \"eng\" }},\n]\n"
+    );
+    let e = load(&text, &[]).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"http.users[0].password_env"), "{e}");
+    assert!(keys.contains(&"http.users[1].username"), "{e}");
+    assert!(keys.contains(&"http.users[1].password_file"), "{e}");
+    assert!(keys.contains(&"http.users[2].password_env"), "{e}");
+    let text = format!(
+        "{MIN}\n[http]\nusers = [{{ username = \"op\", password_env = \"PATH\" }}, {{ username = \"op\", password_env = \"PATH\" }}]\n"
+    );
+    let e = load(&text, &[]).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].key, "http.users[1].username");
+    assert!(e.problems[0].why.contains("twice"), "{e}");
+    let s = load(&format!("{MIN}\n[http]\nstatus_page = false\n"), &[]).unwrap();
+    assert!(!s.http.status_page && s.http.is_loopback());
+}

@@ -457,6 +457,9 @@ impl Settings {
                 "must be IP:PORT, e.g. 127.0.0.1:9100",
             ));
         }
+        if self.http.enabled {
+            check_http_users(&mut p, &self.http);
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             p.push(prob(
                 "log.level".into(),
@@ -560,6 +563,48 @@ fn check_buffer(p: &mut Vec<Problem>, b: &super::MqttBufferSettings) {
             b.sync_interval_ms.to_string(),
             "must be between 1 and 60000 (a power cut loses at most this much)",
         ));
+    }
+}
+
+/// `[[http.users]]`: each named once, each with a password that resolves.
+fn check_http_users(p: &mut Vec<Problem>, h: &super::HttpSettings) {
+    let mut seen = BTreeSet::new();
+    for (i, u) in h.users.iter().enumerate() {
+        let key = format!("http.users[{i}]");
+        if u.username.is_empty()
+            || u.username.contains(':')
+            || u.username.chars().any(char::is_control)
+        {
+            p.push(prob(
+                format!("{key}.username"),
+                q(&u.username),
+                "must be non-empty, without ':' or control characters (HTTP Basic)",
+            ));
+        } else if !seen.insert(u.username.as_str()) {
+            p.push(prob(
+                format!("{key}.username"),
+                q(&u.username),
+                "is listed twice",
+            ));
+        }
+        match resolve_secret(
+            &format!("{key}.password"),
+            &u.password_env,
+            &u.password_file,
+        ) {
+            Ok(Some(s)) if s.expose().is_empty() => p.push(prob(
+                format!("{key}.password_env"),
+                q(&u.password_env),
+                "the password is empty; set a non-empty one",
+            )),
+            Ok(Some(_)) => {}
+            Ok(None) => p.push(prob(
+                format!("{key}.password_env"),
+                String::new(),
+                "a user needs password_env or password_file",
+            )),
+            Err(e) => p.push(e),
+        }
     }
 }
 

@@ -42,6 +42,32 @@ pub struct GroupPlan {
     pub period: Duration,
 }
 
+/// What a group reports about itself (for the status page); the group task
+/// is its one writer, through a `watch` channel.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupStats {
+    pub name: Arc<str>,
+    /// `poll` or `subscribe`.
+    pub mode: &'static str,
+    /// The configured interval.
+    pub interval: Duration,
+    /// The interval in force (slower when the rate limit cannot cover it).
+    pub period: Duration,
+    pub tags: usize,
+    /// Poll cycles run so far.
+    pub cycles: u64,
+    /// How long the last cycle took, and when it ended.
+    pub last_cycle: Option<(Duration, chrono::DateTime<chrono::Utc>)>,
+    /// Ticks skipped because a cycle overran its interval.
+    pub skipped: u64,
+    /// Read requests that failed (each batch counts once).
+    pub failed_requests: u64,
+    /// The last failure, with when it happened.
+    pub last_error: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    /// A `subscribe` group: whether its subscription is up.
+    pub subscribed: bool,
+}
+
 pub(crate) struct GroupTask {
     pub name: Arc<str>,
     pub rules: ChangeRules,
@@ -57,6 +83,9 @@ pub(crate) struct GroupTask {
     index: HashMap<Arc<str>, usize>,
     chunks: Vec<Arc<Vec<Arc<str>>>>,
     period: Duration,
+    stats: watch::Sender<GroupStats>,
+    /// New change rules from a configuration reload (taken at the next wake).
+    rules_rx: Option<watch::Receiver<ChangeRules>>,
 }
 
 /// How long a poll cycle gathers answers' changes before it publishes them.
@@ -105,7 +134,22 @@ impl GroupTask {
             index: HashMap::new(),
             chunks: Vec::new(),
             period: Duration::ZERO,
+            stats: watch::channel(GroupStats::default()).0,
+            rules_rx: None,
         }
+    }
+
+    /// Takes new change rules (deadbands, heartbeat) from `rules` while it
+    /// runs: a configuration reload, without a reconnect or a republish.
+    pub fn with_rules(mut self, rules: watch::Receiver<ChangeRules>) -> Self {
+        self.rules_rx = Some(rules);
+        self
+    }
+
+    /// Reports this group's figures on `stats` (see [`GroupStats`]).
+    pub fn with_stats(mut self, stats: watch::Sender<GroupStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -136,6 +180,7 @@ impl GroupTask {
                         Some(end) if t < end => {
                             let missed = ((end - t).as_nanos() / self.period.as_nanos().max(1)) as u64 + 1;
                             metrics::counter!("wincc_gateway_poll_cycles_skipped_total", "group" => group.clone()).increment(missed);
+                            self.stats.send_modify(|s| s.skipped += missed);
                             tracing::debug!(group, missed, "poll cycle overran its interval; ticks skipped");
                             last_end = None;
                             continue;
@@ -148,6 +193,13 @@ impl GroupTask {
                 w = subs.wake() => Wake::Sub(w),
                 _ = shutdown.cancelled() => Wake::Stop,
             };
+            // New change rules (a reload) apply from this wake on.
+            if let Some(rx) = &mut self.rules_rx {
+                if rx.has_changed().unwrap_or(false) {
+                    self.rules = *rx.borrow_and_update();
+                    tracing::info!(group = %self.name, rules = ?self.rules, "poll group takes its new change rules");
+                }
+            }
             match wake {
                 Wake::Stop => return,
                 Wake::Station => {
@@ -183,6 +235,9 @@ impl GroupTask {
                     if subs.opened(r) {
                         last_end = None;
                     }
+                    let up = subs.is_up();
+                    self.stats
+                        .send_if_modified(|s| std::mem::replace(&mut s.subscribed, up) != up);
                     continue;
                 }
                 Wake::Sub(SubWake::Event(SubscriptionEvent::Readings(readings))) => {
@@ -206,6 +261,11 @@ impl GroupTask {
                     // outage handled) the same way as in poll mode.
                     self.link.settle(RequestKind::Subscription, Some(&e)).await;
                     subs.closed(&e);
+                    self.stats.send_modify(|s| {
+                        s.subscribed = false;
+                        s.last_error =
+                            Some((format!("subscription closed: {e}"), chrono::Utc::now()));
+                    });
                     ticks.reset();
                 }
                 Wake::Tick if subs.is_up() => {
@@ -257,6 +317,15 @@ impl GroupTask {
             return;
         };
         self.period = plan.period;
+        self.stats.send_modify(|s| {
+            s.name = self.name.clone();
+            s.mode = match self.mode {
+                PollMode::Poll => "poll",
+                PollMode::Subscribe => "subscribe",
+            };
+            s.period = plan.period;
+            s.tags = plan.tags.len();
+        });
         let mut old: HashMap<Arc<str>, TagSlot> = std::mem::take(&mut self.slots)
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -428,7 +497,17 @@ impl GroupTask {
         if !changes.is_empty() {
             self.publish(changes, first_arrival.unwrap_or(now));
         }
+        let took = started.elapsed();
         metrics::histogram!("wincc_gateway_poll_cycle_seconds", "group" => self.name.to_string())
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
+        let now = chrono::Utc::now();
+        self.stats.send_modify(|s| {
+            s.cycles += 1;
+            s.last_cycle = Some((took, now));
+            s.failed_requests += failures.len() as u64;
+            if let Some((_, e)) = failures.first() {
+                s.last_error = Some((e.to_string(), now));
+            }
+        });
     }
 }

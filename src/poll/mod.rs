@@ -41,8 +41,8 @@ use crate::model::TagInfo;
 use crate::wincc::{Station, StationError};
 use crate::writes::TagMap;
 
-pub use group::GroupPlan;
 use group::GroupTask;
+pub use group::{GroupPlan, GroupStats};
 use plan::GroupSpec;
 pub use station::{StationLink, StationState};
 
@@ -60,6 +60,10 @@ pub struct Poller {
     write_timeout: Duration,
     /// The monitored station and its link, when the caller runs the monitor.
     monitored: Option<(Arc<dyn Station>, StationLink)>,
+    /// Each group's figures (same order as `groups`), for the status page.
+    stats: Vec<watch::Sender<GroupStats>>,
+    /// Each group's change rules (same order), changed by a reload.
+    rules: Vec<watch::Sender<diff::ChangeRules>>,
 }
 
 impl Poller {
@@ -78,11 +82,31 @@ impl Poller {
         } else {
             0.0
         };
+        let groups = GroupSpec::from_settings(settings);
+        let stats = groups
+            .iter()
+            .map(|g| {
+                watch::channel(GroupStats {
+                    name: g.name.clone(),
+                    mode: match g.mode {
+                        crate::config::PollMode::Poll => "poll",
+                        crate::config::PollMode::Subscribe => "subscribe",
+                    },
+                    interval: g.interval,
+                    period: g.interval,
+                    ..GroupStats::default()
+                })
+                .0
+            })
+            .collect();
+        let rules = groups.iter().map(|g| watch::channel(g.rules).0).collect();
         Poller {
             station,
             bus,
             tags_tx,
-            groups: GroupSpec::from_settings(settings),
+            groups,
+            stats,
+            rules,
             batch: w.max_tags_per_request.max(1),
             concurrency: w.rate_limit.max_in_flight.max(1) as usize,
             rps: w.rate_limit.requests_per_second.max(1) as f64,
@@ -100,6 +124,22 @@ impl Poller {
     pub fn with_monitor(mut self, station: Arc<dyn Station>, link: StationLink) -> Self {
         self.monitored = Some((station, link));
         self
+    }
+
+    /// Each poll group's figures, in configuration order (they update while
+    /// [`run`](Self::run) runs).
+    pub fn group_stats(&self) -> Vec<watch::Receiver<GroupStats>> {
+        self.stats.iter().map(watch::Sender::subscribe).collect()
+    }
+
+    /// Each poll group's name and the sender of its change rules: sending
+    /// new rules applies them from the group's next cycle (a reload).
+    pub fn rules(&self) -> Vec<(Arc<str>, watch::Sender<diff::ChangeRules>)> {
+        self.groups
+            .iter()
+            .zip(&self.rules)
+            .map(|(g, tx)| (g.name.clone(), tx.clone()))
+            .collect()
     }
 
     /// The shortest configured poll interval: the monitor's first probe pause.
@@ -133,7 +173,7 @@ impl Poller {
         self.station = station;
         let mut tasks = JoinSet::new();
         let mut plan_txs = Vec::with_capacity(self.groups.len());
-        for g in &self.groups {
+        for ((g, stats), rules) in self.groups.iter().zip(&self.stats).zip(&self.rules) {
             let (tx, rx) = watch::channel(None);
             plan_txs.push(tx);
             let task = GroupTask::new(
@@ -146,7 +186,9 @@ impl Poller {
                 self.bus.clone(),
                 link.clone(),
                 rx,
-            );
+            )
+            .with_stats(stats.clone())
+            .with_rules(rules.subscribe());
             tasks.spawn(task.run(shutdown.child_token()));
         }
         let mut d = Discovery {

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,14 +113,57 @@ enum Msg {
     ProbeTag(Arc<str>),
 }
 
+/// Counts of the requests made through the monitor (station calls: a read
+/// batch, a write batch, an alarm poll, a tag list, a probe), read by the
+/// status page. Written by the requests themselves, read by sampling.
+#[derive(Debug, Default)]
+pub struct Activity {
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Activity {
+    /// Requests started so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests started and not yet answered (including those waiting for
+    /// a rate-limit permit).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// One request in flight; dropping it (answered or abandoned) ends it.
+struct InFlight<'a>(&'a Activity);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A handle on the monitor: reports outcomes, reads the state. Cheap to clone.
 #[derive(Clone)]
 pub struct StationLink {
     tx: mpsc::UnboundedSender<Msg>,
     state: watch::Receiver<StationState>,
+    activity: Arc<Activity>,
 }
 
 impl StationLink {
+    /// The request counts of this station (for the status page).
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
     /// The state as it stands.
     pub fn current(&self) -> StationState {
         self.state.borrow().clone()
@@ -232,9 +276,11 @@ pub fn start(
     let link = StationLink {
         tx,
         state: state_rx,
+        activity: Arc::default(),
     };
     let monitor = Monitor {
         inner: inner.clone(),
+        activity: link.activity.clone(),
         bus,
         state: state_tx,
         probe_tag: None,
@@ -253,6 +299,7 @@ pub fn start(
 
 struct Monitor {
     inner: Arc<dyn Station>,
+    activity: Arc<Activity>,
     bus: Bus,
     state: watch::Sender<StationState>,
     probe_tag: Option<Arc<str>>,
@@ -293,6 +340,7 @@ impl Monitor {
 
     async fn probe(&self) -> Result<(), StationError> {
         metrics::counter!("wincc_gateway_station_probes_total").increment(1);
+        let _counted = self.activity.start();
         match &self.probe_tag {
             Some(t) => self
                 .inner
@@ -407,6 +455,7 @@ impl Monitored {
         if let Some(e) = self.link.down_error() {
             return Err(e);
         }
+        let counted = self.link.activity.start();
         let r = tokio::select! {
             biased;
             r = request => r,
@@ -416,6 +465,7 @@ impl Monitored {
                 }))
             }
         };
+        drop(counted);
         self.link.settle(kind, r.as_ref().err()).await;
         r
     }
@@ -457,9 +507,11 @@ impl Station for Monitored {
             return writes.iter().map(|_| Err(e.clone())).collect();
         }
         let deadline = Instant::now() + self.write_timeout;
+        let counted = self.link.activity.start();
         let results = WRITE_DEADLINE
             .scope(deadline, self.inner.write_values(writes))
             .await;
+        drop(counted);
         let outage = results
             .iter()
             .filter_map(|r| r.as_ref().err())

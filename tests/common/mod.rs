@@ -6,6 +6,7 @@
 //! (protoc as the independent decoder, and a decoding subscriber).
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod log_capture;
 pub mod mosquitto;
 pub mod outage;

@@ -303,6 +303,25 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         address_space: &RwLock<AddressSpace>,
         nodes_to_write: &mut [&mut WriteNode],
     ) -> Result<(), StatusCode> {
+        // The session's user, for the write audit (the status page's list).
+        let token = &context.user_token().0;
+        let user: Arc<str> = Arc::from(token.strip_prefix("user:").unwrap_or("anonymous"));
+        crate::writes::WRITE_USER
+            .scope(
+                user,
+                self.write_as_user(context, address_space, nodes_to_write),
+            )
+            .await
+    }
+}
+
+impl GatewayNodes {
+    async fn write_as_user(
+        &self,
+        context: &RequestContext,
+        address_space: &RwLock<AddressSpace>,
+        nodes_to_write: &mut [&mut WriteNode],
+    ) -> Result<(), StatusCode> {
         // Every node is checked first (under the read lock); the ones that
         // pass go to the station together (one batch request where the
         // dialect has one), with no lock held while it answers.
