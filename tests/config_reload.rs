@@ -131,7 +131,9 @@ async fn a_deadband_and_an_allow_list_change_without_dropping_mqtt_or_opcua_sess
     assert_eq!(plan.restart, vec!["wincc".to_string()], "{plan:?}");
     assert_eq!(gw.config().version, 2);
     let health: serde_json::Value =
-        reqwest::get(format!("http://{}/healthz", gw.http_addr.unwrap()))
+        crate::common::sim::client()
+            .get(format!("http://{}/healthz", gw.http_addr.unwrap()))
+            .send()
             .await
             .unwrap()
             .json()

@@ -90,7 +90,9 @@ async fn the_page_shows_the_station_and_live_tag_values_in_a_real_browser() {
         let dbg = browser
             .eval("document.getElementById('tag-browser').outerHTML + ' URL=' + location.href")
             .await;
-        let mut r = reqwest::get(format!("{origin}/events?filter={tag}"))
+        let mut r = crate::common::sim::client()
+            .get(format!("{origin}/events?filter={tag}"))
+            .send()
             .await
             .unwrap();
         let mut text = String::new();
@@ -201,7 +203,7 @@ async fn off_loopback_the_page_needs_a_login_and_the_probes_do_not() {
     let gw = wincc_gateway::gateway::start(s).await.unwrap();
     let port = gw.http_addr.unwrap().port();
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
-    let c = reqwest::Client::new();
+    let c = crate::common::sim::client();
 
     let r = c.get(url("/")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -266,7 +268,7 @@ async fn on_loopback_a_foreign_host_name_is_refused() {
         .await
         .unwrap();
     let addr = gw.http_addr.unwrap();
-    let c = reqwest::Client::new();
+    let c = crate::common::sim::client();
     let r = c
         .get(format!("http://{addr}/"))
         .header("host", format!("attacker.example:{}", addr.port()))
