@@ -407,7 +407,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         }
         sink_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), station.logout()).await;
+        // Bounded at 1 s: a station that does not answer a logout must not
+        // hold a SIGTERM past the 2 s a service manager is promised.
+        let _ = tokio::time::timeout(Duration::from_secs(1), station.logout()).await;
         monitor_stop.cancel();
         let _ = monitor_task.await;
         tracing::info!("stopped");

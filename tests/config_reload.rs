@@ -130,15 +130,14 @@ async fn a_deadband_and_an_allow_list_change_without_dropping_mqtt_or_opcua_sess
     assert!(plan.mqtt_writable.is_some(), "{plan:?}");
     assert_eq!(plan.restart, vec!["wincc".to_string()], "{plan:?}");
     assert_eq!(gw.config().version, 2);
-    let health: serde_json::Value =
-        crate::common::sim::client()
-            .get(format!("http://{}/healthz", gw.http_addr.unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let health: serde_json::Value = crate::common::sim::client()
+        .get(format!("http://{}/healthz", gw.http_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["config"]["version"], 2, "{health}");
     assert_eq!(health["config"]["sha256"], "test", "{health}");
 

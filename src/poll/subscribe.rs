@@ -80,9 +80,10 @@ pub(crate) struct Subscriptions {
 }
 
 /// How often a subscribed group asks the station client to keep its
-/// session alive (it extends only when due: a session of 6 s or more is
-/// extended before it expires).
-const KEEP_SESSION_EVERY: Duration = Duration::from_secs(2);
+/// session alive (it extends only when due, two thirds into the session's
+/// lifetime: a 6 s session leaves a 2 s window, and asking every second
+/// keeps a second of margin for a busy machine).
+const KEEP_SESSION_EVERY: Duration = Duration::from_secs(1);
 
 fn retry_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
